@@ -1,0 +1,621 @@
+//! The client library of Tandem's configuration database.
+//!
+//! A [`Client`] holds the addresses of every replica (both sites) and finds the primary by asking
+//! them all in parallel — the part the seed's availability-group listener plays, without a
+//! stretched VLAN. After a failover it finds the new primary by itself.
+//!
+//! Retry rules, which callers can rely on:
+//! - reads are retried on any replica failure until the deadline;
+//! - a write is retried only when it certainly was not applied (the replica said it is not the
+//!   primary, or the connection was refused before anything was sent);
+//! - otherwise a write whose fate is unknown ends in [`ClientError::OutcomeUnknown`], which says
+//!   so: the write may or may not be applied, and only an idempotent retry (compare-and-set) is
+//!   safe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tandem_proto::db as pb;
+use tandem_proto::db::admin_client::AdminClient;
+use tandem_proto::db::kv_client::KvClient;
+use tandem_proto::db::{error_code, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
+use tandem_tls::TlsFiles;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, StatusResponse};
+
+/// How long an operation keeps trying (discovery, redirects, retries) before giving up.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+/// Pause between rounds of primary discovery.
+const DISCOVERY_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The write was sent and its fate is not known: it may or may not be applied.
+    #[error("outcome unknown: {reason} (the write may or may not be applied; retry only with a compare-and-set)")]
+    OutcomeUnknown { reason: String },
+    /// No replica could serve the request before the deadline; nothing was applied.
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// The change feed no longer reaches back to the requested revision.
+    #[error("compacted, resync needed: changes after revision {requested} are gone (oldest kept: {oldest})")]
+    Compacted { requested: u64, oldest: u64 },
+    /// The replica refused the request itself (bad argument, not found, …); nothing was applied.
+    #[error("refused: {}", .0.message())]
+    Refused(Status),
+    #[error("bad endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] tandem_tls::TlsError),
+}
+
+impl ClientError {
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::OutcomeUnknown { .. })
+    }
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    Committed { revision: u64, versions: Vec<u64> },
+    CompareFailed { key: String, expected: u64, actual: u64 },
+    Fenced { reason: String },
+}
+
+/// A transaction under construction.
+#[derive(Debug, Clone, Default)]
+pub struct Txn {
+    request: pb::TxnRequest,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Txn::default()
+    }
+    /// Requires `key` to be at `version` (0 = absent).
+    pub fn compare(mut self, key: impl Into<String>, version: u64) -> Self {
+        self.request.compares.push(pb::Compare { key: key.into(), version });
+        self
+    }
+    pub fn put(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        let put = pb::Put { key: key.into(), value: value.into() };
+        self.request.ops.push(pb::Op { op: Some(pb::op::Op::Put(put)) });
+        self
+    }
+    pub fn delete(mut self, key: impl Into<String>) -> Self {
+        let delete = pb::Delete { key: key.into() };
+        self.request.ops.push(pb::Op { op: Some(pb::op::Op::Delete(delete)) });
+        self
+    }
+    /// Refuse the transaction unless the lease with this fencing token is current.
+    pub fn fence(mut self, token: u64) -> Self {
+        self.request.fence_token = Some(token);
+        self
+    }
+}
+
+/// A granted (or refused) lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub granted: bool,
+    /// The fencing token of the new lease, or of the live holder's when refused.
+    pub token: u64,
+    pub expires_at_ms: u64,
+    /// The live holder when refused.
+    pub holder: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub tls: TlsFiles,
+    /// Per-operation deadline.
+    pub deadline: Duration,
+    /// Per-attempt timeout of one gRPC call.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { tls: TlsFiles::default(), deadline: DEFAULT_DEADLINE, attempt_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// How a failed attempt affects the operation.
+enum Verdict {
+    /// Nothing was done; try `hint` (or rediscover) and retry.
+    Retry { hint: Option<String>, reason: String },
+    /// Final answer.
+    Fail(ClientError),
+}
+
+/// Classifies a failed write attempt. Only refusals that guarantee nothing was applied retry.
+fn classify_write(status: Status) -> Verdict {
+    match error_code_of(&status) {
+        Some(error_code::NOT_PRIMARY) | Some(error_code::WITNESS) | Some(error_code::NOT_INITIALIZED) => {
+            Verdict::Retry { hint: primary_hint(&status), reason: status.message().to_owned() }
+        }
+        Some(error_code::OUTCOME_UNKNOWN) => {
+            Verdict::Fail(ClientError::OutcomeUnknown { reason: status.message().to_owned() })
+        }
+        _ if is_connection_refused(&status) => {
+            Verdict::Retry { hint: None, reason: format!("connection refused: {}", status.message()) }
+        }
+        _ => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal => {
+                Verdict::Fail(ClientError::OutcomeUnknown { reason: status.message().to_owned() })
+            }
+            _ => Verdict::Fail(ClientError::Refused(status)),
+        },
+    }
+}
+
+/// Classifies a failed read (or admin) attempt: anything but a definite refusal is retried.
+fn classify_read(status: Status) -> Verdict {
+    match error_code_of(&status) {
+        Some(error_code::COMPACTED) => {
+            let oldest = status
+                .metadata()
+                .get(OLDEST_REVISION_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            Verdict::Fail(ClientError::Compacted { requested: 0, oldest })
+        }
+        Some(_) => Verdict::Retry { hint: primary_hint(&status), reason: status.message().to_owned() },
+        None => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                Verdict::Retry { hint: None, reason: status.message().to_owned() }
+            }
+            _ => Verdict::Fail(ClientError::Refused(status)),
+        },
+    }
+}
+
+fn error_code_of(status: &Status) -> Option<&str> {
+    status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok())
+}
+
+fn primary_hint(status: &Status) -> Option<String> {
+    status.metadata().get(PRIMARY_ADDR_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// Whether the call failed because the TCP connection was refused (so nothing was sent).
+fn is_connection_refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// A live change feed.
+pub struct Watch {
+    stream: tonic::Streaming<pb::WatchResponse>,
+    /// The last revision received.
+    last_revision: u64,
+}
+
+impl Watch {
+    /// The next batch of events (whole transactions), `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, ClientError>> {
+        match self.stream.next().await? {
+            Ok(response) => {
+                if let Some(last) = response.events.last() {
+                    self.last_revision = last.revision;
+                }
+                Some(Ok(response.events))
+            }
+            Err(status) => Some(Err(match classify_read(status) {
+                Verdict::Fail(ClientError::Compacted { oldest, .. }) => {
+                    ClientError::Compacted { requested: self.last_revision, oldest }
+                }
+                Verdict::Fail(e) => e,
+                Verdict::Retry { reason, .. } => ClientError::Unavailable { reason },
+            })),
+        }
+    }
+
+    /// The revision to resume from after a reconnect.
+    pub fn last_revision(&self) -> u64 {
+        self.last_revision
+    }
+}
+
+/// A client of one replica set.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Every replica's `host:port`, as given.
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    scheme: &'static str,
+    tls: Option<ClientTlsConfig>,
+    /// Open channels by address.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The primary as last found.
+    primary: Mutex<Option<String>>,
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<String>, options: ClientOptions) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Endpoint { endpoint: String::new(), reason: "no endpoints given".into() });
+        }
+        let tls = options.tls.client()?;
+        let scheme = options.tls.scheme();
+        let inner = Inner { endpoints, options, scheme, tls, channels: Mutex::default(), primary: Mutex::default() };
+        Ok(Client { inner: Arc::new(inner) })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let bad = |reason: String| ClientError::Endpoint { endpoint: addr.to_owned(), reason };
+        let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", self.inner.scheme))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3));
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn kv(&self, addr: &str) -> Result<KvClient<Channel>, ClientError> {
+        Ok(KvClient::new(self.channel(addr)?))
+    }
+
+    fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, ClientError> {
+        Ok(AdminClient::new(self.channel(addr)?))
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.inner.options.attempt_timeout);
+        request
+    }
+
+    /// Status of one replica.
+    pub async fn status(&self, addr: &str) -> Result<StatusResponse, ClientError> {
+        let mut admin = self.admin(addr)?;
+        match admin.status(self.request(pb::StatusRequest {})).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(match classify_read(status) {
+                Verdict::Fail(e) => e,
+                Verdict::Retry { reason, .. } => ClientError::Unavailable { reason: format!("{addr}: {reason}") },
+            }),
+        }
+    }
+
+    /// Status of every replica, asked in parallel, in endpoint order.
+    pub async fn status_all(&self) -> Vec<(String, Result<StatusResponse, ClientError>)> {
+        let asks = self.inner.endpoints.iter().map(|addr| async move { (addr.clone(), self.status(addr).await) });
+        futures::future::join_all(asks).await
+    }
+
+    /// Finds the primary: asks every replica in parallel and takes the one that says it is
+    /// primary in the highest term; otherwise follows what the replicas say the primary is.
+    pub async fn discover(&self) -> Result<String, ClientError> {
+        let deadline = Instant::now() + self.inner.options.deadline;
+        loop {
+            let answers = self.status_all().await;
+            let mut best: Option<(u64, String)> = None;
+            for (addr, answer) in &answers {
+                if let Ok(status) = answer {
+                    if status.role == "primary" && best.as_ref().is_none_or(|(term, _)| status.term > *term) {
+                        best = Some((status.term, addr.clone()));
+                    }
+                }
+            }
+            if best.is_none() {
+                // A primary not in our list (added later) is still reachable by its address.
+                best = answers
+                    .iter()
+                    .filter_map(|(_, a)| a.as_ref().ok())
+                    .filter(|s| !s.primary_addr.is_empty())
+                    .max_by_key(|s| s.term)
+                    .map(|s| (s.term, s.primary_addr.clone()));
+            }
+            if let Some((_, addr)) = best {
+                *self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.clone());
+                return Ok(addr);
+            }
+            if Instant::now() >= deadline {
+                let reasons: Vec<String> = answers
+                    .iter()
+                    .map(|(addr, a)| match a {
+                        Ok(s) => format!("{addr}: {}", s.role),
+                        Err(e) => format!("{addr}: {e}"),
+                    })
+                    .collect();
+                return Err(ClientError::Unavailable { reason: format!("no primary found ({})", reasons.join("; ")) });
+            }
+            tokio::time::sleep(DISCOVERY_PAUSE).await;
+        }
+    }
+
+    /// The primary as last found, discovering it when unknown.
+    pub async fn primary(&self) -> Result<String, ClientError> {
+        let known = self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match known {
+            Some(addr) => Ok(addr),
+            None => self.discover().await,
+        }
+    }
+
+    fn forget_primary(&self, hint: Option<String>) {
+        *self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()) = hint;
+    }
+
+    /// Runs `attempt` against the primary until it succeeds, fails for good, or the deadline
+    /// passes. `write` selects the write retry rules.
+    async fn on_primary<T, F, Fut>(&self, write: bool, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.options.deadline;
+        let mut last_reason = String::new();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable { reason: format!("gave up at the deadline: {last_reason}") });
+            }
+            let addr = match self.primary().await {
+                Ok(addr) => addr,
+                Err(e) => return Err(e),
+            };
+            let status = match attempt(addr.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(status) => status,
+            };
+            let verdict = if write { classify_write(status) } else { classify_read(status) };
+            match verdict {
+                Verdict::Fail(e) => return Err(e),
+                Verdict::Retry { hint, reason } => {
+                    last_reason = format!("{addr}: {reason}");
+                    let followed = hint.is_some();
+                    self.forget_primary(hint.filter(|h| *h != addr));
+                    if !followed {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(200));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one key (linearizable).
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClientError> {
+        self.on_primary(false, |addr| async move {
+            let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+            let request = self.request(pb::GetRequest { key: key.to_owned(), stale: false });
+            Ok(kv.get(request).await?.into_inner().kv)
+        })
+        .await
+    }
+
+    /// Reads one key from a given replica's applied state (may be stale).
+    pub async fn get_stale(&self, addr: &str, key: &str) -> Result<Option<KeyValue>, ClientError> {
+        let mut kv = self.kv(addr)?;
+        let request = self.request(pb::GetRequest { key: key.to_owned(), stale: true });
+        match kv.get(request).await {
+            Ok(response) => Ok(response.into_inner().kv),
+            Err(status) => Err(match classify_read(status) {
+                Verdict::Fail(e) => e,
+                Verdict::Retry { reason, .. } => ClientError::Unavailable { reason: format!("{addr}: {reason}") },
+            }),
+        }
+    }
+
+    /// Every key under `prefix` (linearizable unless `stale_from` names a replica to read from).
+    pub async fn range(&self, prefix: &str, stale_from: Option<&str>) -> Result<Vec<KeyValue>, ClientError> {
+        let mut all = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let request = pb::RangeRequest {
+                prefix: prefix.to_owned(),
+                start_after: start_after.clone(),
+                limit: 0,
+                stale: stale_from.is_some(),
+            };
+            let page = match stale_from {
+                Some(addr) => {
+                    let mut kv = self.kv(addr)?;
+                    kv.range(self.request(request)).await.map_err(ClientError::Refused)?.into_inner()
+                }
+                None => {
+                    self.on_primary(false, |addr| {
+                        let request = request.clone();
+                        async move {
+                            let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                            Ok(kv.range(self.request(request)).await?.into_inner())
+                        }
+                    })
+                    .await?
+                }
+            };
+            if let Some(last) = page.kvs.last() {
+                start_after = last.key.clone();
+            }
+            all.extend(page.kvs);
+            if !page.more {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Runs a transaction on the primary.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, ClientError> {
+        let request = txn.request;
+        let response = self
+            .on_primary(true, |addr| {
+                let request = request.clone();
+                async move {
+                    let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                    Ok(kv.txn(self.request(request)).await?.into_inner())
+                }
+            })
+            .await?;
+        match response.outcome {
+            Some(pb::txn_response::Outcome::Committed(c)) => {
+                Ok(TxnOutcome::Committed { revision: c.revision, versions: c.versions })
+            }
+            Some(pb::txn_response::Outcome::CompareFailed(f)) => {
+                Ok(TxnOutcome::CompareFailed { key: f.key, expected: f.expected, actual: f.actual })
+            }
+            Some(pb::txn_response::Outcome::Fenced(f)) => Ok(TxnOutcome::Fenced { reason: f.reason }),
+            None => Err(ClientError::Refused(Status::internal("transaction answer without an outcome"))),
+        }
+    }
+
+    /// Puts one key; returns the revision it created.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<u64, ClientError> {
+        match self.txn(Txn::new().put(key, value)).await? {
+            TxnOutcome::Committed { revision, .. } => Ok(revision),
+            other => Err(ClientError::Refused(Status::internal(format!("unexpected outcome {other:?}")))),
+        }
+    }
+
+    /// Deletes one key; returns the store revision after it.
+    pub async fn delete(&self, key: &str) -> Result<u64, ClientError> {
+        match self.txn(Txn::new().delete(key)).await? {
+            TxnOutcome::Committed { revision, .. } => Ok(revision),
+            other => Err(ClientError::Refused(Status::internal(format!("unexpected outcome {other:?}")))),
+        }
+    }
+
+    /// Opens the change feed of `prefix` after `after_revision`, on the primary.
+    pub async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, ClientError> {
+        let stream = self
+            .on_primary(false, |addr| async move {
+                let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                let request = pb::WatchRequest { prefix: prefix.to_owned(), after_revision };
+                Ok(kv.watch(tonic::Request::new(request)).await?.into_inner())
+            })
+            .await
+            .map_err(|e| match e {
+                ClientError::Compacted { oldest, .. } => ClientError::Compacted { requested: after_revision, oldest },
+                other => other,
+            })?;
+        Ok(Watch { stream, last_revision: after_revision })
+    }
+
+    pub async fn lease_grant(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<LeaseGrant, ClientError> {
+        let response = self
+            .on_primary(true, |addr| async move {
+                let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                let request = pb::LeaseGrantRequest { name: name.to_owned(), holder: holder.to_owned(), ttl_ms };
+                Ok(kv.lease_grant(self.request(request)).await?.into_inner())
+            })
+            .await?;
+        Ok(LeaseGrant {
+            granted: response.granted,
+            token: response.token,
+            expires_at_ms: response.expires_at_ms,
+            holder: response.holder,
+        })
+    }
+
+    /// Extends a lease; `Ok(None)` when it is gone or expired.
+    pub async fn lease_keep_alive(&self, token: u64) -> Result<Option<u64>, ClientError> {
+        let response = self
+            .on_primary(true, |addr| async move {
+                let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                Ok(kv.lease_keep_alive(self.request(pb::LeaseKeepAliveRequest { token })).await?.into_inner())
+            })
+            .await?;
+        Ok(response.alive.then_some(response.expires_at_ms))
+    }
+
+    pub async fn lease_revoke(&self, token: u64) -> Result<(), ClientError> {
+        self.on_primary(true, |addr| async move {
+            let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+            kv.lease_revoke(self.request(pb::LeaseRevokeRequest { token })).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forms a new replica set; `via` must be one of the voters.
+    pub async fn initialize(&self, via: &str, members: Vec<Member>) -> Result<Vec<Member>, ClientError> {
+        let mut admin = self.admin(via)?;
+        let mut request = tonic::Request::new(pb::InitializeRequest { members });
+        request.set_timeout(self.inner.options.deadline);
+        admin.initialize(request).await.map(|r| r.into_inner().members).map_err(ClientError::Refused)
+    }
+
+    pub async fn add_replica(&self, member: Member) -> Result<Vec<Member>, ClientError> {
+        self.on_primary(false, |addr| {
+            let member = member.clone();
+            async move {
+                let mut admin = self.admin(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                let mut request = tonic::Request::new(pb::AddReplicaRequest { member: Some(member) });
+                request.set_timeout(self.inner.options.deadline);
+                Ok(admin.add_replica(request).await?.into_inner().members)
+            }
+        })
+        .await
+    }
+
+    pub async fn remove_replica(&self, id: u64) -> Result<Vec<Member>, ClientError> {
+        self.on_primary(false, |addr| async move {
+            let mut admin = self.admin(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+            Ok(admin.remove_replica(self.request(pb::RemoveReplicaRequest { id })).await?.into_inner().members)
+        })
+        .await
+    }
+
+    pub async fn set_kind(&self, id: u64, kind: &str) -> Result<Vec<Member>, ClientError> {
+        self.on_primary(false, |addr| async move {
+            let mut admin = self.admin(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+            let request = pb::SetKindRequest { id, kind: kind.to_owned() };
+            Ok(admin.set_kind(self.request(request)).await?.into_inner().members)
+        })
+        .await
+    }
+
+    /// Planned switchover to replica `target`.
+    pub async fn switchover(&self, target: u64) -> Result<pb::SwitchoverResponse, ClientError> {
+        let response = self
+            .on_primary(false, |addr| async move {
+                let mut admin = self.admin(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                let mut request = tonic::Request::new(pb::SwitchoverRequest { target });
+                request.set_timeout(self.inner.options.deadline);
+                Ok(admin.switchover(request).await?.into_inner())
+            })
+            .await?;
+        self.forget_primary(None);
+        Ok(response)
+    }
+
+    /// Builds a snapshot on one replica (compacting its log); returns the snapshot's index.
+    pub async fn snapshot(&self, addr: &str) -> Result<u64, ClientError> {
+        let mut admin = self.admin(addr)?;
+        let mut request = tonic::Request::new(pb::SnapshotRequest {});
+        request.set_timeout(self.inner.options.deadline);
+        admin.snapshot(request).await.map(|r| r.into_inner().index).map_err(ClientError::Refused)
+    }
+}

@@ -1,0 +1,126 @@
+//! What a replica is started with. Everything has a default that suits two sites a few
+//! milliseconds apart; the command line (crate `tandem`) fills this in.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tandem_store::ReplicaId;
+use tandem_tls::TlsFiles;
+
+/// What the primary does when a sync replica stops confirming writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Keep waiting: writes block until the replica is back (or the operator changes its kind).
+    #[default]
+    Strict,
+    /// After `sync_timeout`, demote it (loudly) and acknowledge without it until it has caught
+    /// up again.
+    Available,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Strict => "strict",
+            SyncMode::Available => "available",
+        }
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(SyncMode::Strict),
+            "available" => Ok(SyncMode::Available),
+            other => Err(format!("unknown sync mode {other:?} (expected strict or available)")),
+        }
+    }
+}
+
+/// Raft timers. The heartbeat also bounds one AppendEntries round trip (openraft uses it as the
+/// RPC timeout), so it must exceed the WAN round trip plus a follower's fsync.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers { heartbeat_ms: 100, election_min_ms: 400, election_max_ms: 800 }
+    }
+}
+
+impl Timers {
+    /// A witness waits this many times longer before campaigning, so that a data replica
+    /// normally wins and the witness leads only when its log is the longest.
+    pub const WITNESS_FACTOR: u64 = 3;
+
+    pub fn for_witness(self) -> Timers {
+        Timers {
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.election_min_ms * Self::WITNESS_FACTOR,
+            election_max_ms: self.election_max_ms * Self::WITNESS_FACTOR,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's id in the replica set.
+    pub id: ReplicaId,
+    /// Name of the replica set; stored in the data directory and checked on every peer message.
+    pub cluster: String,
+    /// Where the log and state live.
+    pub data_dir: PathBuf,
+    /// `host:port` peers and clients use to reach this replica.
+    pub advertise: String,
+    /// Use the witness timers (long election timeouts).
+    pub witness: bool,
+    pub timers: Timers,
+    pub sync_mode: SyncMode,
+    /// How long a sync replica may stop confirming before `Available` mode demotes it.
+    pub sync_timeout: Duration,
+    /// Longest a write waits for its commit and sync confirmation before the answer becomes
+    /// "outcome unknown".
+    pub write_timeout: Duration,
+    /// Revisions of the change feed kept for watchers that reconnect.
+    pub history_limit: u64,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+    /// Largest client request accepted, in bytes.
+    pub max_request_bytes: usize,
+    pub tls: TlsFiles,
+}
+
+impl ReplicaConfig {
+    /// A configuration with defaults for everything but identity and place.
+    pub fn new(id: ReplicaId, cluster: &str, data_dir: PathBuf, advertise: String) -> Self {
+        ReplicaConfig {
+            id,
+            cluster: cluster.to_owned(),
+            data_dir,
+            advertise,
+            witness: false,
+            timers: Timers::default(),
+            sync_mode: SyncMode::default(),
+            sync_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            history_limit: 100_000,
+            snapshot_every: 10_000,
+            max_request_bytes: 4 * 1024 * 1024,
+            tls: TlsFiles::default(),
+        }
+    }
+
+    /// The timers in force for this replica.
+    pub fn effective_timers(&self) -> Timers {
+        if self.witness {
+            self.timers.for_witness()
+        } else {
+            self.timers
+        }
+    }
+}

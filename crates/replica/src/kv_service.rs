@@ -1,0 +1,341 @@
+//! The client API: reads, transactions, the change feed and leases.
+//!
+//! Reads are linearizable unless the caller asks for a stale read, which any data replica serves
+//! from what it has applied. Writes go through [`Core::write`]: only the primary accepts them, and
+//! they are acknowledged after the sync gate. Every request is validated before anything is
+//! proposed, so a bad request changes nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tandem_proto::db as pb;
+use tandem_proto::db::kv_server::Kv;
+use tandem_store::{
+    Change, ChangeKind, Command, CommandResult, Compare, KeyValue, LeaseResult, Op, StoreError, Txn, TxnResult,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::node::{now_ms, Core};
+use crate::refusal;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most compares plus ops in one transaction.
+pub const MAX_TXN_ITEMS: usize = 1024;
+/// Range page size when the caller gives none, and the largest page served.
+pub const RANGE_LIMIT_DEFAULT: usize = 1000;
+pub const RANGE_LIMIT_MAX: usize = 10_000;
+/// Lease TTL bounds.
+pub const LEASE_TTL_MS_MIN: u64 = 100;
+pub const LEASE_TTL_MS_MAX: u64 = 3_600_000;
+/// Changes read from the history per page while a watcher catches up.
+const WATCH_PAGE: usize = 1000;
+/// Responses buffered per watcher before the stream applies back-pressure.
+const WATCH_BUFFER: usize = 64;
+
+pub struct KvService {
+    core: Arc<Core>,
+    /// Flips to true when the replica shuts down, ending open watch streams.
+    stopped: watch::Receiver<bool>,
+}
+
+impl KvService {
+    pub fn new(core: Arc<Core>, stopped: watch::Receiver<bool>) -> Self {
+        KvService { core, stopped }
+    }
+
+    async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            self.core.check_serves_clients().map(|_| ())
+        } else {
+            self.core.linearize().await
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> Status {
+    match e {
+        StoreError::Compacted { requested, oldest } => refusal::compacted(requested, oldest),
+        other => Status::internal(format!("store: {other}")),
+    }
+}
+
+fn check_key(key: &str) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(refusal::invalid("empty key"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(refusal::invalid(format!("key of {} bytes exceeds the limit of {MAX_KEY_BYTES}", key.len())));
+    }
+    Ok(())
+}
+
+fn to_pb(kv: KeyValue) -> pb::KeyValue {
+    pb::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        version: kv.version,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+fn event(change: &Change) -> pb::Event {
+    pb::Event {
+        revision: change.revision,
+        key: change.key.clone(),
+        kind: match change.kind {
+            ChangeKind::Put => pb::EventKind::Put as i32,
+            ChangeKind::Delete => pb::EventKind::Delete as i32,
+        },
+        value: change.value.clone(),
+        version: change.version,
+    }
+}
+
+/// Validates a transaction request and turns it into a command.
+fn txn_command(request: pb::TxnRequest) -> Result<Command, Status> {
+    if request.compares.len() + request.ops.len() > MAX_TXN_ITEMS {
+        return Err(refusal::invalid(format!(
+            "transaction has {} compares and {} ops; the limit is {MAX_TXN_ITEMS} in all",
+            request.compares.len(),
+            request.ops.len()
+        )));
+    }
+    let mut compares = Vec::with_capacity(request.compares.len());
+    for compare in request.compares {
+        check_key(&compare.key)?;
+        compares.push(Compare { key: compare.key, version: compare.version });
+    }
+    let mut ops = Vec::with_capacity(request.ops.len());
+    let mut keys = HashSet::new();
+    for op in request.ops {
+        let op = match op.op {
+            Some(pb::op::Op::Put(put)) => {
+                if put.value.len() > MAX_VALUE_BYTES {
+                    return Err(refusal::invalid(format!(
+                        "value of key {:?} has {} bytes; the limit is {MAX_VALUE_BYTES}",
+                        put.key,
+                        put.value.len()
+                    )));
+                }
+                Op::Put { key: put.key, value: put.value }
+            }
+            Some(pb::op::Op::Delete(delete)) => Op::Delete { key: delete.key },
+            None => return Err(refusal::invalid("an op has neither put nor delete")),
+        };
+        check_key(op.key())?;
+        if !keys.insert(op.key().to_owned()) {
+            return Err(refusal::invalid(format!("key {:?} appears twice in one transaction", op.key())));
+        }
+        ops.push(op);
+    }
+    Ok(Command::Txn(Txn { compares, ops, fence: request.fence_token, now_ms: now_ms() }))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let request = request.into_inner();
+        check_key(&request.key)?;
+        self.read_barrier(request.stale).await?;
+        let reader = &self.core.reader;
+        let kv = reader.get(&request.key).await.map_err(store_error)?;
+        let revision = reader.revision().await.map_err(store_error)?;
+        Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb), revision }))
+    }
+
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let request = request.into_inner();
+        if request.prefix.len() > MAX_KEY_BYTES {
+            return Err(refusal::invalid("prefix longer than the longest key"));
+        }
+        let limit = match request.limit as usize {
+            0 => RANGE_LIMIT_DEFAULT,
+            n => n.min(RANGE_LIMIT_MAX),
+        };
+        self.read_barrier(request.stale).await?;
+        let reader = &self.core.reader;
+        let start_after = (!request.start_after.is_empty()).then_some(request.start_after);
+        let mut kvs = reader.range(&request.prefix, start_after, limit + 1).await.map_err(store_error)?;
+        let more = kvs.len() > limit;
+        kvs.truncate(limit);
+        let revision = reader.revision().await.map_err(store_error)?;
+        Ok(Response::new(pb::RangeResponse { kvs: kvs.into_iter().map(to_pb).collect(), more, revision }))
+    }
+
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let command = txn_command(request.into_inner())?;
+        let outcome = match self.core.write(command).await? {
+            CommandResult::Txn(TxnResult::Committed { revision, versions }) => {
+                pb::txn_response::Outcome::Committed(pb::Committed { revision, versions })
+            }
+            CommandResult::Txn(TxnResult::CompareFailed { key, expected, actual }) => {
+                pb::txn_response::Outcome::CompareFailed(pb::CompareFailed { key, expected, actual })
+            }
+            CommandResult::Txn(TxnResult::Fenced(reason)) => {
+                pb::txn_response::Outcome::Fenced(pb::Fenced { reason: reason.to_string() })
+            }
+            other => return Err(Status::internal(format!("unexpected state-machine answer {other:?}"))),
+        };
+        Ok(Response::new(pb::TxnResponse { outcome: Some(outcome) }))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        self.core.check_serves_clients()?;
+        let reader = self.core.reader.clone();
+        // Subscribe before reading the history so that nothing falls between the two.
+        let live = reader.subscribe();
+        // Fail fast (as a status, not a stream item) when the start is already compacted.
+        let first = reader.changes_after(request.after_revision, WATCH_PAGE).await.map_err(store_error)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let stopped = self.stopped.clone();
+        tokio::spawn(async move {
+            let mut feed = Feed { reader, prefix: request.prefix, last: request.after_revision, tx };
+            if let Err(e) = feed.run(first, live, stopped).await {
+                let _ = feed.tx.send(Err(e)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let request = request.into_inner();
+        if request.name.is_empty() || request.name.len() > MAX_KEY_BYTES {
+            return Err(refusal::invalid("a lease needs a name of 1 to 4096 bytes"));
+        }
+        if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&request.ttl_ms) {
+            return Err(refusal::invalid(format!(
+                "lease TTL {} ms is outside {LEASE_TTL_MS_MIN}..={LEASE_TTL_MS_MAX} ms",
+                request.ttl_ms
+            )));
+        }
+        let command =
+            Command::LeaseGrant { name: request.name, holder: request.holder, ttl_ms: request.ttl_ms, now_ms: now_ms() };
+        let response = match self.core.write(command).await? {
+            CommandResult::Lease(LeaseResult::Granted { token, expires_at_ms }) => {
+                pb::LeaseGrantResponse { granted: true, token, expires_at_ms, holder: String::new() }
+            }
+            CommandResult::Lease(LeaseResult::Held { holder, token, expires_at_ms, .. }) => {
+                pb::LeaseGrantResponse { granted: false, token, expires_at_ms, holder }
+            }
+            other => return Err(Status::internal(format!("unexpected state-machine answer {other:?}"))),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        let token = request.into_inner().token;
+        let response = match self.core.write(Command::LeaseKeepAlive { token, now_ms: now_ms() }).await? {
+            CommandResult::Lease(LeaseResult::Granted { expires_at_ms, .. }) => {
+                pb::LeaseKeepAliveResponse { alive: true, expires_at_ms }
+            }
+            CommandResult::Lease(LeaseResult::NotFound { .. }) => {
+                pb::LeaseKeepAliveResponse { alive: false, expires_at_ms: 0 }
+            }
+            other => return Err(Status::internal(format!("unexpected state-machine answer {other:?}"))),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let token = request.into_inner().token;
+        self.core.write(Command::LeaseRevoke { token }).await?;
+        Ok(Response::new(pb::LeaseRevokeResponse {}))
+    }
+}
+
+/// One watcher's feed: history first, then live changes, never a gap and never a repeat.
+struct Feed {
+    reader: tandem_store::StateReader,
+    prefix: String,
+    /// The last revision delivered (or skipped as not matching the prefix).
+    last: u64,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+}
+
+impl Feed {
+    /// Sends the changes after `self.last` in `changes` that match the prefix. Returns false when
+    /// the watcher has gone.
+    async fn deliver(&mut self, changes: &[Change]) -> bool {
+        let events: Vec<pb::Event> = changes
+            .iter()
+            .filter(|c| c.revision > self.last && c.key.starts_with(&self.prefix))
+            .map(event)
+            .collect();
+        if let Some(last) = changes.last() {
+            self.last = self.last.max(last.revision);
+        }
+        events.is_empty() || self.tx.send(Ok(pb::WatchResponse { events })).await.is_ok()
+    }
+
+    /// Reads the history from `self.last` until it is exhausted.
+    async fn catch_up(&mut self, mut page: Vec<Change>) -> Result<bool, Status> {
+        loop {
+            if page.is_empty() {
+                return Ok(true);
+            }
+            if !self.deliver(&page).await {
+                return Ok(false);
+            }
+            page = self.reader.changes_after(self.last, WATCH_PAGE).await.map_err(store_error)?;
+        }
+    }
+
+    async fn run(
+        &mut self,
+        first: Vec<Change>,
+        mut live: broadcast::Receiver<Arc<Vec<Change>>>,
+        mut stopped: watch::Receiver<bool>,
+    ) -> Result<(), Status> {
+        if !self.catch_up(first).await? {
+            return Ok(());
+        }
+        loop {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                _ = stopped.wait_for(|s| *s) => return Ok(()),
+                _ = self.tx.closed() => return Ok(()),
+            };
+            match received {
+                Ok(changes) => {
+                    let Some(first) = changes.first() else { continue };
+                    if first.revision > self.last + 1 {
+                        // Something was published before we subscribed or skipped: read it
+                        // from the history.
+                        let page = self.reader.changes_after(self.last, WATCH_PAGE).await.map_err(store_error)?;
+                        if !self.catch_up(page).await? {
+                            return Ok(());
+                        }
+                    }
+                    if !self.deliver(&changes).await {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let page = self.reader.changes_after(self.last, WATCH_PAGE).await.map_err(store_error)?;
+                    if !self.catch_up(page).await? {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! One replica of Tandem's configuration database (`tandem db serve`).
+//!
+//! Layout:
+//! - [`config`]: what a replica is started with (identity, timers, sync policy, TLS).
+//! - [`node`]: opens the store, starts openraft, serves the three gRPC services until shutdown.
+//! - [`network`]: the client side of replica-to-replica traffic (openraft's `RaftNetwork`).
+//! - [`raft_service`]: the server side of it; checks each message's cluster/epoch envelope.
+//! - [`kv_service`]: the client API (reads, transactions, change feed, leases).
+//! - [`admin_service`]: status, membership, switchover, snapshots.
+//! - [`progress`]: the primary's view of each replica (lag in entries and ms, health) and the
+//!   sync gate that holds a write's acknowledgement until every healthy sync replica has it.
+//! - [`witness`]: a witness that became primary hands the role to a caught-up data replica.
+//! - [`refusal`]: the gRPC statuses replicas refuse with, with their stable error codes.
+//!
+//! Architecture invariant: consensus is openraft's; this crate decides only what openraft leaves
+//! to the application — transport, who is waited for before an acknowledgement, and when to ask
+//! for an election.
+
+pub mod admin_service;
+pub mod config;
+pub mod kv_service;
+pub mod network;
+pub mod node;
+pub mod progress;
+pub mod raft_service;
+pub mod refusal;
+pub mod witness;
+
+pub use config::{ReplicaConfig, SyncMode, Timers};
+pub use node::{serve, StartError};

@@ -1,0 +1,243 @@
+//! The client side of replica-to-replica traffic: openraft's `RaftNetwork` over gRPC.
+//!
+//! Each openraft message is bincode-encoded into a [`RaftRequest`] envelope that names the
+//! cluster, the epoch and both ends; the receiver ([`crate::raft_service`]) checks the envelope
+//! before anything reaches Raft. Connections are lazy and shared per address.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tandem_proto::db::raft_client::RaftClient;
+use tandem_proto::db::{RaftReply, RaftRequest};
+use tandem_store::{Replica, ReplicaId, TypeConfig};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Largest replica-to-replica message (a batch of log entries or a snapshot chunk).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Who this replica is on the wire: stamped on every outgoing message, checked on every incoming
+/// one.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    /// This replica's id.
+    pub id: ReplicaId,
+    /// The replica set's name.
+    pub cluster: String,
+    /// The replica set's epoch as this replica knows it.
+    pub epoch: AtomicU64,
+}
+
+impl PeerIdentity {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn envelope(&self, to: ReplicaId, payload: Vec<u8>) -> RaftRequest {
+        RaftRequest { cluster: self.cluster.clone(), epoch: self.epoch(), from: self.id, to, payload }
+    }
+}
+
+/// Shared gRPC channels to peers, one per address, created on first use.
+#[derive(Clone)]
+pub struct PeerChannels {
+    /// How every replica connects out.
+    scheme: &'static str,
+    /// TLS settings of outgoing links (mutual TLS between replicas when set).
+    tls: Option<ClientTlsConfig>,
+    /// Open channels by `host:port`.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        PeerChannels { scheme, tls, channels: Arc::default() }
+    }
+
+    /// The channel to `addr`, created lazily (no connection is made here).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", self.scheme))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A Raft-service client for `addr`.
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        Ok(RaftClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+}
+
+/// openraft's network factory: one [`PeerLink`] per replication target.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    pub identity: Arc<PeerIdentity>,
+    pub channels: PeerChannels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: ReplicaId, node: &Replica) -> PeerLink {
+        PeerLink {
+            identity: self.identity.clone(),
+            channels: self.channels.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// The link to one peer.
+pub struct PeerLink {
+    identity: Arc<PeerIdentity>,
+    channels: PeerChannels,
+    target: ReplicaId,
+    addr: String,
+}
+
+/// The four kinds of peer call.
+#[derive(Clone, Copy, Debug)]
+pub enum PeerCall {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    ElectNow,
+}
+
+/// Why a peer call failed before a remote answer could be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {addr} unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("peer {addr} refused the message: {status}")]
+    Refused { addr: String, status: tonic::Status },
+    #[error("undecodable message: {0}")]
+    Codec(#[from] bincode::Error),
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(value)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
+/// Sends one bincode-encoded message to the replica at `addr` and decodes its answer.
+pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
+    identity: &PeerIdentity,
+    channels: &PeerChannels,
+    target: ReplicaId,
+    addr: &str,
+    call: PeerCall,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, PeerError> {
+    let unreachable = |reason: String| PeerError::Unreachable { addr: addr.to_owned(), reason };
+    let mut client = channels.raft_client(addr).map_err(|e| unreachable(e.to_string()))?;
+    let mut request = tonic::Request::new(identity.envelope(target, encode(req)?));
+    request.set_timeout(timeout);
+    let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match call {
+        PeerCall::AppendEntries => client.append_entries(request).await,
+        PeerCall::Vote => client.vote(request).await,
+        PeerCall::InstallSnapshot => client.install_snapshot(request).await,
+        PeerCall::ElectNow => client.elect_now(request).await,
+    };
+    match reply {
+        Ok(reply) => Ok(decode(&reply.into_inner().payload)?),
+        Err(status) => match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                Err(unreachable(status.to_string()))
+            }
+            _ => Err(PeerError::Refused { addr: addr.to_owned(), status }),
+        },
+    }
+}
+
+impl PeerLink {
+    async fn call<Req, Resp, E>(
+        &self,
+        call: PeerCall,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<ReplicaId, Replica, RaftError<ReplicaId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Result<Resp, RaftError<ReplicaId, E>>, PeerError> = call_peer(
+            &self.identity,
+            &self.channels,
+            self.target,
+            &self.addr,
+            call,
+            req,
+            option.hard_ttl(),
+        )
+        .await;
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e @ PeerError::Unreachable { .. }) | Err(e @ PeerError::Refused { .. }) => {
+                // A refused envelope (other cluster or epoch) is treated as unreachable so that
+                // openraft backs off instead of hammering it.
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ PeerError::Codec(_)) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<ReplicaId>, RPCError<ReplicaId, Replica, RaftError<ReplicaId>>> {
+        self.call(PeerCall::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<ReplicaId>,
+        RPCError<ReplicaId, Replica, RaftError<ReplicaId, InstallSnapshotError>>,
+    > {
+        self.call(PeerCall::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<ReplicaId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<ReplicaId>, RPCError<ReplicaId, Replica, RaftError<ReplicaId>>> {
+        self.call(PeerCall::Vote, &rpc, &option).await
+    }
+}

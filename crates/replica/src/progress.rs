@@ -1,0 +1,325 @@
+//! The primary's view of every replica, and the sync gate.
+//!
+//! openraft acknowledges a write once a majority of voters has it. Tandem is stricter: a write is
+//! acknowledged only when every *healthy sync* replica has it on disk too (the seed's synchronous
+//! commit), so that a sync replica at the second site means no acknowledged write is lost with
+//! the first site. This module watches openraft's replication metrics (the matched log index of
+//! each replica is durable on that replica) and:
+//!
+//! - tracks each replica's lag in entries and in milliseconds (the age of the oldest entry it
+//!   lacks, from the time this primary saw that entry appended);
+//! - judges health: a replica behind the primary that has confirmed nothing for `sync_timeout` is
+//!   unhealthy; in `Available` mode an unhealthy sync replica is demoted (logged at warn level,
+//!   counted, shown in status) and re-admitted once it has caught up;
+//! - answers [`Progress::wait_synced`], which holds a write's acknowledgement until the gate
+//!   opens for its log index.
+//!
+//! Invariant: demotion only ever makes the gate wait for fewer replicas in `Available` mode; in
+//! `Strict` mode nothing is demoted and a write waits until its deadline.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use openraft::{RaftMetrics, ServerState};
+use tandem_store::{Replica, ReplicaId, ReplicaKind};
+use tokio::sync::watch;
+
+use crate::config::SyncMode;
+
+/// How many appended-entry timestamps are kept for the lag-in-ms figure.
+const APPEND_TIMES_MAX: usize = 65_536;
+/// A demoted replica is re-admitted once it is at most this many entries behind.
+const READMIT_LAG_ENTRIES: u64 = 64;
+
+pub type Metrics = RaftMetrics<ReplicaId, Replica>;
+
+/// Why a write's acknowledgement could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncWaitError {
+    #[error("this replica stopped being the primary before sync replicas confirmed the write")]
+    LostPrimary,
+    #[error("sync replicas {waiting_for:?} did not confirm the write in time (sync mode {mode})")]
+    Timeout { waiting_for: Vec<ReplicaId>, mode: &'static str },
+}
+
+/// What the primary knows of one replica.
+#[derive(Debug, Clone)]
+struct ReplicaView {
+    /// Highest log index durable on the replica.
+    matched: u64,
+    /// When `matched` last advanced or the replica was last caught up.
+    last_progress: Instant,
+    /// Set while a sync replica is demoted (Available mode only).
+    demoted_since: Option<Instant>,
+}
+
+/// One replica's figures for status.
+#[derive(Debug, Clone)]
+pub struct ReplicaProgress {
+    pub id: ReplicaId,
+    pub matched: u64,
+    pub lag_entries: u64,
+    pub lag_ms: u64,
+    /// ok | demoted | unreachable
+    pub health: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    /// The term of the leadership this view belongs to; a new term starts a fresh view.
+    term: Option<u64>,
+    /// The primary's last log index.
+    last_index: u64,
+    /// (index, when this primary first saw its last log reach that index), ascending.
+    append_times: VecDeque<(u64, Instant)>,
+    replicas: BTreeMap<ReplicaId, ReplicaView>,
+}
+
+pub struct Progress {
+    /// This replica.
+    id: ReplicaId,
+    mode: SyncMode,
+    sync_timeout: Duration,
+    state: Mutex<ProgressState>,
+    /// Bumped after every observation, so waiters re-check.
+    generation: watch::Sender<u64>,
+    /// Sync replicas demoted since start (a counter for status and metrics).
+    demotions: AtomicU64,
+}
+
+impl Progress {
+    pub fn new(id: ReplicaId, mode: SyncMode, sync_timeout: Duration) -> Self {
+        Progress {
+            id,
+            mode,
+            sync_timeout,
+            state: Mutex::default(),
+            generation: watch::channel(0).0,
+            demotions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn mode(&self) -> SyncMode {
+        self.mode
+    }
+
+    pub fn sync_timeout(&self) -> Duration {
+        self.sync_timeout
+    }
+
+    pub fn demotions(&self) -> u64 {
+        self.demotions.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Folds one metrics sample into the view. Called on every metrics change and on a timer
+    /// (health depends on time passing, not only on metrics changing).
+    pub fn observe(&self, metrics: &Metrics) {
+        let now = Instant::now();
+        {
+            let mut state = self.lock();
+            let leading = metrics.state == ServerState::Leader;
+            let replication = match (&metrics.replication, leading) {
+                (Some(replication), true) => replication,
+                _ => {
+                    if state.term.take().is_some() {
+                        state.replicas.clear();
+                        state.append_times.clear();
+                    }
+                    drop(state);
+                    self.generation.send_modify(|g| *g += 1);
+                    return;
+                }
+            };
+            if state.term != Some(metrics.current_term) {
+                state.term = Some(metrics.current_term);
+                state.replicas.clear();
+                state.append_times.clear();
+            }
+            let last_index = metrics.last_log_index.unwrap_or(0);
+            if last_index > state.last_index || state.append_times.is_empty() {
+                state.append_times.push_back((last_index, now));
+                if state.append_times.len() > APPEND_TIMES_MAX {
+                    state.append_times.pop_front();
+                }
+            }
+            state.last_index = last_index;
+
+            let membership = metrics.membership_config.membership();
+            let voters: Vec<ReplicaId> = membership.voter_ids().collect();
+            state.replicas.retain(|id, _| replication.contains_key(id));
+            for (&id, matched) in replication {
+                let matched = matched.map(|log_id| log_id.index).unwrap_or(0);
+                let view = state.replicas.entry(id).or_insert(ReplicaView {
+                    matched,
+                    last_progress: now,
+                    demoted_since: None,
+                });
+                if matched > view.matched || matched >= last_index {
+                    view.last_progress = now;
+                }
+                view.matched = matched;
+
+                let is_sync = voters.contains(&id)
+                    && membership.get_node(&id).map(|n| n.kind) == Some(ReplicaKind::Sync)
+                    && id != self.id;
+                if !is_sync || self.mode != SyncMode::Available {
+                    view.demoted_since = None;
+                    continue;
+                }
+                let behind = last_index.saturating_sub(matched);
+                match view.demoted_since {
+                    None if behind > 0 && now.duration_since(view.last_progress) > self.sync_timeout => {
+                        view.demoted_since = Some(now);
+                        self.demotions.fetch_add(1, Ordering::Relaxed);
+                        let addr = membership.get_node(&id).map(|n| n.addr.as_str()).unwrap_or("?");
+                        tracing::warn!(
+                            replica = id,
+                            addr,
+                            matched,
+                            last_index,
+                            silent_ms = now.duration_since(view.last_progress).as_millis() as u64,
+                            "sync replica demoted to async: it confirmed nothing for longer than the sync \
+                             timeout ({} ms); writes are acknowledged without it until it catches up \
+                             (sync mode available). Acknowledged writes from now on may be missing on it",
+                            self.sync_timeout.as_millis()
+                        );
+                    }
+                    Some(since) if behind <= READMIT_LAG_ENTRIES && now.duration_since(view.last_progress) < self.sync_timeout => {
+                        view.demoted_since = None;
+                        tracing::warn!(
+                            replica = id,
+                            matched,
+                            last_index,
+                            demoted_ms = now.duration_since(since).as_millis() as u64,
+                            "sync replica caught up and is synchronous again: writes wait for it"
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The replicas the gate currently waits for at `index`, or `None` when this replica is not
+    /// leading.
+    fn pending(&self, index: u64, metrics: &Metrics) -> Option<Vec<ReplicaId>> {
+        if metrics.state != ServerState::Leader {
+            return None;
+        }
+        let state = self.lock();
+        let membership = metrics.membership_config.membership();
+        let mut waiting = Vec::new();
+        for id in membership.voter_ids() {
+            if membership.get_node(&id).map(|n| n.kind) != Some(ReplicaKind::Sync) {
+                continue;
+            }
+            let view = state.replicas.get(&id);
+            if view.is_some_and(|v| v.demoted_since.is_some()) {
+                continue;
+            }
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|log_id| log_id.index)
+                .unwrap_or(0);
+            if matched < index {
+                waiting.push(id);
+            }
+        }
+        Some(waiting)
+    }
+
+    /// Waits until every healthy sync replica has `index` durably.
+    pub async fn wait_synced(
+        &self,
+        index: u64,
+        metrics: &mut watch::Receiver<Metrics>,
+        deadline: Instant,
+    ) -> Result<(), SyncWaitError> {
+        let mut generation = self.generation.subscribe();
+        loop {
+            let sample = metrics.borrow_and_update().clone();
+            match self.pending(index, &sample) {
+                None => return Err(SyncWaitError::LostPrimary),
+                Some(waiting) if waiting.is_empty() => return Ok(()),
+                Some(waiting) => {
+                    let sleep = tokio::time::sleep_until(deadline.into());
+                    tokio::select! {
+                        _ = sleep => {
+                            return Err(SyncWaitError::Timeout { waiting_for: waiting, mode: self.mode.as_str() });
+                        }
+                        changed = metrics.changed() => {
+                            if changed.is_err() {
+                                return Err(SyncWaitError::LostPrimary);
+                            }
+                        }
+                        _ = generation.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each replica's lag and health, as this primary sees it (empty when not leading).
+    pub fn replicas(&self) -> Vec<ReplicaProgress> {
+        let now = Instant::now();
+        let state = self.lock();
+        if state.term.is_none() {
+            return Vec::new();
+        }
+        state
+            .replicas
+            .iter()
+            .map(|(&id, view)| {
+                let lag_entries = state.last_index.saturating_sub(view.matched);
+                let lag_ms = if lag_entries == 0 {
+                    0
+                } else {
+                    let first_missing = view.matched + 1;
+                    let at = state.append_times.partition_point(|(index, _)| *index < first_missing);
+                    state
+                        .append_times
+                        .get(at)
+                        .or(state.append_times.front())
+                        .map(|(_, t)| now.duration_since(*t).as_millis() as u64)
+                        .unwrap_or(0)
+                };
+                let health = if view.demoted_since.is_some() {
+                    "demoted"
+                } else if lag_entries == 0 || now.duration_since(view.last_progress) <= self.sync_timeout {
+                    "ok"
+                } else {
+                    "unreachable"
+                };
+                ReplicaProgress { id, matched: view.matched, lag_entries, lag_ms, health }
+            })
+            .collect()
+    }
+
+    /// Keeps the view current: observes every metrics change, and re-judges health at least
+    /// every `tick` (time alone can make a replica unhealthy). Returns when metrics end.
+    pub async fn run(&self, mut metrics: watch::Receiver<Metrics>, tick: Duration) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = interval.tick() => {}
+            }
+            let sample = metrics.borrow_and_update().clone();
+            self.observe(&sample);
+        }
+    }
+}

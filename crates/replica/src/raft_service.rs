@@ -1,0 +1,91 @@
+//! The server side of replica-to-replica traffic. Every message's envelope is checked (cluster,
+//! addressee, epoch) before its payload is decoded and handed to openraft, so a replica of
+//! another replica set or another epoch can neither vote here nor append here.
+
+use std::sync::Arc;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use tandem_proto::db::raft_server::Raft;
+use tandem_proto::db::{RaftReply, RaftRequest};
+use tandem_store::{ReplicaId, TypeConfig};
+use tonic::{Request, Response, Status};
+
+use crate::network::{decode, encode};
+use crate::node::Core;
+use crate::refusal;
+
+pub struct RaftService {
+    core: Arc<Core>,
+}
+
+impl RaftService {
+    pub fn new(core: Arc<Core>) -> Self {
+        RaftService { core }
+    }
+
+    /// Checks the envelope and returns the payload.
+    fn admit(&self, request: Request<RaftRequest>) -> Result<RaftRequest, Status> {
+        let message = request.into_inner();
+        let identity = &self.core.identity;
+        if message.cluster != identity.cluster {
+            return Err(refusal::wrong_cluster(format!(
+                "message from replica set {:?}, this replica belongs to {:?}",
+                message.cluster, identity.cluster
+            )));
+        }
+        if message.to != identity.id {
+            return Err(refusal::wrong_cluster(format!(
+                "message for replica {}, this is replica {}",
+                message.to, identity.id
+            )));
+        }
+        let epoch = identity.epoch();
+        if message.epoch != epoch {
+            return Err(refusal::wrong_cluster(format!(
+                "message from replica {} of epoch {}, this replica is in epoch {epoch}",
+                message.from, message.epoch
+            )));
+        }
+        Ok(message)
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = encode(value).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+    Ok(Response::new(RaftReply { payload }))
+}
+
+fn payload<T: serde::de::DeserializeOwned>(message: &RaftRequest) -> Result<T, Status> {
+    decode(&message.payload).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let message = self.admit(request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = payload(&message)?;
+        reply(&self.core.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let message = self.admit(request)?;
+        let rpc: VoteRequest<ReplicaId> = payload(&message)?;
+        reply(&self.core.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let message = self.admit(request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = payload(&message)?;
+        let result: Result<_, RaftError<ReplicaId, InstallSnapshotError>> = self.core.raft.install_snapshot(rpc).await;
+        reply(&result)
+    }
+
+    async fn elect_now(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let message = self.admit(request)?;
+        tracing::info!(from = message.from, "asked to campaign for primary now");
+        let result: Result<(), String> = self.core.raft.trigger().elect().await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+}

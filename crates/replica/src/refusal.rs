@@ -1,0 +1,73 @@
+//! The gRPC statuses a replica refuses with. Each carries a stable code in the `tandem-error`
+//! metadata key so that clients act on the kind of refusal, never on message text.
+
+use tandem_proto::db::{error_code, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+fn coded(code: Code, error_code: &'static str, message: String) -> Status {
+    let mut status = Status::new(code, message);
+    status.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
+    status
+}
+
+fn with_primary(mut status: Status, primary_addr: Option<&str>) -> Status {
+    if let Some(value) = primary_addr.and_then(|addr| MetadataValue::try_from(addr).ok()) {
+        status.metadata_mut().insert(PRIMARY_ADDR_KEY, value);
+    }
+    status
+}
+
+/// This replica is not the primary; nothing was done, so a retry elsewhere is safe.
+pub fn not_primary(primary_addr: Option<&str>) -> Status {
+    let message = match primary_addr {
+        Some(addr) => format!("not the primary; the primary is at {addr}"),
+        None => "not the primary, and no primary is known right now".to_owned(),
+    };
+    with_primary(coded(Code::Unavailable, error_code::NOT_PRIMARY, message), primary_addr)
+}
+
+/// A witness serves no client data; nothing was done.
+pub fn witness(primary_addr: Option<&str>) -> Status {
+    let message = "this replica is a witness and serves no client requests".to_owned();
+    with_primary(coded(Code::Unavailable, error_code::WITNESS, message), primary_addr)
+}
+
+/// The write may or may not have been applied; only an idempotent (compare-and-set) retry is safe.
+pub fn outcome_unknown(reason: impl std::fmt::Display) -> Status {
+    coded(
+        Code::Unavailable,
+        error_code::OUTCOME_UNKNOWN,
+        format!("outcome unknown: {reason}; the write may or may not be applied, retry only with a compare-and-set"),
+    )
+}
+
+/// The change history no longer reaches back to the requested revision.
+pub fn compacted(requested: u64, oldest: u64) -> Status {
+    let mut status = coded(
+        Code::OutOfRange,
+        error_code::COMPACTED,
+        format!("compacted, resync needed: changes after revision {requested} are no longer all kept (oldest kept: {oldest})"),
+    );
+    if let Ok(value) = MetadataValue::try_from(oldest.to_string()) {
+        status.metadata_mut().insert(OLDEST_REVISION_KEY, value);
+    }
+    status
+}
+
+pub fn not_initialized() -> Status {
+    coded(
+        Code::Unavailable,
+        error_code::NOT_INITIALIZED,
+        "this replica has not joined a replica set yet (run `tandem db init`, or add it from the primary)".to_owned(),
+    )
+}
+
+/// A peer message for another cluster, replica or epoch.
+pub fn wrong_cluster(message: String) -> Status {
+    coded(Code::FailedPrecondition, error_code::WRONG_CLUSTER, message)
+}
+
+pub fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}

@@ -1,0 +1,340 @@
+//! SQLite plumbing shared by the log store and the state machine: creating a database file
+//! safely, validating an existing one before anything writes to it, connection settings, the
+//! `meta` key/value table, and running blocking work off the async runtime.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, ToSql, Value};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{OpenError, StoreError};
+
+/// The on-disk format version this build reads and writes (both `log.db` and `state.db`).
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// How long a connection waits for a lock held by another connection before failing.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shape of one kind of database file.
+pub(crate) struct DbSpec {
+    /// The schema, run once in the transaction that creates the file.
+    pub schema: &'static str,
+    /// The tables a valid file must have (besides `meta`).
+    pub tables: &'static [&'static str],
+    /// Metadata rows written when the file is created, besides format version, cluster and
+    /// replica id.
+    pub initial_meta: fn(&Connection) -> rusqlite::Result<()>,
+}
+
+/// Runs blocking (SQLite or file) work on tokio's blocking pool.
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_cancelled() => Err(StoreError::Closed),
+        Err(e) => Err(StoreError::Panicked(e.to_string())),
+    }
+}
+
+/// Locks a mutex, reporting poisoning as an error instead of panicking.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
+    mutex.lock().map_err(|_| StoreError::Poisoned)
+}
+
+/// Opens `path`, creating and initialising it if it does not exist, or validating it (format
+/// version, cluster, replica id, `quick_check`, tables) if it does. The returned connection is
+/// the writer: WAL mode, `synchronous=FULL`.
+pub(crate) fn open_writer(
+    path: &Path,
+    spec: &DbSpec,
+    cluster: &str,
+    replica_id: u64,
+) -> Result<Connection, OpenError> {
+    let io_err = |file: &Path, source| OpenError::Io {
+        file: file.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    let exists = path.try_exists().map_err(|e| io_err(path, e))?;
+    if !exists {
+        let wal = sidecar(path, "-wal");
+        if wal.try_exists().map_err(|e| io_err(&wal, e))? {
+            return Err(OpenError::Corrupt {
+                file: path.to_owned(),
+                reason: format!(
+                    "the database file is missing but its write-ahead log {} exists",
+                    wal.display()
+                ),
+            });
+        }
+        create(path, spec, cluster, replica_id)?;
+    }
+    let sqlite_err = |source| OpenError::Sqlite {
+        file: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
+    validate(&conn, path, spec.tables, cluster, Some(replica_id))?;
+    configure_writer(&conn).map_err(sqlite_err)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection to an existing, already validated database.
+pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Puts a writer connection in WAL mode with fully synchronous commits.
+fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!(
+                "could not switch to WAL mode (journal mode is {mode})"
+            )),
+        ));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// Creates a new database at `path`: built under a temporary name and renamed into place once
+/// complete, so a crash never leaves a half-initialised file under the real name.
+fn create(path: &Path, spec: &DbSpec, cluster: &str, replica_id: u64) -> Result<(), OpenError> {
+    let tmp = sidecar(path, ".init");
+    let io_err = |file: &Path, source| OpenError::Io {
+        file: file.to_owned(),
+        source,
+    };
+    let sqlite_err = |source| OpenError::Sqlite {
+        file: tmp.clone(),
+        source,
+    };
+    // Leftovers of an initialisation that crashed: never in use, never the real file.
+    for leftover in [tmp.clone(), sidecar(&tmp, "-wal"), sidecar(&tmp, "-shm")] {
+        match fs::remove_file(&leftover) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&leftover, e)),
+        }
+    }
+    let mut conn = Connection::open(&tmp).map_err(sqlite_err)?;
+    configure_writer(&conn).map_err(sqlite_err)?;
+    let tx = conn.transaction().map_err(sqlite_err)?;
+    tx.execute_batch(META_SCHEMA).map_err(sqlite_err)?;
+    tx.execute_batch(spec.schema).map_err(sqlite_err)?;
+    meta_set(&tx, "format_version", FORMAT_VERSION).map_err(sqlite_err)?;
+    meta_set(&tx, "cluster", cluster).map_err(sqlite_err)?;
+    meta_set(&tx, "replica_id", replica_id).map_err(sqlite_err)?;
+    (spec.initial_meta)(&tx).map_err(sqlite_err)?;
+    tx.commit().map_err(sqlite_err)?;
+    conn.close().map_err(|(_, e)| sqlite_err(e))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    sync_dir(path).map_err(|e| io_err(path, e))?;
+    Ok(())
+}
+
+/// The `meta` table every Tandem database has.
+const META_SCHEMA: &str =
+    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB) WITHOUT ROWID;";
+
+/// Checks that `conn` is a healthy Tandem database of this cluster (and of this replica, when
+/// `replica_id` is given) in the supported format. Reads only.
+pub(crate) fn validate(
+    conn: &Connection,
+    path: &Path,
+    tables: &[&str],
+    cluster: &str,
+    replica_id: Option<u64>,
+) -> Result<(), OpenError> {
+    let file = || path.to_owned();
+    let corrupt = |reason: String| OpenError::Corrupt {
+        file: file(),
+        reason,
+    };
+    let sqlite_err = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+            corrupt(format!("not a valid SQLite database: {e}"))
+        }
+        _ => OpenError::Sqlite {
+            file: file(),
+            source: e,
+        },
+    };
+
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(sqlite_err)?;
+    if problems != ["ok"] {
+        return Err(corrupt(format!(
+            "PRAGMA quick_check failed: {}",
+            problems.join("; ")
+        )));
+    }
+
+    let present: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(sqlite_err)?;
+    if !present.iter().any(|t| t == "meta") {
+        return Err(corrupt(
+            "missing table meta (not a Tandem database)".to_owned(),
+        ));
+    }
+
+    let found = match meta_value(conn, "format_version").map_err(sqlite_err)? {
+        Some(Value::Integer(v)) => u32::try_from(v)
+            .map_err(|_| corrupt(format!("metadata format_version {v} is out of range")))?,
+        other => {
+            return Err(corrupt(format!(
+                "metadata format_version is unreadable: {other:?}"
+            )))
+        }
+    };
+    if found != FORMAT_VERSION {
+        return Err(OpenError::UnknownFormat {
+            file: file(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+
+    let missing: Vec<&str> = tables
+        .iter()
+        .copied()
+        .filter(|t| !present.iter().any(|p| p == t))
+        .collect();
+    if !missing.is_empty() {
+        return Err(corrupt(format!("missing tables: {}", missing.join(", "))));
+    }
+
+    match meta_value(conn, "cluster").map_err(sqlite_err)? {
+        Some(Value::Text(found)) if found == cluster => {}
+        Some(Value::Text(found)) => {
+            return Err(OpenError::OtherCluster {
+                file: file(),
+                found,
+                expected: cluster.to_owned(),
+            })
+        }
+        other => {
+            return Err(corrupt(format!(
+                "metadata cluster is unreadable: {other:?}"
+            )))
+        }
+    }
+
+    if let Some(expected) = replica_id {
+        let found = match meta_value(conn, "replica_id").map_err(sqlite_err)? {
+            Some(Value::Integer(v)) => u64::try_from(v)
+                .map_err(|_| corrupt(format!("metadata replica_id {v} is out of range")))?,
+            other => {
+                return Err(corrupt(format!(
+                    "metadata replica_id is unreadable: {other:?}"
+                )))
+            }
+        };
+        if found != expected {
+            return Err(OpenError::OtherReplica {
+                file: file(),
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `path` with `suffix` appended to its file name (`log.db` → `log.db-wal`).
+pub(crate) fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Makes a rename or file creation in `path`'s directory durable.
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)?.sync_all(),
+        _ => fs::File::open(".")?.sync_all(),
+    }
+}
+
+/// Reads one metadata value as stored.
+fn meta_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<Value>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+        row.get(0)
+    })
+    .optional()
+}
+
+/// Writes one metadata value.
+pub(crate) fn meta_set(conn: &Connection, key: &str, value: impl ToSql) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Reads one metadata value, `None` when absent.
+pub(crate) fn meta_get<T: FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+        row.get(0)
+    })
+    .optional()
+}
+
+/// Reads one metadata value that must be present.
+pub(crate) fn meta_require<T: FromSql>(conn: &Connection, key: &str) -> Result<T, StoreError> {
+    meta_get(conn, key)?.ok_or_else(|| StoreError::Corrupt(format!("metadata {key} is missing")))
+}
+
+/// Writes one metadata value as a bincode blob.
+pub(crate) fn meta_set_blob<T: Serialize>(
+    conn: &Connection,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    meta_set(conn, key, bincode::serialize(value)?)?;
+    Ok(())
+}
+
+/// Reads one metadata value stored as a bincode blob, `None` when absent.
+pub(crate) fn meta_get_blob<T: DeserializeOwned>(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match meta_get::<Vec<u8>>(conn, key)? {
+        Some(bytes) => Ok(Some(bincode::deserialize(&bytes)?)),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,23 @@
+//! Tandem's replicated store, minus the network: the types every replica agrees on and the
+//! on-disk Raft log and state machine, both in SQLite (WAL mode).
+//!
+//! Layout:
+//! - [`types`]: the openraft type configuration, commands, results, replica kinds.
+//! - [`log_store`]: the durable Raft log, vote and committed index (`log.db`).
+//! - [`state_machine`]: keys, leases and the change history (`state.db`), snapshots, and the
+//!   [`StateReader`] handle the services read through.
+//! - [`error`]: typed errors, among them why a data directory is refused at start.
+//!
+//! Architecture invariant: this crate knows nothing of gRPC, sockets or clocks. Time enters only
+//! as the `now_ms` a command carries, so every replica applies the same log to the same state.
+
+mod db;
+pub mod error;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use error::{OpenError, StoreError};
+pub use log_store::LogStore;
+pub use state_machine::{StateMachine, StateReader};
+pub use types::*;

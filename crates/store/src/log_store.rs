@@ -1,0 +1,345 @@
+//! The durable Raft log: entries, the vote, the committed log id and the purge point, kept in
+//! `DIR/log.db` (SQLite, WAL mode, `synchronous=FULL`), plus the replica's epoch.
+//!
+//! [`LogStore`] implements openraft's [`RaftLogStorage`] and [`RaftLogReader`]. Every batch of
+//! entries openraft hands to [`RaftLogStorage::append`] is written in one transaction, so one
+//! fsync covers the whole batch (group commit), and openraft is told the entries are durable
+//! only after that transaction commits. All SQLite work runs on tokio's blocking pool.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::db::{self, DbSpec};
+use crate::error::{OpenError, StoreError};
+use crate::types::{ReplicaId, TypeConfig};
+
+/// The log database's file name inside the data directory.
+pub const LOG_FILE: &str = "log.db";
+
+/// The epoch of a freshly initialised replica.
+const INITIAL_EPOCH: u64 = 1;
+
+const LOG_SPEC: DbSpec = DbSpec {
+    schema:
+        "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, payload BLOB NOT NULL);",
+    tables: &["log"],
+    initial_meta: |conn| db::meta_set(conn, "epoch", INITIAL_EPOCH),
+};
+
+/// The Raft log of one replica. Cloning it gives another handle on the same connection (that
+/// is how openraft's log readers are made).
+#[derive(Clone)]
+pub struct LogStore {
+    /// State shared by every handle.
+    shared: Arc<Shared>,
+}
+
+/// What every [`LogStore`] handle shares.
+struct Shared {
+    /// The single connection to `log.db`; every read and write goes through it, in order.
+    conn: Mutex<Connection>,
+    /// Path of `log.db`, for messages.
+    path: PathBuf,
+    /// The cluster name recorded in the file.
+    cluster: String,
+    /// The replica id recorded in the file.
+    replica_id: ReplicaId,
+    /// Cached copy of the durable epoch.
+    epoch: AtomicU64,
+}
+
+impl LogStore {
+    /// Opens `dir/log.db`: creates it when absent, otherwise checks that it is a healthy log of
+    /// this cluster and replica in the supported format. A refused file is left untouched.
+    ///
+    /// Blocking: call it at start-up, before the runtime is busy, or via `spawn_blocking`.
+    pub fn open(dir: &Path, cluster: &str, replica_id: ReplicaId) -> Result<LogStore, OpenError> {
+        let path = dir.join(LOG_FILE);
+        let conn = db::open_writer(&path, &LOG_SPEC, cluster, replica_id)?;
+        let epoch = match db::meta_get::<u64>(&conn, "epoch") {
+            Ok(Some(epoch)) => epoch,
+            Ok(None) => INITIAL_EPOCH,
+            Err(e) => {
+                return Err(OpenError::Corrupt {
+                    file: path,
+                    reason: format!("metadata epoch is unreadable: {e}"),
+                })
+            }
+        };
+        // Check that the stored blobs decode, so a damaged log is refused now rather than
+        // stopping the Raft node later.
+        if let Err(e) = read_vote(&conn)
+            .and_then(|_| read_committed(&conn))
+            .and_then(|_| {
+                read_last_purged(&conn)?;
+                last_entry_log_id(&conn)
+            })
+        {
+            return Err(OpenError::Corrupt {
+                file: path,
+                reason: format!("log metadata: {e}"),
+            });
+        }
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                path,
+                cluster: cluster.to_owned(),
+                replica_id,
+                epoch: AtomicU64::new(epoch),
+            }),
+        })
+    }
+
+    /// The replica's epoch: raised by a forced recovery, so that messages of an older epoch are
+    /// refused. 1 for a new replica.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Durably records a new epoch.
+    ///
+    /// Blocking (one fsync): call it from a blocking context, or via `spawn_blocking`.
+    pub fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        let conn = db::lock(&self.shared.conn)?;
+        db::meta_set(&conn, "epoch", epoch)?;
+        self.shared.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The cluster name the log belongs to.
+    pub fn cluster(&self) -> &str {
+        &self.shared.cluster
+    }
+
+    /// The replica id the log belongs to.
+    pub fn replica_id(&self) -> ReplicaId {
+        self.shared.replica_id
+    }
+
+    /// Path of `log.db`.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        db::blocking(move || {
+            let mut conn = db::lock(&shared.conn)?;
+            work(&mut conn)
+        })
+        .await
+    }
+}
+
+/// Converts a log index to SQLite's integer, saturating (no real log reaches `i64::MAX`).
+fn sql_index(index: u64) -> i64 {
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+/// Decodes one stored entry.
+fn decode_entry(payload: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
+    Ok(bincode::deserialize(payload)?)
+}
+
+fn read_vote(conn: &Connection) -> Result<Option<Vote<ReplicaId>>, StoreError> {
+    db::meta_get_blob(conn, "vote")
+}
+
+fn read_committed(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, StoreError> {
+    Ok(db::meta_get_blob::<Option<LogId<ReplicaId>>>(conn, "committed")?.flatten())
+}
+
+fn read_last_purged(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, StoreError> {
+    Ok(db::meta_get_blob::<Option<LogId<ReplicaId>>>(conn, "last_purged")?.flatten())
+}
+
+/// The log id of the last entry present, if any.
+fn last_entry_log_id(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, StoreError> {
+    let payload: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT payload FROM log ORDER BY idx DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match payload {
+        Some(payload) => Ok(Some(decode_entry(&payload)?.log_id)),
+        None => Ok(None),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<ReplicaId>> {
+        // [start, end) in SQLite integers; an empty range when start >= end.
+        let start = match range.start_bound() {
+            Bound::Included(&i) => sql_index(i),
+            Bound::Excluded(&i) => sql_index(i).saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => sql_index(i).saturating_add(1),
+            Bound::Excluded(&i) => sql_index(i),
+            Bound::Unbounded => i64::MAX,
+        };
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT payload FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )?;
+            let mut rows = stmt.query(params![start, end])?;
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let payload: Vec<u8> = row.get(0)?;
+                entries.push(decode_entry(&payload)?);
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(StoreError::into_read_logs)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<ReplicaId>> {
+        self.with_conn(|conn| {
+            let last_purged_log_id = read_last_purged(conn)?;
+            let last_log_id = last_entry_log_id(conn)?.or(last_purged_log_id);
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id,
+            })
+        })
+        .await
+        .map_err(StoreError::into_read_logs)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<ReplicaId>) -> Result<(), StorageError<ReplicaId>> {
+        let vote = *vote;
+        self.with_conn(move |conn| db::meta_set_blob(conn, "vote", &vote))
+            .await
+            .map_err(StoreError::into_write_vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<ReplicaId>>, StorageError<ReplicaId>> {
+        self.with_conn(|conn| read_vote(conn))
+            .await
+            .map_err(StoreError::into_read_vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<ReplicaId>>,
+    ) -> Result<(), StorageError<ReplicaId>> {
+        // The committed log id is a hint (openraft re-applies up to it at start-up); losing the
+        // latest value in a power cut is harmless, so it is written without its own fsync. It
+        // becomes durable with the next fully synchronous commit (WAL frames are ordered).
+        self.with_conn(move |conn| {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let written = db::meta_set_blob(conn, "committed", &committed);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            written
+        })
+        .await
+        .map_err(StoreError::into_write_logs)
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<ReplicaId>>, StorageError<ReplicaId>> {
+        self.with_conn(|conn| read_committed(conn))
+            .await
+            .map_err(StoreError::into_read_logs)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<ReplicaId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Encode on the async side (cheap, no I/O); write the whole batch in one transaction.
+        let rows = entries
+            .into_iter()
+            .map(|entry| {
+                let payload = bincode::serialize(&entry)?;
+                Ok((
+                    sql_index(entry.log_id.index),
+                    entry.log_id.leader_id.term,
+                    payload,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map_err(StoreError::into_write_logs)?;
+        let written = self
+            .with_conn(move |conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO log (idx, term, payload) VALUES (?1, ?2, ?3)",
+                    )?;
+                    for (idx, term, payload) in &rows {
+                        stmt.execute(params![idx, term, payload])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e.into_write_logs())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError<ReplicaId>> {
+        let since = sql_index(log_id.index);
+        self.with_conn(move |conn| {
+            conn.execute("DELETE FROM log WHERE idx >= ?1", [since])?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::into_write_logs)
+    }
+
+    async fn purge(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError<ReplicaId>> {
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            db::meta_set_blob(&tx, "last_purged", &Some(log_id))?;
+            tx.execute("DELETE FROM log WHERE idx <= ?1", [sql_index(log_id.index)])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::into_write_logs)
+    }
+}

@@ -1,0 +1,953 @@
+//! The state machine's semantics: compare-and-set transactions, versions and revisions,
+//! fencing with leases, change history and its retention, the change feed, snapshots, and
+//! durability across a reopen.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
+    Vote,
+};
+use tandem_store::state_machine::LEASE_RETENTION_MS;
+use tandem_store::{
+    Change, ChangeKind, Command, CommandResult, Compare, FenceError, LeaseResult, LogStore, Op,
+    Replica, ReplicaKind, StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
+};
+use tempfile::TempDir;
+use tokio::sync::broadcast::error::TryRecvError;
+
+const CLUSTER: &str = "test-cluster";
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(1, 0), index)
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn del(key: &str) -> Op {
+    Op::Delete {
+        key: key.to_owned(),
+    }
+}
+
+fn cmp(key: &str, version: u64) -> Compare {
+    Compare {
+        key: key.to_owned(),
+        version,
+    }
+}
+
+/// A state machine in a temporary directory, applying one entry at a time with increasing
+/// log indexes.
+struct Fixture {
+    /// The data directory (removed on drop).
+    dir: TempDir,
+    /// The state machine under test.
+    sm: StateMachine,
+    /// Its reader.
+    reader: StateReader,
+    /// The log index the next applied entry gets.
+    next_index: u64,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::with_history(1000)
+    }
+
+    fn with_history(history_limit: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, history_limit).unwrap();
+        Fixture {
+            dir,
+            sm,
+            reader,
+            next_index: 1,
+        }
+    }
+
+    async fn apply(&mut self, command: Command) -> CommandResult {
+        let entry = Entry::<TypeConfig> {
+            log_id: log_id(self.next_index),
+            payload: EntryPayload::Normal(command),
+        };
+        self.next_index += 1;
+        let mut results = self.sm.apply([entry]).await.unwrap();
+        assert_eq!(results.len(), 1);
+        results.remove(0)
+    }
+
+    async fn txn(
+        &mut self,
+        compares: Vec<Compare>,
+        ops: Vec<Op>,
+        fence: Option<u64>,
+        now_ms: u64,
+    ) -> TxnResult {
+        match self
+            .apply(Command::Txn(Txn {
+                compares,
+                ops,
+                fence,
+                now_ms,
+            }))
+            .await
+        {
+            CommandResult::Txn(result) => result,
+            other => panic!("unexpected result {other:?}"),
+        }
+    }
+
+    async fn ops(&mut self, ops: Vec<Op>) -> TxnResult {
+        self.txn(Vec::new(), ops, None, 0).await
+    }
+
+    async fn lease(&mut self, command: Command) -> LeaseResult {
+        match self.apply(command).await {
+            CommandResult::Lease(result) => result,
+            other => panic!("unexpected result {other:?}"),
+        }
+    }
+
+    async fn grant(&mut self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> LeaseResult {
+        self.lease(Command::LeaseGrant {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            ttl_ms,
+            now_ms,
+        })
+        .await
+    }
+
+    async fn value(&self, key: &str) -> Option<Vec<u8>> {
+        self.reader.get(key).await.unwrap().map(|kv| kv.value)
+    }
+}
+
+fn committed(revision: u64, versions: Vec<u64>) -> TxnResult {
+    TxnResult::Committed { revision, versions }
+}
+
+#[tokio::test]
+async fn puts_create_keys_and_bump_versions() {
+    let mut f = Fixture::new();
+    assert_eq!(f.ops(vec![put("a", "1")]).await, committed(1, vec![1]));
+    assert_eq!(f.ops(vec![put("a", "2")]).await, committed(2, vec![2]));
+    assert_eq!(f.ops(vec![put("b", "x")]).await, committed(3, vec![1]));
+
+    let a = f.reader.get("a").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            a.value.as_slice(),
+            a.version,
+            a.create_revision,
+            a.mod_revision
+        ),
+        (&b"2"[..], 2, 1, 2)
+    );
+    let b = f.reader.get("b").await.unwrap().unwrap();
+    assert_eq!((b.version, b.create_revision, b.mod_revision), (1, 3, 3));
+    assert_eq!(f.reader.get("missing").await.unwrap(), None);
+    assert_eq!(f.reader.revision().await.unwrap(), 3);
+    assert_eq!(f.reader.key_count().await.unwrap(), 2);
+    assert_eq!(f.reader.applied().await.unwrap(), Some(log_id(3)));
+}
+
+#[tokio::test]
+async fn compare_and_set_succeeds_or_changes_nothing() {
+    let mut f = Fixture::new();
+    // Version 0 means "absent".
+    assert_eq!(
+        f.txn(vec![cmp("a", 0)], vec![put("a", "1")], None, 0).await,
+        committed(1, vec![1])
+    );
+    assert_eq!(
+        f.txn(vec![cmp("a", 0)], vec![put("a", "2")], None, 0).await,
+        TxnResult::CompareFailed {
+            key: "a".into(),
+            expected: 0,
+            actual: 1
+        }
+    );
+    assert_eq!(
+        f.txn(vec![cmp("a", 1)], vec![put("a", "2")], None, 0).await,
+        committed(2, vec![2])
+    );
+    assert_eq!(f.value("a").await, Some(b"2".to_vec()));
+    assert_eq!(f.reader.revision().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_transaction_applies_no_op_and_reports_the_first_failing_compare() {
+    let mut f = Fixture::new();
+    f.ops(vec![put("a", "1"), put("b", "1")]).await;
+    let result = f
+        .txn(
+            vec![cmp("a", 1), cmp("b", 0), cmp("c", 7)],
+            vec![put("a", "changed"), del("b"), put("c", "new")],
+            None,
+            0,
+        )
+        .await;
+    assert_eq!(
+        result,
+        TxnResult::CompareFailed {
+            key: "b".into(),
+            expected: 0,
+            actual: 1
+        }
+    );
+    assert_eq!(f.value("a").await, Some(b"1".to_vec()));
+    assert_eq!(f.value("b").await, Some(b"1".to_vec()));
+    assert_eq!(f.value("c").await, None);
+    assert_eq!(f.reader.revision().await.unwrap(), 1);
+    assert_eq!(f.reader.changes_after(1, 100).await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn a_transaction_gets_one_revision_for_all_its_ops() {
+    let mut f = Fixture::new();
+    f.ops(vec![put("a", "1")]).await;
+    let result = f
+        .ops(vec![put("x", "1"), put("y", "1"), put("x", "2"), del("a")])
+        .await;
+    assert_eq!(result, committed(2, vec![1, 1, 2, 0]));
+    let x = f.reader.get("x").await.unwrap().unwrap();
+    assert_eq!((x.version, x.create_revision, x.mod_revision), (2, 2, 2));
+
+    let changes = f.reader.changes_after(1, 100).await.unwrap();
+    let summary: Vec<(u64, &str, ChangeKind, u64)> = changes
+        .iter()
+        .map(|c| (c.revision, c.key.as_str(), c.kind, c.version))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (2, "x", ChangeKind::Put, 1),
+            (2, "y", ChangeKind::Put, 1),
+            (2, "x", ChangeKind::Put, 2),
+            (2, "a", ChangeKind::Delete, 0),
+        ]
+    );
+    assert!(changes[3].value.is_empty());
+}
+
+#[tokio::test]
+async fn deletes_and_empty_transactions() {
+    let mut f = Fixture::new();
+    f.ops(vec![put("a", "1"), put("a", "2")]).await;
+    assert_eq!(f.ops(vec![del("a")]).await, committed(2, vec![0]));
+    assert_eq!(f.reader.get("a").await.unwrap(), None);
+
+    // Deleting an absent key is a no-op that still takes a revision, without a change.
+    assert_eq!(f.ops(vec![del("a")]).await, committed(3, vec![0]));
+    assert_eq!(f.reader.changes_after(2, 100).await.unwrap(), vec![]);
+
+    // A transaction without ops leaves the revision unchanged.
+    assert_eq!(
+        f.txn(vec![cmp("a", 0)], vec![], None, 0).await,
+        committed(3, vec![])
+    );
+    assert_eq!(f.reader.revision().await.unwrap(), 3);
+
+    // A re-created key starts again at version 1.
+    assert_eq!(f.ops(vec![put("a", "new")]).await, committed(4, vec![1]));
+    let a = f.reader.get("a").await.unwrap().unwrap();
+    assert_eq!((a.version, a.create_revision, a.mod_revision), (1, 4, 4));
+}
+
+#[tokio::test]
+async fn fencing_refuses_unknown_expired_superseded_and_revoked_tokens() {
+    let mut f = Fixture::new();
+    let LeaseResult::Granted {
+        token: first,
+        expires_at_ms,
+    } = f.grant("primary", "node-a", 100, 1_000).await
+    else {
+        panic!("not granted")
+    };
+    assert_eq!(
+        first,
+        f.next_index - 1,
+        "the token is the entry's log index"
+    );
+    assert_eq!(expires_at_ms, 1_100);
+
+    // Live and current: accepted (expiry is inclusive).
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "a")], Some(first), 1_100).await,
+        committed(1, vec![1])
+    );
+    // Expired.
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "late")], Some(first), 1_101)
+            .await,
+        TxnResult::Fenced(FenceError::Expired {
+            token: first,
+            expired_at_ms: 1_100
+        })
+    );
+    // Never granted.
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "x")], Some(9_999), 1_000).await,
+        TxnResult::Fenced(FenceError::Unknown { token: 9_999 })
+    );
+    // A newer lease of the name supersedes the first, even judged by a clock that is behind.
+    let LeaseResult::Granted { token: second, .. } = f.grant("primary", "node-b", 100, 1_200).await
+    else {
+        panic!("not granted")
+    };
+    assert!(second > first);
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "stale")], Some(first), 1_050)
+            .await,
+        TxnResult::Fenced(FenceError::Superseded {
+            token: first,
+            current: second,
+            holder: "node-b".into()
+        })
+    );
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "b")], Some(second), 1_250)
+            .await,
+        committed(2, vec![2])
+    );
+    // Revoked.
+    assert_eq!(
+        f.lease(Command::LeaseRevoke { token: second }).await,
+        LeaseResult::Revoked { token: second }
+    );
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "after revoke")], Some(second), 1_250)
+            .await,
+        TxnResult::Fenced(FenceError::Unknown { token: second })
+    );
+    // A fenced transaction checks the fence before its compares, and applies nothing.
+    assert_eq!(f.value("k").await, Some(b"b".to_vec()));
+    assert_eq!(f.reader.revision().await.unwrap(), 2);
+    // Absurd tokens do not break the apply.
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "x")], Some(u64::MAX), 0).await,
+        TxnResult::Fenced(FenceError::Unknown { token: u64::MAX })
+    );
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_and_kept_alive() {
+    let mut f = Fixture::new();
+    let LeaseResult::Granted { token, .. } = f.grant("primary", "node-a", 100, 0).await else {
+        panic!("not granted")
+    };
+    assert_eq!(
+        f.grant("primary", "node-b", 100, 50).await,
+        LeaseResult::Held {
+            name: "primary".into(),
+            holder: "node-a".into(),
+            token,
+            expires_at_ms: 100
+        }
+    );
+    // Another name is independent.
+    assert!(matches!(
+        f.grant("other", "node-b", 100, 50).await,
+        LeaseResult::Granted { .. }
+    ));
+
+    assert_eq!(
+        f.lease(Command::LeaseKeepAlive { token, now_ms: 90 }).await,
+        LeaseResult::Granted {
+            token,
+            expires_at_ms: 190
+        }
+    );
+    let lease = f.reader.lease(token).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            lease.name.as_str(),
+            lease.holder.as_str(),
+            lease.ttl_ms,
+            lease.expires_at_ms
+        ),
+        ("primary", "node-a", 100, 190)
+    );
+    assert_eq!(
+        f.reader.lease_by_name("primary").await.unwrap(),
+        Some(lease)
+    );
+    assert_eq!(f.reader.leases().await.unwrap().len(), 2);
+
+    // Too late: the lease expired.
+    assert_eq!(
+        f.lease(Command::LeaseKeepAlive { token, now_ms: 191 })
+            .await,
+        LeaseResult::NotFound { token }
+    );
+    // The name is free again; the old token cannot be revived.
+    let LeaseResult::Granted {
+        token: next,
+        expires_at_ms,
+    } = f.grant("primary", "node-b", 100, 300).await
+    else {
+        panic!("not granted")
+    };
+    assert_eq!(expires_at_ms, 400);
+    assert_eq!(
+        f.lease(Command::LeaseKeepAlive { token, now_ms: 150 })
+            .await,
+        LeaseResult::NotFound { token }
+    );
+    assert_eq!(
+        f.reader
+            .lease_by_name("primary")
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
+        next
+    );
+
+    // Revoking frees the name at once.
+    assert_eq!(
+        f.lease(Command::LeaseRevoke { token: next }).await,
+        LeaseResult::Revoked { token: next }
+    );
+    assert_eq!(f.reader.lease_by_name("primary").await.unwrap(), None);
+    assert!(matches!(
+        f.grant("primary", "node-c", 100, 310).await,
+        LeaseResult::Granted { .. }
+    ));
+    assert_eq!(
+        f.lease(Command::LeaseKeepAlive {
+            token: 12_345,
+            now_ms: 0
+        })
+        .await,
+        LeaseResult::NotFound { token: 12_345 }
+    );
+
+    // A huge TTL saturates instead of failing the apply.
+    assert!(matches!(
+        f.grant("forever", "node-a", u64::MAX, 1).await,
+        LeaseResult::Granted { expires_at_ms, .. } if expires_at_ms == i64::MAX as u64
+    ));
+}
+
+#[tokio::test]
+async fn long_expired_leases_are_swept_on_grant() {
+    let mut f = Fixture::new();
+    let LeaseResult::Granted { token: old, .. } = f.grant("a", "node-a", 10, 0).await else {
+        panic!("not granted")
+    };
+    let now_ms = LEASE_RETENTION_MS + 100;
+    assert!(matches!(
+        f.grant("b", "node-b", 10, now_ms).await,
+        LeaseResult::Granted { .. }
+    ));
+    assert_eq!(f.reader.lease(old).await.unwrap(), None);
+    assert_eq!(f.reader.leases().await.unwrap().len(), 1);
+    assert_eq!(
+        f.txn(vec![], vec![put("k", "v")], Some(old), now_ms).await,
+        TxnResult::Fenced(FenceError::Unknown { token: old })
+    );
+}
+
+#[tokio::test]
+async fn history_is_retained_for_the_configured_number_of_revisions() {
+    let mut f = Fixture::with_history(3);
+    for i in 1..=5 {
+        f.ops(vec![put(&format!("k{i}"), "v")]).await;
+    }
+    assert_eq!(f.reader.revision().await.unwrap(), 5);
+    assert_eq!(f.reader.oldest_revision().await.unwrap(), 3);
+    let revisions: Vec<u64> = f
+        .reader
+        .changes_after(2, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(revisions, vec![3, 4, 5]);
+    assert!(matches!(
+        f.reader.changes_after(1, 100).await,
+        Err(StoreError::Compacted {
+            requested: 1,
+            oldest: 3
+        })
+    ));
+    assert_eq!(f.reader.changes_after(5, 100).await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn changes_after_never_splits_a_revision() {
+    let mut f = Fixture::new();
+    f.ops(vec![put("a", "1"), put("b", "1"), put("c", "1")])
+        .await;
+    f.ops(vec![put("d", "1")]).await;
+    let changes = f.reader.changes_after(0, 2).await.unwrap();
+    assert_eq!(changes.len(), 3);
+    assert!(changes.iter().all(|c| c.revision == 1));
+    let changes = f.reader.changes_after(0, 4).await.unwrap();
+    assert_eq!(changes.len(), 4);
+    let changes = f.reader.changes_after(1, 1).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        vec!["d"]
+    );
+    assert_eq!(f.reader.changes_after(0, 0).await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn range_lists_a_prefix_in_byte_order_with_paging() {
+    let mut f = Fixture::new();
+    f.ops(vec![
+        put("app/b", "2"),
+        put("app/a", "1"),
+        put("app/\u{e9}", "3"),
+        put("app/Z", "0"),
+        put("apq", "no"),
+        put("ap", "no"),
+        put("other", "no"),
+    ])
+    .await;
+    let keys =
+        |kvs: Vec<tandem_store::KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(f.reader.range("app/", None, 100).await.unwrap()),
+        vec!["app/Z", "app/a", "app/b", "app/\u{e9}"]
+    );
+    assert_eq!(
+        keys(f.reader.range("app/", None, 2).await.unwrap()),
+        vec!["app/Z", "app/a"]
+    );
+    assert_eq!(
+        keys(
+            f.reader
+                .range("app/", Some("app/a".into()), 2)
+                .await
+                .unwrap()
+        ),
+        vec!["app/b", "app/\u{e9}"]
+    );
+    assert_eq!(
+        keys(f.reader.range("app/", Some("a".into()), 1).await.unwrap()),
+        vec!["app/Z"]
+    );
+    assert_eq!(f.reader.range("", None, 100).await.unwrap().len(), 7);
+    assert_eq!(f.reader.range("zzz", None, 100).await.unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn committed_changes_are_published_in_order() {
+    let mut f = Fixture::new();
+    let mut rx = f.reader.subscribe();
+    f.ops(vec![put("a", "1")]).await;
+    f.txn(vec![cmp("a", 5)], vec![put("a", "no")], None, 0)
+        .await; // fails: nothing published
+    f.ops(vec![del("missing")]).await; // no change: nothing published
+    f.ops(vec![put("a", "2"), del("a")]).await;
+
+    let first: Arc<Vec<Change>> = rx.try_recv().unwrap();
+    assert_eq!(
+        *first,
+        vec![Change {
+            revision: 1,
+            key: "a".into(),
+            kind: ChangeKind::Put,
+            value: b"1".to_vec(),
+            version: 1
+        }]
+    );
+    let second = rx.try_recv().unwrap();
+    assert_eq!(second.len(), 2);
+    assert_eq!(second[0].revision, 3);
+    assert_eq!(second[1].kind, ChangeKind::Delete);
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[tokio::test]
+async fn one_apply_call_is_one_transaction_with_many_results() {
+    let mut f = Fixture::new();
+    let membership = Membership::new(
+        vec![[1u64, 2].into_iter().collect()],
+        [
+            (
+                1u64,
+                Replica {
+                    addr: "a:1".into(),
+                    kind: ReplicaKind::Sync,
+                },
+            ),
+            (
+                2,
+                Replica {
+                    addr: "b:1".into(),
+                    kind: ReplicaKind::Witness,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeMap<u64, Replica>>(),
+    );
+    let entries = vec![
+        Entry::<TypeConfig> {
+            log_id: log_id(1),
+            payload: EntryPayload::Blank,
+        },
+        Entry {
+            log_id: log_id(2),
+            payload: EntryPayload::Membership(membership.clone()),
+        },
+        Entry {
+            log_id: log_id(3),
+            payload: EntryPayload::Normal(Command::Txn(Txn {
+                compares: vec![],
+                ops: vec![put("a", "1")],
+                fence: None,
+                now_ms: 0,
+            })),
+        },
+        Entry {
+            log_id: log_id(4),
+            payload: EntryPayload::Normal(Command::Txn(Txn {
+                compares: vec![cmp("a", 1)],
+                ops: vec![put("a", "2")],
+                fence: None,
+                now_ms: 0,
+            })),
+        },
+    ];
+    let results = f.sm.apply(entries).await.unwrap();
+    assert_eq!(
+        results,
+        vec![
+            CommandResult::None,
+            CommandResult::None,
+            CommandResult::Txn(committed(1, vec![1])),
+            CommandResult::Txn(committed(2, vec![2])),
+        ]
+    );
+    let (applied, stored) = f.sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(4)));
+    assert_eq!(stored.log_id(), &Some(log_id(2)));
+    assert_eq!(stored.membership(), &membership);
+    assert_eq!(f.reader.membership().await.unwrap(), stored);
+}
+
+/// Everything a reader can see, for comparing two stores.
+async fn everything(reader: &StateReader) -> impl PartialEq + std::fmt::Debug {
+    (
+        reader.range("", None, 10_000).await.unwrap(),
+        reader.leases().await.unwrap(),
+        reader.revision().await.unwrap(),
+        reader.oldest_revision().await.unwrap(),
+        reader.applied().await.unwrap(),
+        reader
+            .changes_after(reader.oldest_revision().await.unwrap() - 1, 10_000)
+            .await
+            .unwrap(),
+        reader.membership().await.unwrap(),
+    )
+}
+
+async fn fill(f: &mut Fixture) {
+    f.ops(vec![put("a", "1"), put("b", "1")]).await;
+    f.ops(vec![put("a", "2"), del("b"), put("c", "3")]).await;
+    f.grant("primary", "node-a", 1_000, 10).await;
+    f.ops(vec![put("d", "4")]).await;
+}
+
+#[tokio::test]
+async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
+    let mut leader = Fixture::with_history(2);
+    fill(&mut leader).await;
+    let snapshot = leader
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot.meta.last_log_id,
+        leader.reader.applied().await.unwrap()
+    );
+
+    // The follower has diverging state of its own, which the snapshot replaces.
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 2, 1000).unwrap();
+    let mut follower = Fixture {
+        dir,
+        sm,
+        reader,
+        next_index: 1,
+    };
+    let mut rx = follower.reader.subscribe();
+    follower.ops(vec![put("stale", "x")]).await;
+    rx.try_recv().unwrap();
+
+    let mut data = follower.sm.begin_receiving_snapshot().await.unwrap();
+    *data = Cursor::new(snapshot.snapshot.get_ref().clone());
+    follower
+        .sm
+        .install_snapshot(&snapshot.meta, data)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        everything(&follower.reader).await,
+        everything(&leader.reader).await
+    );
+    assert_eq!(follower.reader.get("stale").await.unwrap(), None);
+    let current = follower.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(current.snapshot.get_ref(), snapshot.snapshot.get_ref());
+    assert_eq!(
+        follower.sm.applied_state().await.unwrap().0,
+        snapshot.meta.last_log_id
+    );
+    // The retained changes newer than the follower's old state were published.
+    let published: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|batch| batch[0].revision)
+        .collect();
+    assert_eq!(published, vec![2, 3]);
+    let mut names: Vec<String> = std::fs::read_dir(follower.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with("state.db"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["snapshot.current"],
+        "no temporary files are left behind"
+    );
+
+    // Survives a restart, and the follower's own replica id is kept.
+    let Fixture {
+        dir, sm, reader, ..
+    } = follower;
+    drop((sm, reader));
+    let (mut reopened, reader) = StateMachine::open(dir.path(), CLUSTER, 2, 1000).unwrap();
+    assert_eq!(everything(&reader).await, everything(&leader.reader).await);
+    assert_eq!(
+        reopened.get_current_snapshot().await.unwrap().unwrap().meta,
+        snapshot.meta
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_of_another_cluster_is_refused() {
+    let mut leader = Fixture::new();
+    fill(&mut leader).await;
+    let snapshot = leader
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut follower, reader) =
+        StateMachine::open(dir.path(), "another-cluster", 2, 1000).unwrap();
+    let data = Box::new(Cursor::new(snapshot.snapshot.get_ref().clone()));
+    assert!(follower
+        .install_snapshot(&snapshot.meta, data)
+        .await
+        .is_err());
+    let garbage = Box::new(Cursor::new(b"not a database at all".repeat(100)));
+    assert!(follower
+        .install_snapshot(&snapshot.meta, garbage)
+        .await
+        .is_err());
+    assert_eq!(reader.key_count().await.unwrap(), 0);
+    assert_eq!(reader.applied().await.unwrap(), None);
+    assert!(follower.get_current_snapshot().await.unwrap().is_none());
+    // No temporary files are left behind.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(names.iter().all(|n| n.starts_with("state.db")), "{names:?}");
+}
+
+#[tokio::test]
+async fn snapshot_ids_are_unique() {
+    let mut f = Fixture::new();
+    f.ops(vec![put("a", "1")]).await;
+    let first =
+        f.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    let second =
+        f.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+    assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
+
+    // Also across a restart.
+    let Fixture {
+        dir, sm, reader, ..
+    } = f;
+    drop((sm, reader));
+    let (mut sm, _reader) = StateMachine::open(dir.path(), CLUSTER, 1, 1000).unwrap();
+    let third = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_ne!(third.meta.snapshot_id, first.meta.snapshot_id);
+    assert_ne!(third.meta.snapshot_id, second.meta.snapshot_id);
+}
+
+#[tokio::test]
+async fn reopening_after_drop_keeps_everything() {
+    let mut f = Fixture::with_history(2);
+    fill(&mut f).await;
+    let before = everything(&f.reader).await;
+    let applied_before = f.sm.applied_state().await.unwrap();
+    let snapshot =
+        f.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    let Fixture {
+        dir,
+        sm,
+        reader,
+        next_index,
+    } = f;
+    drop((sm, reader));
+
+    // Temporary files of a crashed snapshot build are cleaned up.
+    std::fs::write(dir.path().join("snapshot.build-9.tmp"), b"half a copy").unwrap();
+    std::fs::write(dir.path().join("snapshot.current.tmp"), b"half a snapshot").unwrap();
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, 2).unwrap();
+    check_dir_is_clean(dir.path());
+    let mut f = Fixture {
+        dir,
+        sm,
+        reader,
+        next_index,
+    };
+    assert_eq!(everything(&f.reader).await, before);
+    assert_eq!(f.sm.applied_state().await.unwrap(), applied_before);
+    assert_eq!(
+        f.sm.get_current_snapshot().await.unwrap().unwrap().meta,
+        snapshot.meta
+    );
+    // And carries on from where it was.
+    assert_eq!(f.ops(vec![put("e", "5")]).await, committed(4, vec![1]));
+}
+
+#[tokio::test]
+async fn the_log_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+        assert_eq!(log.epoch(), 1);
+        assert_eq!(log.cluster(), CLUSTER);
+        let entries: Vec<Entry<TypeConfig>> = (1..=5)
+            .map(|i| Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Blank,
+            })
+            .collect();
+        log.blocking_append(entries).await.unwrap();
+        log.save_vote(&Vote::new(3, 7)).await.unwrap();
+        log.save_committed(Some(log_id(4))).await.unwrap();
+        log.purge(log_id(2)).await.unwrap();
+        log.set_epoch(5).unwrap();
+        assert_eq!(log.epoch(), 5);
+    }
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    assert_eq!(log.epoch(), 5);
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+    assert_eq!(state.last_log_id, Some(log_id(5)));
+    let mut reader = log.get_log_reader().await;
+    let indexes: Vec<u64> = reader
+        .try_get_log_entries(..)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_eq!(indexes, vec![3, 4, 5]);
+}
+
+#[test]
+fn the_reader_is_shareable() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<StateReader>();
+    shareable::<LogStore>();
+}
+
+/// Snapshots built and reads made while entries are being applied see consistent states and
+/// never fail on locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_reads_run_alongside_applies() {
+    let mut f = Fixture::new();
+    let reader = f.reader.clone();
+    let mut builder = f.sm.get_snapshot_builder().await;
+    let reads = tokio::spawn(async move {
+        let mut last = 0;
+        for _ in 0..50 {
+            let revision = reader.revision().await.unwrap();
+            assert!(revision >= last, "revisions never go back");
+            last = revision;
+            reader.range("k", None, 1000).await.unwrap();
+        }
+    });
+    let snapshots = tokio::spawn(async move {
+        let mut last = None;
+        for _ in 0..5 {
+            let snapshot = builder.build_snapshot().await.unwrap();
+            assert!(snapshot.meta.last_log_id >= last);
+            last = snapshot.meta.last_log_id;
+        }
+    });
+    for i in 0..200 {
+        f.ops(vec![put(&format!("k{i}"), "v")]).await;
+    }
+    reads.await.unwrap();
+    snapshots.await.unwrap();
+    let snapshot =
+        f.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(200)));
+    let current = f.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+    check_dir_is_clean(f.dir.path());
+}
+
+fn check_dir_is_clean(dir: &Path) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with("state.db") && n != "snapshot.current")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

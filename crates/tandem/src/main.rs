@@ -1,0 +1,61 @@
+//! `tandem`: one binary, one sub-command per role.
+//!
+//! - `tandem db …`: a replica of the configuration database and the operator commands against
+//!   the replica set ([`db`]).
+//! - `tandem demo`: a three-replica database on loopback, written to and read back ([`demo`]).
+//!
+//! Architecture invariant: this crate is thin. It parses arguments, sets up logging, calls the
+//! libraries and reports their typed errors with context (anyhow); behaviour lives in the
+//! libraries.
+
+mod db;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "tandem", version, about = "A configuration and control framework that survives the loss of a site")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The configuration database: run a replica, or operate the replica set.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Start a three-replica database on loopback, write to it, read back, show who is primary.
+    Demo(demo::DemoArgs),
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Db(command) => db::run(command).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

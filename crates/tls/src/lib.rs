@@ -1,0 +1,98 @@
+//! TLS for every gRPC link of Tandem: certificate, key and CA files in, tonic (rustls) server and
+//! client settings out.
+//!
+//! Server side: a certificate and key are required; with a CA the server also demands a client
+//! certificate signed by it (mutual TLS, as between replicas). Client side: the CA is required to
+//! check the server; a certificate and key, when given, are presented to the server.
+//!
+//! Architecture invariant: no TLS code of our own — loading PEM files and handing them to tonic's
+//! rustls integration is all this crate does.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Why TLS settings could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} file {}: {source}", path.display())]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Incomplete(&'static str),
+}
+
+/// TLS files as given on a command line (every `tandem` role takes the same three flags).
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+pub struct TlsFiles {
+    /// PEM certificate this process presents (server certificate, and client certificate on
+    /// outgoing links).
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate used to check peers (and, on servers, to demand client certificates).
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Whether any TLS file was given (then links use `https`).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.ca.is_some()
+    }
+
+    /// The URI scheme links use.
+    pub fn scheme(&self) -> &'static str {
+        if self.enabled() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Server settings, or `None` when TLS is off.
+    pub fn server(&self) -> Result<Option<ServerTlsConfig>, TlsError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let identity = self.identity()?.ok_or(TlsError::Incomplete(
+            "a TLS server needs --tls-cert and --tls-key",
+        ))?;
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca, "CA")?));
+        }
+        Ok(Some(config))
+    }
+
+    /// Client settings, or `None` when TLS is off.
+    pub fn client(&self) -> Result<Option<ClientTlsConfig>, TlsError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or(TlsError::Incomplete("a TLS client needs --tls-ca to check the server"))?;
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA")?));
+        if let Some(identity) = self.identity()? {
+            config = config.identity(identity);
+        }
+        Ok(Some(config))
+    }
+
+    fn identity(&self) -> Result<Option<Identity>, TlsError> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                Ok(Some(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?)))
+            }
+            (None, None) => Ok(None),
+            _ => Err(TlsError::Incomplete("--tls-cert and --tls-key go together")),
+        }
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_owned(), source })
+}

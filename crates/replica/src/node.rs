@@ -151,6 +151,16 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Accepted connections, with Nagle's algorithm off (small RPCs must not wait for delayed ACKs).
+fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 /// Runs one replica on `listener` until `shutdown` completes.
 ///
 /// The data directory is opened (created when empty, refused when corrupt, foreign or of an
@@ -243,7 +253,7 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             // Ends open watch streams, which would otherwise hold the server open.
             let _ = stopped_tx.send(true);

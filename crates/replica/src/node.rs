@@ -161,6 +161,25 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
     })
 }
 
+/// Refuses a state database that is behind the log's purged prefix: the entries it lacks are
+/// gone from the log, so starting would silently lose them (e.g. `state.db` deleted or replaced
+/// by an older copy).
+async fn check_state_covers_log(log: &LogStore, state: &StateMachine, reader: &StateReader) -> Result<(), OpenError> {
+    use openraft::storage::RaftLogStorage;
+    let purged = log.clone().get_log_state().await.ok().and_then(|s| s.last_purged_log_id).map(|id| id.index);
+    let applied = reader.applied().await.ok().flatten().map(|id| id.index);
+    match purged {
+        Some(purged) if applied.is_none_or(|applied| applied < purged) => Err(OpenError::Corrupt {
+            file: state.path().to_owned(),
+            reason: format!(
+                "the state has applied up to index {applied:?} but the log was compacted up to {purged}: \
+                 the state database was lost or replaced by an older copy"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one replica on `listener` until `shutdown` completes.
 ///
 /// The data directory is opened (created when empty, refused when corrupt, foreign or of an
@@ -183,6 +202,8 @@ pub async fn serve(
         })
         .await??
     };
+
+    check_state_covers_log(&log, &state_machine, &reader).await?;
 
     let timers = config.effective_timers();
     let raft_config = openraft::Config {

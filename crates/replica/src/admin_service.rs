@@ -88,10 +88,9 @@ fn role(metrics: &Metrics) -> &'static str {
     }
 }
 
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let core = &self.core;
+/// This replica's status: its own role and indexes, and (on the primary) every replica's lag and
+/// health.
+pub async fn status(core: &Core) -> pb::StatusResponse {
         let metrics = core.metrics();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<ReplicaId> = membership.voter_ids().collect();
@@ -113,7 +112,7 @@ impl Admin for AdminService {
             })
             .collect();
         let revision = core.reader.revision().await.unwrap_or(0);
-        Ok(Response::new(pb::StatusResponse {
+        pb::StatusResponse {
             id: core.config.id,
             addr: core.config.advertise.clone(),
             cluster: core.config.cluster.clone(),
@@ -133,7 +132,13 @@ impl Admin for AdminService {
             sync_timeout_ms: core.progress.sync_timeout().as_millis() as u64,
             replicas,
             demotions: core.progress.demotions(),
-        }))
+        }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(status(&self.core).await))
     }
 
     async fn initialize(

@@ -10,6 +10,7 @@
 //! - [`progress`]: the primary's view of each replica (lag in entries and ms, health) and the
 //!   sync gate that holds a write's acknowledgement until every healthy sync replica has it.
 //! - [`witness`]: a witness that became primary hands the role to a caught-up data replica.
+//! - [`metrics_http`]: Prometheus `/metrics` (lag, health, demotions) on an optional HTTP port.
 //! - [`refusal`]: the gRPC statuses replicas refuse with, with their stable error codes.
 //!
 //! Architecture invariant: consensus is openraft's; this crate decides only what openraft leaves
@@ -19,6 +20,7 @@
 pub mod admin_service;
 pub mod config;
 pub mod kv_service;
+pub mod metrics_http;
 pub mod network;
 pub mod node;
 pub mod progress;
@@ -27,4 +29,4 @@ pub mod refusal;
 pub mod witness;
 
 pub use config::{ReplicaConfig, SyncMode, Timers};
-pub use node::{serve, StartError};
+pub use node::{serve, serve_with_metrics, StartError};

@@ -189,6 +189,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    serve_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`serve`], plus Prometheus metrics over HTTP on `metrics_listener` when given.
+pub async fn serve_with_metrics(
+    config: ReplicaConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let (log, state_machine, reader) = {
         let dir = config.data_dir.clone();
         let cluster = config.cluster.clone();
@@ -257,12 +267,19 @@ pub async fn serve(
     });
     let witness_task = tokio::spawn(crate::witness::run(core.clone()));
 
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let metrics_task = metrics_listener.map(|listener| {
+        let mut stopped = stopped_rx.clone();
+        tokio::spawn(crate::metrics_http::serve(core.clone(), listener, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    });
+
     let max_request = core.config.max_request_bytes;
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = core.config.tls.server()? {
         server = server.tls_config(tls)?;
     }
-    let (stopped_tx, stopped_rx) = watch::channel(false);
     let result = server
         .add_service(
             KvServer::new(KvService::new(core.clone(), stopped_rx.clone()))
@@ -287,6 +304,9 @@ pub async fn serve(
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
     progress_task.abort();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     result?;
     Ok(())
 }

@@ -145,14 +145,48 @@ async fn bad_requests_are_refused_and_the_replica_keeps_serving() {
     }
 }
 
-fn snapshot_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry"))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read file")))
-        .collect();
+/// A digest of what the directory holds: for each SQLite file its logical content (every row of
+/// every table), for other files their bytes. WAL side files are left out: SQLite may checkpoint
+/// a WAL into its database when a connection closes, which moves bytes without changing content.
+fn snapshot_of(dir: &Path) -> Vec<(String, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        if name.ends_with("-wal") || name.ends_with("-shm") {
+            continue;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|conn| logical_dump(&conn))
+        {
+            Ok(dump) if name.ends_with(".db") => dump.hash(&mut hasher),
+            _ => std::fs::read(&path).expect("read file").hash(&mut hasher),
+        }
+        files.push((name, hasher.finish()));
+    }
     files.sort();
     files
+}
+
+fn logical_dump(conn: &rusqlite::Connection) -> rusqlite::Result<String> {
+    let mut out = String::new();
+    let mut tables = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?;
+    let names: Vec<String> = tables.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    for table in names {
+        let mut rows = conn.prepare(&format!("SELECT * FROM \"{table}\""))?;
+        let columns = rows.column_count();
+        let mut cursor = rows.query([])?;
+        while let Some(row) = cursor.next()? {
+            out.push_str(&table);
+            for i in 0..columns {
+                out.push_str(&format!("|{:?}", row.get_ref(i)?));
+            }
+            out.push('\n');
+        }
+    }
+    Ok(out)
 }
 
 async fn start_error(dir: &Path, cluster: &str) -> StartError {

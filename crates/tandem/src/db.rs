@@ -101,7 +101,11 @@ pub struct ServeArgs {
     /// Build a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
-    /// Once listening, write the bound HOST:PORT to this file.
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// Once listening, write the bound HOST:PORT to this file (and, with --metrics-listen, the
+    /// metrics HOST:PORT on a second line).
     #[arg(long)]
     ready_file: Option<PathBuf>,
     #[command(flatten)]
@@ -361,13 +365,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.history_limit = args.history_limit;
     config.snapshot_every = args.snapshot_every;
     config.tls = args.tls;
+    let metrics_listener = match &args.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    let mut ready = format!("{bound}\n");
+    if let Some(listener) = &metrics_listener {
+        let addr = listener.local_addr().context("cannot read the metrics address")?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        ready.push_str(&format!("{addr}\n"));
+    }
     if let Some(path) = &args.ready_file {
         // Written atomically so a reader never sees half an address.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{bound}\n")).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, ready).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    tandem_replica::serve(config, listener, shutdown_signal())
+    tandem_replica::serve_with_metrics(config, listener, metrics_listener, shutdown_signal())
         .await
         .with_context(|| format!("replica {} ({})", args.id, args.data_dir.display()))
 }

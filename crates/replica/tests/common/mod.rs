@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 pub struct TestReplica {
     pub id: u64,
     pub addr: String,
+    /// Where `/metrics` is served.
+    pub metrics_addr: String,
     pub dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), StartError>>>,
@@ -24,15 +26,23 @@ pub struct TestReplica {
 impl TestReplica {
     /// Starts a replica in `dir` (created when missing) on a free loopback port.
     pub async fn start(id: u64, dir: PathBuf, tls: TlsFiles) -> TestReplica {
+        Self::start_with(id, dir, tls, |_| {}).await
+    }
+
+    /// Starts a replica whose configuration `adjust` may change.
+    pub async fn start_with(id: u64, dir: PathBuf, tls: TlsFiles, adjust: impl FnOnce(&mut ReplicaConfig)) -> TestReplica {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr").to_string();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let metrics_addr = metrics.local_addr().expect("local addr").to_string();
         let mut config = ReplicaConfig::new(id, "test", dir.clone(), addr.clone());
         config.tls = tls;
+        adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tandem_replica::serve(config, listener, async move {
+        let task = tokio::spawn(tandem_replica::serve_with_metrics(config, listener, Some(metrics), async move {
             let _ = stopped.await;
         }));
-        TestReplica { id, addr, dir, stop: Some(stop), task: Some(task) }
+        TestReplica { id, addr, metrics_addr, dir, stop: Some(stop), task: Some(task) }
     }
 
     /// Stops the replica gracefully and waits for it.

@@ -1,0 +1,92 @@
+//! Prometheus metrics over HTTP (`GET /metrics`), served on `--metrics-listen` when given.
+//!
+//! Every scrape takes a fresh status of the replica (the same figures `tandem db status` shows)
+//! and encodes it with the prometheus-client crate, so the figures can never drift from status.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::admin_service::status;
+use crate::node::Core;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: String,
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let g: Gauge = Gauge::default();
+    g.set(value as i64);
+    registry.register(name, help, g);
+}
+
+/// The metrics text of this replica now.
+pub async fn render(core: &Core) -> Result<String, std::fmt::Error> {
+    let s = status(core).await;
+    let mut registry = Registry::with_prefix("tandem_db");
+    let role: Family<RoleLabels, Gauge> = Family::default();
+    role.get_or_create(&RoleLabels { role: s.role.clone() }).set(1);
+    registry.register("role", "This replica's role (1 for the current one)", role);
+    gauge(&mut registry, "term", "Raft term", s.term);
+    gauge(&mut registry, "epoch", "Replica-set epoch", s.epoch);
+    gauge(&mut registry, "last_log_index", "Last log index", s.last_log_index);
+    gauge(&mut registry, "commit_index", "Highest commit index known", s.commit_index);
+    gauge(&mut registry, "applied_index", "Last applied index", s.applied_index);
+    gauge(&mut registry, "purged_index", "Log compacted up to this index", s.purged_index);
+    gauge(&mut registry, "revision", "Store revision", s.revision);
+    let demotions: Counter = Counter::default();
+    demotions.inc_by(s.demotions);
+    registry.register("sync_demotions", "Sync replicas demoted to async by this primary", demotions);
+    let lag_entries: Family<ReplicaLabels, Gauge> = Family::default();
+    let lag_ms: Family<ReplicaLabels, Gauge> = Family::default();
+    let demoted: Family<ReplicaLabels, Gauge> = Family::default();
+    for r in s.replicas.iter().filter(|_| s.role == "primary") {
+        let labels = ReplicaLabels { replica: r.id.to_string(), kind: r.kind.clone() };
+        lag_entries.get_or_create(&labels).set(r.lag_entries as i64);
+        lag_ms.get_or_create(&labels).set(r.lag_ms as i64);
+        demoted.get_or_create(&labels).set(i64::from(r.health == "demoted"));
+    }
+    registry.register("replica_lag_entries", "Entries a replica lacks (primary's view)", lag_entries);
+    registry.register("replica_lag_ms", "Age of the oldest entry a replica lacks (primary's view)", lag_ms);
+    registry.register("replica_demoted", "1 while a sync replica is demoted to async", demoted);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    match render(&core).await {
+        Ok(text) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+                .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    core: Arc<Core>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route("/metrics", get(metrics)).with_state(core);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,53 @@
+//! Failover: the primary dies (`kill -9`) while four clients write; a new primary takes the
+//! writes and no acknowledged write is lost.
+
+mod common;
+
+use std::sync::Arc;
+
+use tandem_testkit::{init_tracing, Cluster, ClusterOptions, History, Kind, Writers, EVENT_TIMEOUT};
+use tracing::info;
+
+use common::{Seed, TANDEM};
+
+/// Three sync replicas, four writers, `kill -9` of the primary at a random moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_primary_under_write_load_loses_no_acknowledged_write() {
+    init_tracing();
+    let mut seed = Seed::from_env("kill9_primary_under_write_load");
+
+    info!("--- start three sync replicas");
+    let mut cluster = Cluster::must_start(TANDEM, &[Kind::Sync, Kind::Sync, Kind::Sync], ClusterOptions::default()).await;
+    let old_primary = cluster.must_wait_primary().await;
+
+    info!("--- four clients write unique keys");
+    let history = Arc::new(History::new());
+    let clients = (0..4).map(|_| cluster.new_client()).collect();
+    let writers = Writers::start(clients, history.clone(), "failover");
+    let before_kill = seed.between(50, 300);
+    writers.must_wait_acknowledged(before_kill, EVENT_TIMEOUT).await;
+
+    info!("--- kill -9 the primary (replica {old_primary}) after {before_kill} acknowledged writes");
+    history.note(format!("kill -9 replica {old_primary} (the primary)"));
+    cluster.must_kill9(old_primary);
+
+    info!("--- a new primary is elected and takes writes");
+    let new_primary = cluster.must_wait_primary().await;
+    assert_ne!(new_primary, old_primary, "the killed replica cannot be primary");
+    history.note(format!("replica {new_primary} is primary"));
+    writers.must_wait_more(100, EVENT_TIMEOUT).await;
+    let report = writers.stop().await;
+    info!(%report, "writers stopped");
+
+    info!("--- every acknowledged write is read back from the new primary");
+    let state = cluster.must_range("failover/").await;
+    let summary = history.must_check_writes(&state);
+    info!(%summary, "history checked");
+    assert!(summary.ok as u64 >= before_kill + 100, "too few acknowledged writes: {summary}");
+
+    info!("--- the killed replica restarts, catches up and holds the same data");
+    cluster.must_restart(old_primary).await;
+    cluster.must_wait_caught_up(&[old_primary]).await;
+    let on_old = cluster.must_range_on(old_primary, "failover/").await;
+    assert_eq!(on_old, state, "the restarted replica differs from the primary");
+}

@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".tandem.db.v1.Member", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.KeyValue", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.Event", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.db.v1.RecoverResponse", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.db.v1.RejoinResponse", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use tandem_tls::TlsFiles;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, StatusResponse};
+pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, RecoverResponse, RejoinResponse, StatusResponse};
 
 /// How long an operation keeps trying (discovery, redirects, retries) before giving up.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
@@ -135,7 +135,10 @@ enum Verdict {
 /// Classifies a failed write attempt. Only refusals that guarantee nothing was applied retry.
 fn classify_write(status: Status) -> Verdict {
     match error_code_of(&status) {
-        Some(error_code::NOT_PRIMARY) | Some(error_code::WITNESS) | Some(error_code::NOT_INITIALIZED) => {
+        Some(error_code::NOT_PRIMARY)
+        | Some(error_code::WITNESS)
+        | Some(error_code::NOT_INITIALIZED)
+        | Some(error_code::FENCED) => {
             Verdict::Retry { hint: primary_hint(&status), reason: status.message().to_owned() }
         }
         Some(error_code::OUTCOME_UNKNOWN) => {
@@ -321,22 +324,30 @@ impl Client {
         let deadline = Instant::now() + self.inner.options.deadline;
         loop {
             let answers = self.status_all().await;
-            let mut best: Option<(u64, String)> = None;
+            // Terms of different epochs are not comparable: the newest epoch wins, then the
+            // highest term within it.
+            let mut best: Option<((u64, u64), String)> = None;
             for (addr, answer) in &answers {
                 if let Ok(status) = answer {
-                    if status.role == "primary" && best.as_ref().is_none_or(|(term, _)| status.term > *term) {
-                        best = Some((status.term, addr.clone()));
+                    let rank = (status.epoch, status.term);
+                    if status.role == "primary" && best.as_ref().is_none_or(|(best, _)| rank > *best) {
+                        best = Some((rank, addr.clone()));
                     }
                 }
             }
+            let newest_epoch = answers.iter().filter_map(|(_, a)| a.as_ref().ok()).map(|s| s.epoch).max();
+            if best.as_ref().is_some_and(|((epoch, _), _)| Some(*epoch) < newest_epoch) {
+                best = None;
+            }
             if best.is_none() {
-                // A primary not in our list (added later) is still reachable by its address.
+                // A primary not in our list (added later, or named by a fenced replica) is still
+                // reachable by its address.
                 best = answers
                     .iter()
                     .filter_map(|(_, a)| a.as_ref().ok())
                     .filter(|s| !s.primary_addr.is_empty())
-                    .max_by_key(|s| s.term)
-                    .map(|s| (s.term, s.primary_addr.clone()));
+                    .max_by_key(|s| (s.epoch.max(s.fenced_by_epoch), s.term))
+                    .map(|s| ((s.epoch, s.term), s.primary_addr.clone()));
             }
             if let Some((_, addr)) = best {
                 *self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.clone());
@@ -617,5 +628,27 @@ impl Client {
         let mut request = tonic::Request::new(pb::SnapshotRequest {});
         request.set_timeout(self.inner.options.deadline);
         admin.snapshot(request).await.map(|r| r.into_inner().index).map_err(ClientError::Refused)
+    }
+
+    /// Forced recovery on the replica at `addr` (see `tandem db recover`).
+    pub async fn recover(&self, addr: &str, force: bool) -> Result<pb::RecoverResponse, ClientError> {
+        let mut admin = self.admin(addr)?;
+        let mut request = tonic::Request::new(pb::RecoverRequest { force });
+        request.set_timeout(self.inner.options.deadline);
+        let response = admin.recover(request).await.map(|r| r.into_inner()).map_err(ClientError::Refused)?;
+        self.forget_primary(Some(addr.to_owned()));
+        Ok(response)
+    }
+
+    /// Rejoin of the fenced replica at `addr` to the newer epoch (see `tandem db rejoin`).
+    pub async fn rejoin(&self, addr: &str, primary: Option<&str>, kind: Option<&str>) -> Result<pb::RejoinResponse, ClientError> {
+        let mut admin = self.admin(addr)?;
+        let request = pb::RejoinRequest {
+            primary: primary.unwrap_or_default().to_owned(),
+            kind: kind.unwrap_or_default().to_owned(),
+        };
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.inner.options.deadline.max(Duration::from_secs(150)));
+        admin.rejoin(request).await.map(|r| r.into_inner()).map_err(ClientError::Refused)
     }
 }

@@ -17,6 +17,8 @@ pub mod db {
     /// Metadata key carrying the oldest revision still in the change history on a `compacted`
     /// refusal.
     pub const OLDEST_REVISION_KEY: &str = "tandem-oldest-revision";
+    /// Metadata key carrying the refusing replica's epoch (on `wrong-cluster` and `fenced`).
+    pub const EPOCH_KEY: &str = "tandem-epoch";
 
     /// Stable error codes carried in [`ERROR_CODE_KEY`].
     pub mod error_code {
@@ -32,5 +34,8 @@ pub mod db {
         pub const NOT_INITIALIZED: &str = "not-initialized";
         /// A peer message from another cluster or epoch.
         pub const WRONG_CLUSTER: &str = "wrong-cluster";
+        /// This replica's epoch was superseded by a forced recovery elsewhere; it refuses to act
+        /// until it rejoins. `tandem-primary` names the new primary when known.
+        pub const FENCED: &str = "fenced";
     }
 }

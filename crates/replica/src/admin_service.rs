@@ -13,7 +13,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tandem_proto::db as pb;
 use tandem_proto::db::admin_server::Admin;
-use tandem_store::{Replica, ReplicaId, ReplicaKind};
+use tandem_store::{Replica, ReplicaId, ReplicaKind, TypeConfig};
 use tonic::{Request, Response, Status};
 
 use crate::network::{call_peer, PeerCall};
@@ -31,19 +31,26 @@ impl AdminService {
     }
 
     fn require_primary(&self) -> Result<Metrics, Status> {
-        let metrics = self.core.metrics();
+        if let Some(fence) = self.core.identity.fence() {
+            return Err(refusal::fenced(self.core.identity.epoch(), &fence));
+        }
+        let metrics = self.core.metrics()?;
         if metrics.state != ServerState::Leader {
             return Err(refusal::not_primary(self.core.primary_addr(&metrics).as_deref()));
         }
         Ok(metrics)
     }
 
-    fn members(&self) -> pb::MembershipResponse {
-        members_of(&self.core.metrics())
+    fn members(&self) -> Result<pb::MembershipResponse, Status> {
+        Ok(members_of(&self.core.metrics()?))
+    }
+
+    fn raft(&self) -> Result<openraft::Raft<TypeConfig>, Status> {
+        Ok(self.core.engine()?.raft.clone())
     }
 
     async fn change(&self, changes: ChangeMembers<ReplicaId, Replica>, retain: bool) -> Result<(), Status> {
-        self.core.raft.change_membership(changes, retain).await.map_err(membership_error)?;
+        self.raft()?.change_membership(changes, retain).await.map_err(membership_error)?;
         Ok(())
     }
 }
@@ -90,55 +97,70 @@ fn role(metrics: &Metrics) -> &'static str {
 
 /// This replica's status: its own role and indexes, and (on the primary) every replica's lag and
 /// health.
-pub async fn status(core: &Core) -> pb::StatusResponse {
-        let metrics = core.metrics();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<ReplicaId> = membership.voter_ids().collect();
-        let progress: BTreeMap<ReplicaId, _> = core.progress.replicas().into_iter().map(|p| (p.id, p)).collect();
-        let replicas = membership
-            .nodes()
-            .map(|(id, node)| {
-                let p = progress.get(id);
-                pb::ReplicaStatus {
-                    id: *id,
-                    addr: node.addr.clone(),
-                    kind: node.kind.to_string(),
-                    voter: voters.contains(id),
-                    matched_index: p.map(|p| p.matched).unwrap_or(0),
-                    lag_entries: p.map(|p| p.lag_entries).unwrap_or(0),
-                    lag_ms: p.map(|p| p.lag_ms).unwrap_or(0),
-                    health: p.map(|p| p.health).unwrap_or("unknown").to_owned(),
-                }
-            })
-            .collect();
-        let revision = core.reader.revision().await.unwrap_or(0);
-        pb::StatusResponse {
-            id: core.config.id,
-            addr: core.config.advertise.clone(),
-            cluster: core.config.cluster.clone(),
-            role: role(&metrics).to_owned(),
-            kind: core.own_kind(&metrics).map(|k| k.to_string()).unwrap_or_default(),
-            term: metrics.current_term,
-            epoch: core.identity.epoch(),
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            commit_index: core.commit_index().await,
-            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
-            purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
-            revision,
-            primary_id: metrics.current_leader,
-            primary_addr: core.primary_addr(&metrics).unwrap_or_default(),
-            sync_mode: core.progress.mode().as_str().to_owned(),
-            sync_timeout_ms: core.progress.sync_timeout().as_millis() as u64,
-            replicas,
-            demotions: core.progress.demotions(),
-        }
+pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
+    let engine = core.engine()?;
+    let metrics = engine.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<ReplicaId> = membership.voter_ids().collect();
+    let progress: BTreeMap<ReplicaId, _> = engine.progress.replicas().into_iter().map(|p| (p.id, p)).collect();
+    let replicas = membership
+        .nodes()
+        .map(|(id, node)| {
+            let p = progress.get(id);
+            pb::ReplicaStatus {
+                id: *id,
+                addr: node.addr.clone(),
+                kind: node.kind.to_string(),
+                voter: voters.contains(id),
+                matched_index: p.map(|p| p.matched).unwrap_or(0),
+                lag_entries: p.map(|p| p.lag_entries).unwrap_or(0),
+                lag_ms: p.map(|p| p.lag_ms).unwrap_or(0),
+                health: p.map(|p| p.health).unwrap_or("unknown").to_owned(),
+            }
+        })
+        .collect();
+    let revision = engine.reader.revision().await.unwrap_or(0);
+    let fence = core.identity.fence();
+    let (own_lag_entries, own_lag_ms, heard_ago) = core.own_lag(&metrics);
+    let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let epoch_start_index = engine.log.epoch_start().ok().flatten().map(|id| id.index).unwrap_or(0);
+    Ok(pb::StatusResponse {
+        id: core.config.id,
+        addr: core.config.advertise.clone(),
+        cluster: core.config.cluster.clone(),
+        role: if fence.is_some() { "fenced" } else { role(&metrics) }.to_owned(),
+        kind: core.own_kind(&metrics).map(|k| k.to_string()).unwrap_or_default(),
+        term: metrics.current_term,
+        epoch: core.identity.epoch(),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        commit_index: core.commit_index(&engine).await,
+        applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+        snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
+        revision,
+        primary_id: metrics.current_leader.filter(|_| fence.is_none()),
+        primary_addr: match &fence {
+            Some(fence) => fence.primary_addr.clone(),
+            None => core.primary_addr(&metrics).unwrap_or_default(),
+        },
+        sync_mode: engine.progress.mode().as_str().to_owned(),
+        sync_timeout_ms: engine.progress.sync_timeout().as_millis() as u64,
+        replicas,
+        demotions: engine.progress.demotions(),
+        fenced_by_epoch: fence.map(|f| f.epoch).unwrap_or(0),
+        epoch_start_index,
+        own_lag_entries,
+        own_lag_ms,
+        heard_primary_last_index: heard.primary_last_index,
+        heard_primary_ms_ago: heard_ago.map(|d| d.as_millis() as u64).unwrap_or(0),
+        in_sync_set: heard.in_sync_set,
+    })
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status(&self.core).await))
+        Ok(Response::new(status(&self.core).await?))
     }
 
     async fn initialize(
@@ -164,7 +186,7 @@ impl Admin for AdminService {
             return Err(refusal::invalid(format!("replica {id} listed twice")));
         }
         tracing::info!(voters = ?voters.keys().collect::<Vec<_>>(), learners = ?learners.keys().collect::<Vec<_>>(), "initialising the replica set");
-        match self.core.raft.initialize(voters).await {
+        match self.raft()?.initialize(voters).await {
             Ok(()) => {}
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
                 return Err(Status::failed_precondition(format!("already initialised: {e}")));
@@ -173,11 +195,17 @@ impl Admin for AdminService {
             Err(RaftError::Fatal(fatal)) => return Err(Status::unavailable(fatal.to_string())),
         }
         if !learners.is_empty() {
+            // Learners can be added once the initial membership is committed.
             let elected = self
-                .core
-                .raft
+                .raft()?
                 .wait(Some(Duration::from_secs(10)))
-                .metrics(|m| m.current_leader.is_some(), "a primary is elected")
+                .metrics(
+                    |m| {
+                        m.current_leader.is_some()
+                            && m.last_applied.map(|a| a.index) >= m.membership_config.log_id().map(|l| l.index)
+                    },
+                    "a primary is elected and the membership committed",
+                )
                 .await
                 .map_err(|e| Status::unavailable(format!("no primary elected: {e}")))?;
             if elected.current_leader != Some(self.core.config.id) {
@@ -187,10 +215,10 @@ impl Admin for AdminService {
                 )));
             }
             for (id, replica) in learners {
-                self.core.raft.add_learner(id, replica, false).await.map_err(membership_error)?;
+                self.raft()?.add_learner(id, replica, false).await.map_err(membership_error)?;
             }
         }
-        Ok(Response::new(self.members()))
+        Ok(Response::new(self.members()?))
     }
 
     async fn add_replica(
@@ -205,11 +233,11 @@ impl Admin for AdminService {
         let voter = replica.kind.is_voter();
         tracing::info!(replica = id, addr = %replica.addr, kind = %replica.kind, "adding replica");
         // A learner first, so that it catches up before it counts in any quorum.
-        self.core.raft.add_learner(id, replica, true).await.map_err(membership_error)?;
+        self.raft()?.add_learner(id, replica, true).await.map_err(membership_error)?;
         if voter {
             self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await?;
         }
-        Ok(Response::new(self.members()))
+        Ok(Response::new(self.members()?))
     }
 
     async fn remove_replica(
@@ -233,7 +261,7 @@ impl Admin for AdminService {
         } else {
             self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await?;
         }
-        Ok(Response::new(self.members()))
+        Ok(Response::new(self.members()?))
     }
 
     async fn set_kind(&self, request: Request<pb::SetKindRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
@@ -246,7 +274,7 @@ impl Admin for AdminService {
             .ok_or_else(|| Status::not_found(format!("replica {} is not a member", request.id)))?
             .clone();
         if node.kind == kind {
-            return Ok(Response::new(self.members()));
+            return Ok(Response::new(self.members()?));
         }
         if request.id == self.core.config.id && !kind.is_voter() {
             return Err(Status::failed_precondition("the primary must stay a voter: switch over first"));
@@ -263,7 +291,7 @@ impl Admin for AdminService {
         if !was_voter && kind.is_voter() {
             self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await?;
         }
-        Ok(Response::new(self.members()))
+        Ok(Response::new(self.members()?))
     }
 
     async fn switchover(
@@ -297,7 +325,8 @@ impl Admin for AdminService {
         let deadline = Instant::now() + core.config.write_timeout + 4 * election_max;
         // No write is accepted from here on, so the log stops growing.
         let _exclusive = core.write_fence.write().await;
-        let mut metrics_rx = core.raft.metrics();
+        let raft = core.engine()?.raft.clone();
+        let mut metrics_rx = raft.metrics();
         loop {
             let m = metrics_rx.borrow_and_update().clone();
             if m.state != ServerState::Leader {
@@ -324,6 +353,7 @@ impl Admin for AdminService {
                 PeerCall::ElectNow,
                 &(),
                 election_max,
+                None,
             )
             .await;
             match asked {
@@ -331,8 +361,7 @@ impl Admin for AdminService {
                 Ok(Err(e)) => tracing::warn!(target, error = %e, "switchover: target refused to campaign"),
                 Err(e) => tracing::warn!(target, error = %e, "switchover: election request failed"),
             }
-            let waited = core
-                .raft
+            let waited = raft
                 .wait(Some(election_max * 2))
                 .metrics(|m| m.current_leader == Some(target), "target is primary")
                 .await;
@@ -355,15 +384,22 @@ impl Admin for AdminService {
     }
 
     async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
-        let core = &self.core;
-        let applied = core.metrics().last_applied.map(|l| l.index).unwrap_or(0);
-        core.raft.trigger().snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let m = core
-            .raft
+        let raft = self.raft()?;
+        let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        raft.trigger().snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let m = raft
             .wait(Some(Duration::from_secs(60)))
             .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied, "snapshot built")
             .await
             .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
         Ok(Response::new(pb::SnapshotResponse { index: m.snapshot.map(|s| s.index).unwrap_or(0) }))
+    }
+
+    async fn recover(&self, request: Request<pb::RecoverRequest>) -> Result<Response<pb::RecoverResponse>, Status> {
+        Ok(Response::new(crate::epoch::recover(&self.core, request.into_inner().force).await?))
+    }
+
+    async fn rejoin(&self, request: Request<pb::RejoinRequest>) -> Result<Response<pb::RejoinResponse>, Status> {
+        Ok(Response::new(crate::epoch::rejoin(&self.core, request.into_inner()).await?))
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::engine::Engine;
 use crate::node::{now_ms, Core};
 use crate::refusal;
 
@@ -48,9 +49,10 @@ impl KvService {
         KvService { core, stopped }
     }
 
-    async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+    /// The engine to read from, once a read there is allowed (and linearizable unless stale).
+    async fn read_barrier(&self, stale: bool) -> Result<Arc<Engine>, Status> {
         if stale {
-            self.core.check_serves_clients().map(|_| ())
+            self.core.check_serves_clients().map(|(engine, _)| engine)
         } else {
             self.core.linearize().await
         }
@@ -142,8 +144,8 @@ impl Kv for KvService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let request = request.into_inner();
         check_key(&request.key)?;
-        self.read_barrier(request.stale).await?;
-        let reader = &self.core.reader;
+        let engine = self.read_barrier(request.stale).await?;
+        let reader = &engine.reader;
         let kv = reader.get(&request.key).await.map_err(store_error)?;
         let revision = reader.revision().await.map_err(store_error)?;
         Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb), revision }))
@@ -158,8 +160,8 @@ impl Kv for KvService {
             0 => RANGE_LIMIT_DEFAULT,
             n => n.min(RANGE_LIMIT_MAX),
         };
-        self.read_barrier(request.stale).await?;
-        let reader = &self.core.reader;
+        let engine = self.read_barrier(request.stale).await?;
+        let reader = &engine.reader;
         let start_after = (!request.start_after.is_empty()).then_some(request.start_after);
         let mut kvs = reader.range(&request.prefix, start_after, limit + 1).await.map_err(store_error)?;
         let more = kvs.len() > limit;
@@ -189,8 +191,9 @@ impl Kv for KvService {
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
-        self.core.check_serves_clients()?;
-        let reader = self.core.reader.clone();
+        let (engine, _) = self.core.check_serves_clients()?;
+        let reader = engine.reader.clone();
+        let engine_stopped = engine.stopped();
         // Subscribe before reading the history so that nothing falls between the two.
         let live = reader.subscribe();
         // Fail fast (as a status, not a stream item) when the start is already compacted.
@@ -199,7 +202,7 @@ impl Kv for KvService {
         let stopped = self.stopped.clone();
         tokio::spawn(async move {
             let mut feed = Feed { reader, prefix: request.prefix, last: request.after_revision, tx };
-            if let Err(e) = feed.run(first, live, stopped).await {
+            if let Err(e) = feed.run(first, live, stopped, engine_stopped).await {
                 let _ = feed.tx.send(Err(e)).await;
             }
         });
@@ -303,6 +306,7 @@ impl Feed {
         first: Vec<Change>,
         mut live: broadcast::Receiver<Arc<Vec<Change>>>,
         mut stopped: watch::Receiver<bool>,
+        mut engine_stopped: watch::Receiver<bool>,
     ) -> Result<(), Status> {
         if !self.catch_up(first).await? {
             return Ok(());
@@ -311,6 +315,9 @@ impl Feed {
             let received = tokio::select! {
                 received = live.recv() => received,
                 _ = stopped.wait_for(|s| *s) => return Ok(()),
+                _ = engine_stopped.wait_for(|s| *s) => {
+                    return Err(Status::unavailable("this replica changed epoch; watch again from your last revision"));
+                }
                 _ = self.tx.closed() => return Ok(()),
             };
             match received {

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`config`]: what a replica is started with (identity, timers, sync policy, TLS).
 //! - [`node`]: opens the store, starts openraft, serves the three gRPC services until shutdown.
+//! - [`engine`]: the running node (openraft on the opened store); swapped when the epoch changes.
+//! - [`epoch`]: forced recovery, fencing of a superseded epoch, rejoin.
 //! - [`network`]: the client side of replica-to-replica traffic (openraft's `RaftNetwork`).
 //! - [`raft_service`]: the server side of it; checks each message's cluster/epoch envelope.
 //! - [`kv_service`]: the client API (reads, transactions, change feed, leases).
@@ -19,6 +21,8 @@
 
 pub mod admin_service;
 pub mod config;
+pub mod engine;
+pub mod epoch;
 pub mod kv_service;
 pub mod metrics_http;
 pub mod network;

@@ -38,14 +38,17 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
 }
 
 /// The metrics text of this replica now.
-pub async fn render(core: &Core) -> Result<String, std::fmt::Error> {
-    let s = status(core).await;
+pub async fn render(core: &Core) -> Result<String, String> {
+    let s = status(core).await.map_err(|e| e.message().to_owned())?;
     let mut registry = Registry::with_prefix("tandem_db");
     let role: Family<RoleLabels, Gauge> = Family::default();
     role.get_or_create(&RoleLabels { role: s.role.clone() }).set(1);
     registry.register("role", "This replica's role (1 for the current one)", role);
     gauge(&mut registry, "term", "Raft term", s.term);
     gauge(&mut registry, "epoch", "Replica-set epoch", s.epoch);
+    gauge(&mut registry, "fenced_by_epoch", "Newer epoch fencing this replica (0 = not fenced)", s.fenced_by_epoch);
+    gauge(&mut registry, "own_lag_entries", "Entries this replica lacks, from what the primary last said", s.own_lag_entries);
+    gauge(&mut registry, "own_lag_ms", "How long this replica has not held everything the primary had", s.own_lag_ms);
     gauge(&mut registry, "last_log_index", "Last log index", s.last_log_index);
     gauge(&mut registry, "commit_index", "Highest commit index known", s.commit_index);
     gauge(&mut registry, "applied_index", "Last applied index", s.applied_index);
@@ -67,7 +70,7 @@ pub async fn render(core: &Core) -> Result<String, std::fmt::Error> {
     registry.register("replica_lag_ms", "Age of the oldest entry a replica lacks (primary's view)", lag_ms);
     registry.register("replica_demoted", "1 while a sync replica is demoted to async", demoted);
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| e.to_string())?;
     Ok(text)
 }
 
@@ -77,7 +80,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
                 .into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("no metrics now: {e}")).into_response(),
     }
 }
 

@@ -18,8 +18,11 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tandem_proto::db::raft_client::RaftClient;
-use tandem_proto::db::{RaftReply, RaftRequest};
-use tandem_store::{Replica, ReplicaId, TypeConfig};
+use tandem_proto::db::{RaftReply, RaftRequest, EPOCH_KEY, PRIMARY_ADDR_KEY};
+use tandem_store::{Fence, Replica, ReplicaId, TypeConfig};
+use tokio::sync::watch;
+
+use crate::progress::Progress;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Largest replica-to-replica message (a batch of log entries or a snapshot chunk).
@@ -35,15 +38,71 @@ pub struct PeerIdentity {
     pub cluster: String,
     /// The replica set's epoch as this replica knows it.
     pub epoch: AtomicU64,
+    /// Set while a newer epoch supersedes this replica.
+    fence: Mutex<Option<Fence>>,
+    /// The newest epoch any peer has shown us, if newer than ours: the fencing task persists it.
+    newer: watch::Sender<Option<Fence>>,
 }
 
 impl PeerIdentity {
+    pub fn new(id: ReplicaId, cluster: &str, epoch: u64, fence: Option<Fence>) -> Self {
+        PeerIdentity {
+            id,
+            cluster: cluster.to_owned(),
+            epoch: AtomicU64::new(epoch),
+            fence: Mutex::new(fence),
+            newer: watch::channel(None).0,
+        }
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        *self.fence.lock().unwrap_or_else(|p| p.into_inner()) = fence;
+    }
+
+    /// Notes that a peer is in a newer epoch (the fencing task acts on it).
+    pub fn observe_epoch(&self, epoch: u64, primary_addr: &str) {
+        if epoch <= self.epoch() {
+            return;
+        }
+        self.newer.send_if_modified(|newer| match newer {
+            Some(known) if known.epoch > epoch => false,
+            Some(known) if known.epoch == epoch => {
+                if known.primary_addr.is_empty() && !primary_addr.is_empty() {
+                    known.primary_addr = primary_addr.to_owned();
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => {
+                *newer = Some(Fence { epoch, primary_addr: primary_addr.to_owned() });
+                true
+            }
+        });
+    }
+
+    /// Newer epochs as peers reveal them.
+    pub fn newer_epochs(&self) -> watch::Receiver<Option<Fence>> {
+        self.newer.subscribe()
+    }
+
     fn envelope(&self, to: ReplicaId, payload: Vec<u8>) -> RaftRequest {
-        RaftRequest { cluster: self.cluster.clone(), epoch: self.epoch(), from: self.id, to, payload }
+        RaftRequest {
+            cluster: self.cluster.clone(),
+            epoch: self.epoch(),
+            from: self.id,
+            to,
+            payload,
+            ..RaftRequest::default()
+        }
     }
 }
 
@@ -96,6 +155,8 @@ impl PeerChannels {
 pub struct PeerNetwork {
     pub identity: Arc<PeerIdentity>,
     pub channels: PeerChannels,
+    /// The engine's view of replication, stamped on AppendEntries (see [`RaftRequest`]).
+    pub progress: Arc<Progress>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -105,6 +166,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerLink {
             identity: self.identity.clone(),
             channels: self.channels.clone(),
+            progress: self.progress.clone(),
             target,
             addr: node.addr.clone(),
         }
@@ -115,6 +177,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerLink {
     identity: Arc<PeerIdentity>,
     channels: PeerChannels,
+    progress: Arc<Progress>,
     target: ReplicaId,
     addr: String,
 }
@@ -147,7 +210,16 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Er
     bincode::deserialize(bytes)
 }
 
-/// Sends one bincode-encoded message to the replica at `addr` and decodes its answer.
+/// What a primary tells a replica on every AppendEntries besides the entries themselves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrimaryStamp {
+    pub last_index: u64,
+    pub in_sync_set: bool,
+    pub strict: bool,
+}
+
+/// Sends one bincode-encoded message to the replica at `addr` and decodes its answer. A refusal
+/// that reveals a newer epoch is reported to the identity (which fences this replica).
 pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     identity: &PeerIdentity,
     channels: &PeerChannels,
@@ -156,10 +228,18 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     call: PeerCall,
     req: &Req,
     timeout: Duration,
+    stamp: Option<PrimaryStamp>,
 ) -> Result<Resp, PeerError> {
     let unreachable = |reason: String| PeerError::Unreachable { addr: addr.to_owned(), reason };
     let mut client = channels.raft_client(addr).map_err(|e| unreachable(e.to_string()))?;
-    let mut request = tonic::Request::new(identity.envelope(target, encode(req)?));
+    let mut envelope = identity.envelope(target, encode(req)?);
+    if let Some(stamp) = stamp {
+        envelope.primary_last_index = stamp.last_index;
+        envelope.primary_time_ms = crate::node::now_ms();
+        envelope.in_sync_set = stamp.in_sync_set;
+        envelope.strict = stamp.strict;
+    }
+    let mut request = tonic::Request::new(envelope);
     request.set_timeout(timeout);
     let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match call {
         PeerCall::AppendEntries => client.append_entries(request).await,
@@ -169,13 +249,23 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     };
     match reply {
         Ok(reply) => Ok(decode(&reply.into_inner().payload)?),
-        Err(status) => match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                Err(unreachable(status.to_string()))
+        Err(status) => {
+            if let Some(epoch) = metadata_u64(&status, EPOCH_KEY) {
+                let primary = status.metadata().get(PRIMARY_ADDR_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
+                identity.observe_epoch(epoch, primary);
             }
-            _ => Err(PeerError::Refused { addr: addr.to_owned(), status }),
-        },
+            match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                    Err(unreachable(status.to_string()))
+                }
+                _ => Err(PeerError::Refused { addr: addr.to_owned(), status }),
+            }
+        }
     }
+}
+
+fn metadata_u64(status: &tonic::Status, key: &str) -> Option<u64> {
+    status.metadata().get(key)?.to_str().ok()?.parse().ok()
 }
 
 impl PeerLink {
@@ -190,6 +280,12 @@ impl PeerLink {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.identity.fence().is_some() {
+            // A fenced replica takes no part in its old epoch: it neither replicates nor campaigns.
+            let e = PeerError::Unreachable { addr: self.addr.clone(), reason: "this replica is fenced".into() };
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
+        let stamp = matches!(call, PeerCall::AppendEntries).then(|| self.progress.stamp_for(self.target));
         let result: Result<Result<Resp, RaftError<ReplicaId, E>>, PeerError> = call_peer(
             &self.identity,
             &self.channels,
@@ -198,6 +294,7 @@ impl PeerLink {
             call,
             req,
             option.hard_ttl(),
+            stamp,
         )
         .await;
         match result {

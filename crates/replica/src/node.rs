@@ -2,18 +2,16 @@
 //! openraft, start the background tasks, serve the gRPC services until shutdown.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{Raft, ServerState, SnapshotPolicy};
+use openraft::ServerState;
 use tandem_proto::db::admin_server::AdminServer;
 use tandem_proto::db::kv_server::KvServer;
 use tandem_proto::db::raft_server::RaftServer;
-use tandem_store::{
-    Command, CommandResult, LogStore, OpenError, ReplicaId, ReplicaKind, StateMachine, StateReader, TypeConfig,
-};
+use tandem_store::{Command, CommandResult, OpenError, ReplicaId, ReplicaKind};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, RwLock};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -22,8 +20,9 @@ use tonic::Status;
 use crate::admin_service::AdminService;
 use crate::config::ReplicaConfig;
 use crate::kv_service::KvService;
-use crate::network::{PeerChannels, PeerIdentity, PeerNetwork, MAX_PEER_MESSAGE_BYTES};
-use crate::progress::{Metrics, Progress, SyncWaitError};
+use crate::engine::{Engine, OpenedStore};
+use crate::network::{PeerChannels, PeerIdentity, MAX_PEER_MESSAGE_BYTES};
+use crate::progress::{Metrics, SyncWaitError};
 use crate::raft_service::RaftService;
 use crate::refusal;
 
@@ -44,27 +43,62 @@ pub enum StartError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// Everything the services share.
+/// Everything the services share; outlives engines (see [`Engine`]).
 pub struct Core {
     pub config: ReplicaConfig,
-    /// Identity stamped on, and checked against, peer messages.
+    /// Identity stamped on, and checked against, peer messages (epoch and fence included).
     pub identity: Arc<PeerIdentity>,
-    pub raft: Raft<TypeConfig>,
-    /// Read access to the applied state.
-    pub reader: StateReader,
-    /// The durable log (kept for the epoch and other replica-local metadata).
-    pub log: LogStore,
-    /// Outgoing peer connections (Raft traffic, election requests).
+    /// Outgoing peer connections (Raft traffic, election requests, probes).
     pub channels: PeerChannels,
-    pub progress: Arc<Progress>,
-    /// Writes hold it shared; a switchover holds it exclusively while it hands over, so that no
-    /// write is accepted that the new primary would not have.
+    /// The running engine; `None` only while a recovery or rejoin swaps it.
+    engine: std::sync::RwLock<Option<Arc<Engine>>>,
+    /// Serialises engine swaps (recovery, rejoin).
+    pub swap: tokio::sync::Mutex<()>,
+    /// Writes hold it shared; a switchover or an engine swap holds it exclusively, so that no
+    /// write is accepted that the next primary (or the next engine) would not have.
     pub write_fence: RwLock<()>,
+    /// What this replica last heard from a primary, for its own lag and for loss bounds.
+    pub heard: std::sync::Mutex<Heard>,
+}
+
+/// What the primary last said to this replica.
+#[derive(Debug, Clone, Default)]
+pub struct Heard {
+    /// The primary's last log index.
+    pub primary_last_index: u64,
+    /// When it was said (this replica's clock).
+    pub at: Option<Instant>,
+    /// Whether this replica was in the primary's acknowledgement set, and the primary strict.
+    pub in_sync_set: bool,
+    pub strict: bool,
+    /// When this replica last held everything the primary had told it of.
+    pub caught_up_at: Option<Instant>,
 }
 
 impl Core {
-    pub fn metrics(&self) -> Metrics {
-        self.raft.metrics().borrow().clone()
+    /// The running engine, or a retryable refusal while it is being swapped.
+    pub fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Status::unavailable("this replica is changing epoch; retry shortly"))
+    }
+
+    /// Takes the engine out (for a swap); services refuse until [`Core::install`].
+    pub fn take_engine(&self) -> Option<Arc<Engine>> {
+        self.engine.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Installs a (new) engine and aligns the identity with its store's epoch and fence.
+    pub fn install(&self, engine: Arc<Engine>) {
+        self.identity.epoch.store(engine.log.epoch(), Ordering::SeqCst);
+        self.identity.set_fence(engine.log.fence());
+        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+    }
+
+    pub fn metrics(&self) -> Result<Metrics, Status> {
+        Ok(self.engine()?.raft.metrics().borrow().clone())
     }
 
     /// This replica's kind according to the membership (None while pristine or removed).
@@ -78,25 +112,29 @@ impl Core {
         metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
     }
 
-    /// Refuses client traffic on a witness.
-    pub fn check_serves_clients(&self) -> Result<Metrics, Status> {
-        let metrics = self.metrics();
+    /// Refuses client traffic on a fenced replica and on a witness.
+    pub fn check_serves_clients(&self) -> Result<(Arc<Engine>, Metrics), Status> {
+        if let Some(fence) = self.identity.fence() {
+            return Err(refusal::fenced(self.identity.epoch(), &fence));
+        }
+        let engine = self.engine()?;
+        let metrics = engine.raft.metrics().borrow().clone();
         if self.own_kind(&metrics) == Some(ReplicaKind::Witness) {
             return Err(refusal::witness(self.primary_addr(&metrics).as_deref()));
         }
-        Ok(metrics)
+        Ok((engine, metrics))
     }
 
     /// Waits until a read here would be linearizable (this replica is primary and has applied
-    /// everything committed before the read began).
-    pub async fn linearize(&self) -> Result<(), Status> {
-        let metrics = self.check_serves_clients()?;
+    /// everything committed before the read began); returns the engine to read from.
+    pub async fn linearize(&self) -> Result<Arc<Engine>, Status> {
+        let (engine, metrics) = self.check_serves_clients()?;
         if metrics.membership_config.membership().voter_ids().next().is_none() {
             return Err(refusal::not_initialized());
         }
-        let result = tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await;
+        let result = tokio::time::timeout(self.config.write_timeout, engine.raft.ensure_linearizable()).await;
         match result {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(engine),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
                 Err(refusal::not_primary(forward.leader_node.as_ref().map(|n| n.addr.as_str())))
             }
@@ -113,11 +151,11 @@ impl Core {
     pub async fn write(&self, command: Command) -> Result<CommandResult, Status> {
         let deadline = Instant::now() + self.config.write_timeout;
         let _shared = self.write_fence.read().await;
-        let metrics = self.check_serves_clients()?;
+        let (engine, metrics) = self.check_serves_clients()?;
         if metrics.state != ServerState::Leader {
             return Err(refusal::not_primary(self.primary_addr(&metrics).as_deref()));
         }
-        let proposed = tokio::time::timeout_at(deadline.into(), self.raft.client_write(command)).await;
+        let proposed = tokio::time::timeout_at(deadline.into(), engine.raft.client_write(command)).await;
         let response = match proposed {
             Err(_) => return Err(refusal::outcome_unknown("no commit before the write deadline")),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
@@ -131,8 +169,8 @@ impl Core {
             Ok(Err(RaftError::Fatal(fatal))) => return Err(refusal::outcome_unknown(fatal)),
             Ok(Ok(response)) => response,
         };
-        let mut metrics_rx = self.raft.metrics();
-        match self.progress.wait_synced(response.log_id.index, &mut metrics_rx, deadline).await {
+        let mut metrics_rx = engine.raft.metrics();
+        match engine.progress.wait_synced(response.log_id.index, &mut metrics_rx, deadline).await {
             Ok(()) => Ok(response.data),
             Err(e @ SyncWaitError::LostPrimary) | Err(e @ SyncWaitError::Timeout { .. }) => {
                 Err(refusal::outcome_unknown(format!("committed at index {}, but {e}", response.log_id.index)))
@@ -141,8 +179,36 @@ impl Core {
     }
 
     /// The highest commit index this replica knows of.
-    pub async fn commit_index(&self) -> u64 {
-        self.raft.with_raft_state(|state| state.committed.map(|id| id.index).unwrap_or(0)).await.unwrap_or(0)
+    pub async fn commit_index(&self, engine: &Engine) -> u64 {
+        engine.raft.with_raft_state(|state| state.committed.map(|id| id.index).unwrap_or(0)).await.unwrap_or(0)
+    }
+
+    /// Records what a primary just told this replica (on every AppendEntries it accepts).
+    pub fn heard_from_primary(&self, primary_last_index: u64, in_sync_set: bool, strict: bool, own_last_index: u64) {
+        let now = Instant::now();
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.primary_last_index = primary_last_index;
+        heard.at = Some(now);
+        heard.in_sync_set = in_sync_set;
+        heard.strict = strict;
+        if own_last_index >= primary_last_index {
+            heard.caught_up_at = Some(now);
+        }
+    }
+
+    /// This replica's own lag (entries, ms) from what the primary last said, and how long ago
+    /// that was; all zero on the primary.
+    pub fn own_lag(&self, metrics: &Metrics) -> (u64, u64, Option<Duration>) {
+        if metrics.state == ServerState::Leader {
+            return (0, 0, None);
+        }
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let entries = heard.primary_last_index.saturating_sub(metrics.last_log_index.unwrap_or(0));
+        let ms = match (entries, heard.caught_up_at.or(heard.at)) {
+            (0, _) | (_, None) => 0,
+            (_, Some(since)) => since.elapsed().as_millis() as u64,
+        };
+        (entries, ms, heard.at.map(|at| at.elapsed()))
     }
 }
 
@@ -159,25 +225,6 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
         stream.set_nodelay(true)?;
         Ok(stream)
     })
-}
-
-/// Refuses a state database that is behind the log's purged prefix: the entries it lacks are
-/// gone from the log, so starting would silently lose them (e.g. `state.db` deleted or replaced
-/// by an older copy).
-async fn check_state_covers_log(log: &LogStore, state: &StateMachine, reader: &StateReader) -> Result<(), OpenError> {
-    use openraft::storage::RaftLogStorage;
-    let purged = log.clone().get_log_state().await.ok().and_then(|s| s.last_purged_log_id).map(|id| id.index);
-    let applied = reader.applied().await.ok().flatten().map(|id| id.index);
-    match purged {
-        Some(purged) if applied.is_none_or(|applied| applied < purged) => Err(OpenError::Corrupt {
-            file: state.path().to_owned(),
-            reason: format!(
-                "the state has applied up to index {applied:?} but the log was compacted up to {purged}: \
-                 the state database was lost or replaced by an older copy"
-            ),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Runs one replica on `listener` until `shutdown` completes.
@@ -199,73 +246,32 @@ pub async fn serve_with_metrics(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let (log, state_machine, reader) = {
-        let dir = config.data_dir.clone();
-        let cluster = config.cluster.clone();
-        let id = config.id;
-        let history_limit = config.history_limit;
-        tokio::task::spawn_blocking(move || -> Result<_, OpenError> {
-            std::fs::create_dir_all(&dir).map_err(|source| OpenError::Io { file: dir.clone(), source })?;
-            let log = LogStore::open(&dir, &cluster, id)?;
-            let (state_machine, reader) = StateMachine::open(&dir, &cluster, id, history_limit)?;
-            Ok((log, state_machine, reader))
-        })
-        .await??
-    };
-
-    check_state_covers_log(&log, &state_machine, &reader).await?;
-
-    let timers = config.effective_timers();
-    let raft_config = openraft::Config {
-        cluster_name: config.cluster.clone(),
-        heartbeat_interval: timers.heartbeat_ms,
-        election_timeout_min: timers.election_min_ms,
-        election_timeout_max: timers.election_max_ms,
-        install_snapshot_timeout: 10_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-        max_in_snapshot_log_to_keep: 1_000,
-        purge_batch_size: 256,
-        ..Default::default()
-    }
-    .validate()?;
-
-    let identity = Arc::new(PeerIdentity {
-        id: config.id,
-        cluster: config.cluster.clone(),
-        epoch: AtomicU64::new(log.epoch()),
-    });
+    let store = OpenedStore::open(&config).await?;
+    let identity = Arc::new(PeerIdentity::new(config.id, &config.cluster, store.log.epoch(), store.log.fence()));
     let channels = PeerChannels::new(config.tls.client()?);
-    let network = PeerNetwork { identity: identity.clone(), channels: channels.clone() };
-    let raft = Raft::new(config.id, Arc::new(raft_config), network, log.clone(), state_machine).await?;
-    let progress = Arc::new(Progress::new(config.id, config.sync_mode, config.sync_timeout));
-
-    tracing::info!(
-        replica = config.id,
-        cluster = %config.cluster,
-        addr = %config.advertise,
-        epoch = log.epoch(),
-        witness = config.witness,
-        sync_mode = config.sync_mode.as_str(),
-        "replica started"
-    );
-
+    let server_tls = config.tls.server()?;
     let core = Arc::new(Core {
         identity,
-        raft: raft.clone(),
-        reader,
-        log,
         channels,
-        progress: progress.clone(),
+        engine: std::sync::RwLock::new(None),
+        swap: tokio::sync::Mutex::new(()),
         write_fence: RwLock::new(()),
+        heard: std::sync::Mutex::default(),
         config,
     });
-
-    let tick = Duration::from_millis(core.config.timers.heartbeat_ms);
-    let progress_task = tokio::spawn({
-        let metrics = raft.metrics();
-        async move { progress.run(metrics, tick).await }
-    });
-    let witness_task = tokio::spawn(crate::witness::run(core.clone()));
+    let engine = Engine::start(&core, store).await?;
+    core.install(engine);
+    let fencing_task = tokio::spawn(crate::epoch::watch_for_newer_epochs(core.clone()));
+    tracing::info!(
+        replica = core.config.id,
+        cluster = %core.config.cluster,
+        addr = %core.config.advertise,
+        epoch = core.identity.epoch(),
+        fenced = ?core.identity.fence(),
+        witness = core.config.witness,
+        sync_mode = core.config.sync_mode.as_str(),
+        "replica started"
+    );
 
     let (stopped_tx, stopped_rx) = watch::channel(false);
     let metrics_task = metrics_listener.map(|listener| {
@@ -274,16 +280,14 @@ pub async fn serve_with_metrics(
             let _ = stopped.wait_for(|s| *s).await;
         }))
     });
-
-    let max_request = core.config.max_request_bytes;
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = core.config.tls.server()? {
+    if let Some(tls) = server_tls {
         server = server.tls_config(tls)?;
     }
+    let max_request = core.config.max_request_bytes;
     let result = server
         .add_service(
-            KvServer::new(KvService::new(core.clone(), stopped_rx.clone()))
-                .max_decoding_message_size(max_request),
+            KvServer::new(KvService::new(core.clone(), stopped_rx.clone())).max_decoding_message_size(max_request),
         )
         .add_service(AdminServer::new(AdminService::new(core.clone())).max_decoding_message_size(max_request))
         .add_service(
@@ -299,11 +303,10 @@ pub async fn serve_with_metrics(
         .await;
 
     tracing::info!(replica = core.config.id, "replica stopping");
-    witness_task.abort();
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    fencing_task.abort();
+    if let Some(engine) = core.take_engine() {
+        engine.stop().await;
     }
-    progress_task.abort();
     if let Some(task) = metrics_task {
         let _ = task.await;
     }

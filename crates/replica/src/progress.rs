@@ -17,7 +17,7 @@
 //! Invariant: demotion only ever makes the gate wait for fewer replicas in `Available` mode; in
 //! `Strict` mode nothing is demoted and a write waits until its deadline.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use tandem_store::{Replica, ReplicaId, ReplicaKind};
 use tokio::sync::watch;
 
 use crate::config::SyncMode;
+use crate::network::PrimaryStamp;
 
 /// How many appended-entry timestamps are kept for the lag-in-ms figure.
 const APPEND_TIMES_MAX: usize = 65_536;
@@ -75,6 +76,8 @@ struct ProgressState {
     /// (index, when this primary first saw its last log reach that index), ascending.
     append_times: VecDeque<(u64, Instant)>,
     replicas: BTreeMap<ReplicaId, ReplicaView>,
+    /// Sync replicas the gate currently waits for (voters of kind sync, not demoted).
+    sync_set: BTreeSet<ReplicaId>,
 }
 
 pub struct Progress {
@@ -130,6 +133,7 @@ impl Progress {
                     if state.term.take().is_some() {
                         state.replicas.clear();
                         state.append_times.clear();
+                        state.sync_set.clear();
                     }
                     drop(state);
                     self.generation.send_modify(|g| *g += 1);
@@ -203,8 +207,26 @@ impl Progress {
                     _ => {}
                 }
             }
+            let sync_set = voters
+                .iter()
+                .copied()
+                .filter(|id| membership.get_node(id).map(|n| n.kind) == Some(ReplicaKind::Sync))
+                .filter(|id| state.replicas.get(id).is_none_or(|v| v.demoted_since.is_none()))
+                .collect();
+            state.sync_set = sync_set;
         }
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// What the primary tells `target` on each AppendEntries: its last index, and whether
+    /// `target` is in the acknowledgement set.
+    pub fn stamp_for(&self, target: ReplicaId) -> PrimaryStamp {
+        let state = self.lock();
+        PrimaryStamp {
+            last_index: state.last_index,
+            in_sync_set: state.sync_set.contains(&target),
+            strict: self.mode == SyncMode::Strict,
+        }
     }
 
     /// The replicas the gate currently waits for at `index`, or `None` when this replica is not

@@ -26,29 +26,42 @@ impl RaftService {
     }
 
     /// Checks the envelope and returns the payload.
+    ///
+    /// A fenced replica refuses every message (its old epoch must not reach a quorum through
+    /// it). A message of a newer epoch fences this replica; one of an older epoch is refused with
+    /// this replica's epoch, which fences its sender.
     fn admit(&self, request: Request<RaftRequest>) -> Result<RaftRequest, Status> {
         let message = request.into_inner();
         let identity = &self.core.identity;
+        let epoch = identity.epoch();
+        let primary = self.core.metrics().ok().and_then(|m| self.core.primary_addr(&m));
+        let refuse = |text: String| refusal::wrong_cluster(text, epoch, primary.as_deref());
         if message.cluster != identity.cluster {
-            return Err(refusal::wrong_cluster(format!(
+            return Err(refuse(format!(
                 "message from replica set {:?}, this replica belongs to {:?}",
                 message.cluster, identity.cluster
             )));
         }
         if message.to != identity.id {
-            return Err(refusal::wrong_cluster(format!(
-                "message for replica {}, this is replica {}",
-                message.to, identity.id
-            )));
+            return Err(refuse(format!("message for replica {}, this is replica {}", message.to, identity.id)));
         }
-        let epoch = identity.epoch();
+        if let Some(fence) = identity.fence() {
+            return Err(refusal::fenced(epoch, &fence));
+        }
+        if message.epoch > epoch {
+            identity.observe_epoch(message.epoch, "");
+        }
         if message.epoch != epoch {
-            return Err(refusal::wrong_cluster(format!(
+            return Err(refuse(format!(
                 "message from replica {} of epoch {}, this replica is in epoch {epoch}",
                 message.from, message.epoch
             )));
         }
         Ok(message)
+    }
+
+    fn raft(&self) -> Result<openraft::Raft<TypeConfig>, Status> {
+        Ok(self.core.engine()?.raft.clone())
     }
 }
 
@@ -66,26 +79,32 @@ impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let message = self.admit(request)?;
         let rpc: AppendEntriesRequest<TypeConfig> = payload(&message)?;
-        reply(&self.core.raft.append_entries(rpc).await)
+        let raft = self.raft()?;
+        let result = raft.append_entries(rpc).await;
+        if message.primary_last_index > 0 && result.as_ref().is_ok_and(|r| r.is_success()) {
+            let own_last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+            self.core.heard_from_primary(message.primary_last_index, message.in_sync_set, message.strict, own_last);
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let message = self.admit(request)?;
         let rpc: VoteRequest<ReplicaId> = payload(&message)?;
-        reply(&self.core.raft.vote(rpc).await)
+        reply(&self.raft()?.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let message = self.admit(request)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = payload(&message)?;
-        let result: Result<_, RaftError<ReplicaId, InstallSnapshotError>> = self.core.raft.install_snapshot(rpc).await;
+        let result: Result<_, RaftError<ReplicaId, InstallSnapshotError>> = self.raft()?.install_snapshot(rpc).await;
         reply(&result)
     }
 
     async fn elect_now(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let message = self.admit(request)?;
         tracing::info!(from = message.from, "asked to campaign for primary now");
-        let result: Result<(), String> = self.core.raft.trigger().elect().await.map_err(|e| e.to_string());
+        let result: Result<(), String> = self.raft()?.trigger().elect().await.map_err(|e| e.to_string());
         reply(&result)
     }
 }

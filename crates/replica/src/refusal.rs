@@ -1,7 +1,8 @@
 //! The gRPC statuses a replica refuses with. Each carries a stable code in the `tandem-error`
 //! metadata key so that clients act on the kind of refusal, never on message text.
 
-use tandem_proto::db::{error_code, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
+use tandem_proto::db::{error_code, EPOCH_KEY, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
+use tandem_store::Fence;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -63,9 +64,30 @@ pub fn not_initialized() -> Status {
     )
 }
 
-/// A peer message for another cluster, replica or epoch.
-pub fn wrong_cluster(message: String) -> Status {
-    coded(Code::FailedPrecondition, error_code::WRONG_CLUSTER, message)
+/// A peer message for another cluster, replica or epoch. Carries this replica's epoch (and the
+/// primary it knows), so that a sender of an older epoch learns it is superseded.
+pub fn wrong_cluster(message: String, own_epoch: u64, primary_addr: Option<&str>) -> Status {
+    let mut status = coded(Code::FailedPrecondition, error_code::WRONG_CLUSTER, message);
+    insert_epoch(&mut status, own_epoch);
+    with_primary(status, primary_addr)
+}
+
+/// This replica's epoch was superseded; it does nothing until it rejoins.
+pub fn fenced(own_epoch: u64, fence: &Fence) -> Status {
+    let primary = (!fence.primary_addr.is_empty()).then_some(fence.primary_addr.as_str());
+    let message = match primary {
+        Some(addr) => format!("fenced: epoch {own_epoch} superseded by {}; the primary is at {addr}", fence.epoch),
+        None => format!("fenced: epoch {own_epoch} superseded by {}; the new primary is not known here", fence.epoch),
+    };
+    let mut status = coded(Code::Unavailable, error_code::FENCED, message);
+    insert_epoch(&mut status, own_epoch);
+    with_primary(status, primary)
+}
+
+fn insert_epoch(status: &mut Status, epoch: u64) {
+    if let Ok(value) = MetadataValue::try_from(epoch.to_string()) {
+        status.metadata_mut().insert(EPOCH_KEY, value);
+    }
 }
 
 pub fn invalid(message: impl Into<String>) -> Status {

@@ -10,16 +10,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
-use tandem_store::ReplicaKind;
+use openraft::{Raft, ServerState};
+use tandem_store::{ReplicaKind, TypeConfig};
 
 use crate::network::{call_peer, PeerCall};
 use crate::node::Core;
 
 /// Runs for the life of the replica; acts only while this replica is a leading witness.
-pub async fn run(core: Arc<Core>) {
+pub async fn run(core: Arc<Core>, raft: Raft<TypeConfig>) {
     let timers = core.config.effective_timers();
-    let mut metrics = core.raft.metrics();
+    let mut metrics = raft.metrics();
     loop {
         if metrics.changed().await.is_err() {
             return;
@@ -45,6 +45,7 @@ pub async fn run(core: Arc<Core>) {
             PeerCall::ElectNow,
             &(),
             Duration::from_millis(timers.election_max_ms),
+            None,
         )
         .await;
         if let Err(e) = asked {

@@ -124,14 +124,14 @@ async fn bad_requests_are_refused_and_the_replica_keeps_serving() {
 
     eprintln!("--- a peer message from another replica set");
     let mut raft = RaftClient::connect(format!("http://{primary}")).await.expect("connect raft");
-    let foreign = RaftRequest { cluster: "someone-else".into(), epoch: 1, from: 9, to: 1, payload: vec![1, 2, 3] };
+    let foreign = RaftRequest { cluster: "someone-else".into(), epoch: 1, from: 9, to: 1, payload: vec![1, 2, 3], ..Default::default() };
     let status = raft.vote(foreign).await.expect_err("foreign cluster refused");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok()), Some(error_code::WRONG_CLUSTER));
 
     eprintln!("--- a peer message of our set with an undecodable payload");
     let status = client.status(&primary).await.expect("status");
-    let ours = RaftRequest { cluster: "test".into(), epoch: status.epoch, from: 2, to: status.id, payload: vec![0xde, 0xad] };
+    let ours = RaftRequest { cluster: "test".into(), epoch: status.epoch, from: 2, to: status.id, payload: vec![0xde, 0xad], ..Default::default() };
     let status = raft.append_entries(ours).await.expect_err("undecodable refused");
     assert_eq!(status.code(), Code::InvalidArgument);
 

@@ -6,6 +6,7 @@
 //! - [`log_store`]: the durable Raft log, vote and committed index (`log.db`).
 //! - [`state_machine`]: keys, leases and the change history (`state.db`), snapshots, and the
 //!   [`StateReader`] handle the services read through.
+//! - [`recovery`]: a new epoch on a survivor (forced recovery); quarantine before a rejoin.
 //! - [`error`]: typed errors, among them why a data directory is refused at start.
 //!
 //! Architecture invariant: this crate knows nothing of gRPC, sockets or clocks. Time enters only
@@ -14,6 +15,7 @@
 mod db;
 pub mod error;
 pub mod log_store;
+pub mod recovery;
 pub mod state_machine;
 pub mod types;
 

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::db::{self, DbSpec};
 use crate::error::{OpenError, StoreError};
-use crate::types::{ReplicaId, TypeConfig};
+use crate::types::{Fence, ReplicaId, TypeConfig};
 
 /// The log database's file name inside the data directory.
 pub const LOG_FILE: &str = "log.db";
@@ -53,6 +53,8 @@ struct Shared {
     replica_id: ReplicaId,
     /// Cached copy of the durable epoch.
     epoch: AtomicU64,
+    /// Cached copy of the durable fence (set while a newer epoch supersedes this replica).
+    fence: Mutex<Option<Fence>>,
 }
 
 impl LogStore {
@@ -87,6 +89,15 @@ impl LogStore {
                 reason: format!("log metadata: {e}"),
             });
         }
+        let fence = match db::meta_get_blob::<Fence>(&conn, "fence") {
+            Ok(fence) => fence,
+            Err(e) => {
+                return Err(OpenError::Corrupt {
+                    file: path,
+                    reason: format!("metadata fence is unreadable: {e}"),
+                })
+            }
+        };
         Ok(LogStore {
             shared: Arc::new(Shared {
                 conn: Mutex::new(conn),
@@ -94,6 +105,7 @@ impl LogStore {
                 cluster: cluster.to_owned(),
                 replica_id,
                 epoch: AtomicU64::new(epoch),
+                fence: Mutex::new(fence),
             }),
         })
     }
@@ -111,6 +123,83 @@ impl LogStore {
         let conn = db::lock(&self.shared.conn)?;
         db::meta_set(&conn, "epoch", epoch)?;
         self.shared.epoch.store(epoch, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The fence in force, if a newer epoch supersedes this replica.
+    pub fn fence(&self) -> Option<Fence> {
+        db::lock(&self.shared.fence).ok().and_then(|fence| fence.clone())
+    }
+
+    /// Durably records (or clears) the fence.
+    ///
+    /// Blocking (one fsync): call it from a blocking context, or via `spawn_blocking`.
+    pub fn set_fence(&self, fence: Option<Fence>) -> Result<(), StoreError> {
+        let conn = db::lock(&self.shared.conn)?;
+        match &fence {
+            Some(fence) => db::meta_set_blob(&conn, "fence", fence)?,
+            None => {
+                conn.execute("DELETE FROM meta WHERE key = 'fence'", [])?;
+            }
+        }
+        *db::lock(&self.shared.fence)? = fence;
+        Ok(())
+    }
+
+    /// Where the current epoch began: the last log id carried over from the previous epoch by
+    /// a forced recovery (`None` for the first epoch).
+    pub fn epoch_start(&self) -> Result<Option<LogId<ReplicaId>>, StoreError> {
+        let conn = db::lock(&self.shared.conn)?;
+        db::meta_get_blob(&conn, "epoch_start")
+    }
+
+    /// Every entry after `index` still in the log, in order.
+    ///
+    /// Blocking: call it from a blocking context, or via `spawn_blocking`.
+    pub fn entries_after(&self, index: u64) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let conn = db::lock(&self.shared.conn)?;
+        let mut stmt = conn.prepare("SELECT payload FROM log WHERE idx > ?1 ORDER BY idx")?;
+        let mut rows = stmt.query([sql_index(index)])?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next()? {
+            let payload: Vec<u8> = row.get(0)?;
+            entries.push(decode_entry(&payload)?);
+        }
+        Ok(entries)
+    }
+
+    /// Starts a new epoch on this log, atomically (one transaction): every entry is dropped and
+    /// the log is marked purged up to `start` (the state machine must already hold everything up
+    /// to `start`), the vote becomes `vote`, `first` (the new epoch's membership entry, at
+    /// `start.index + 1`) is appended, the epoch becomes `epoch`, and any fence is cleared.
+    ///
+    /// Blocking (one fsync): call it from a blocking context, or via `spawn_blocking`.
+    pub fn begin_epoch(
+        &self,
+        epoch: u64,
+        start: LogId<ReplicaId>,
+        vote: Vote<ReplicaId>,
+        first: &Entry<TypeConfig>,
+    ) -> Result<(), StoreError> {
+        assert_eq!(first.log_id.index, start.index + 1, "the epoch's first entry follows its start");
+        assert!(epoch > self.epoch(), "epochs only grow");
+        let payload = bincode::serialize(first)?;
+        let mut conn = db::lock(&self.shared.conn)?;
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM log", [])?;
+        db::meta_set_blob(&tx, "last_purged", &Some(start))?;
+        db::meta_set_blob(&tx, "committed", &None::<LogId<ReplicaId>>)?;
+        db::meta_set_blob(&tx, "vote", &vote)?;
+        db::meta_set_blob(&tx, "epoch_start", &start)?;
+        tx.execute("DELETE FROM meta WHERE key = 'fence'", [])?;
+        db::meta_set(&tx, "epoch", epoch)?;
+        tx.execute(
+            "INSERT INTO log (idx, term, payload) VALUES (?1, ?2, ?3)",
+            params![sql_index(first.log_id.index), first.log_id.leader_id.term, payload],
+        )?;
+        tx.commit()?;
+        self.shared.epoch.store(epoch, Ordering::SeqCst);
+        *db::lock(&self.shared.fence)? = None;
         Ok(())
     }
 

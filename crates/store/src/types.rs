@@ -282,3 +282,23 @@ pub struct Lease {
     /// Live while a command's `now_ms` is at most this; expired after.
     pub expires_at_ms: u64,
 }
+
+/// Why a replica refuses to act: a forced recovery started a newer epoch elsewhere. Stored
+/// durably, so a fenced replica stays fenced across restarts until it rejoins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The newer epoch that superseded this replica's.
+    pub epoch: u64,
+    /// The primary of that epoch, when known (`host:port`).
+    pub primary_addr: String,
+}
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "superseded by epoch {}", self.epoch)?;
+        if !self.primary_addr.is_empty() {
+            write!(f, " (primary at {})", self.primary_addr)?;
+        }
+        Ok(())
+    }
+}

@@ -38,6 +38,43 @@ pub enum DbCommand {
     Switchover(SwitchoverArgs),
     /// Build a snapshot on a replica now (and so compact its log).
     Snapshot(SnapshotArgs),
+    /// Forced recovery when the quorum is lost: the replica becomes the only voter of a new
+    /// epoch. May lose acknowledged writes; prints how many.
+    Recover(RecoverArgs),
+    /// Rejoin a fenced replica (of a superseded epoch) to the new epoch as a secondary; its
+    /// divergent history is kept in a quarantine directory.
+    Rejoin(RejoinArgs),
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// The surviving replica to recover on.
+    #[arg(long, value_name = "HOST:PORT")]
+    on: String,
+    /// Confirm: acknowledged writes the survivor lacks are lost, and a new epoch starts.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: TlsFiles,
+}
+
+#[derive(Args)]
+pub struct RejoinArgs {
+    /// The fenced replica to rejoin.
+    #[arg(long, value_name = "HOST:PORT")]
+    on: String,
+    /// The new epoch's primary (default: the one the fence names).
+    #[arg(long, value_name = "HOST:PORT")]
+    primary: Option<String>,
+    /// Rejoin as this kind (default: its kind before it was fenced).
+    #[arg(long)]
+    kind: Option<ReplicaKind>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: TlsFiles,
 }
 
 /// How to reach the replica set.
@@ -339,6 +376,53 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
             println!("replica {} is primary (term {}) after {} ms", done.primary, done.term, done.duration_ms);
             Ok(())
         }
+        DbCommand::Recover(args) => {
+            if !args.force {
+                bail!(
+                    "forced recovery starts a new epoch and loses any acknowledged write this replica lacks; \
+                     run `tandem db status` first, then confirm with --force"
+                );
+            }
+            let options = ClientOptions { tls: args.tls, ..ClientOptions::default() };
+            let client = Client::new(vec![args.on.clone()], options)?;
+            let report = client.recover(&args.on, true).await.context("forced recovery refused")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("replica at {} is the primary of epoch {} (was epoch {})", args.on, report.epoch, report.previous_epoch);
+                println!("  applied before recovery:      {}", report.applied_before);
+                println!("  log tail applied (uncommitted): {}", report.tail_applied);
+                println!("  new epoch starts after index: {}", report.start_index);
+                println!("  highest commit index heard:   {}", report.commit_heard);
+                println!("  primary's last index heard:   {} ({} ms before recovery)", report.primary_last_index_heard, report.heard_ms_ago);
+                println!("  POSSIBLE LOSS: {} acknowledged change(s)", report.possibly_missing);
+                println!("  {}", report.assessment);
+                println!("Re-add replicas with `tandem db add-replica`; old-epoch replicas must `tandem db rejoin`.");
+            }
+            Ok(())
+        }
+        DbCommand::Rejoin(args) => {
+            let options = ClientOptions { tls: args.tls, ..ClientOptions::default() };
+            let client = Client::new(vec![args.on.clone()], options)?;
+            let kind = args.kind.map(|k| k.to_string());
+            let report = client.rejoin(&args.on, args.primary.as_deref(), kind.as_deref()).await.context("rejoin failed")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("replica at {} rejoined epoch {} (primary {})", args.on, report.epoch, report.primary);
+                println!(
+                    "  dropped {} divergent entries{}; copies kept in {}",
+                    report.divergent_entries,
+                    if report.divergent_entries > 0 {
+                        format!(" (indexes {}..={})", report.first_divergent_index, report.last_divergent_index)
+                    } else {
+                        String::new()
+                    },
+                    report.quarantine_dir
+                );
+            }
+            Ok(())
+        }
         DbCommand::Snapshot(args) => {
             let index = args.endpoints.client()?.snapshot(&args.on).await?;
             println!("snapshot at index {index}");
@@ -425,8 +509,10 @@ pub fn print_status(answers: &[(String, Result<StatusResponse, tandem_client::Cl
                 let seen = primary.and_then(|p| p.replicas.iter().find(|r| r.id == s.id));
                 let (lag, lag_ms, health) = match (s.role.as_str(), seen) {
                     ("primary", _) => ("-".to_owned(), "-".to_owned(), "ok".to_owned()),
+                    ("fenced", _) => ("-".to_owned(), "-".to_owned(), format!("fenced by epoch {}", s.fenced_by_epoch)),
                     (_, Some(r)) => (r.lag_entries.to_string(), r.lag_ms.to_string(), r.health.clone()),
-                    _ => ("?".to_owned(), "?".to_owned(), "?".to_owned()),
+                    // No primary answered: the replica's own view of its lag.
+                    _ => (s.own_lag_entries.to_string(), s.own_lag_ms.to_string(), "no primary".to_owned()),
                 };
                 println!(
                     "{:<4} {:<22} {:<10} {:<8} {:>5} {:>5} {:>9} {:>9} {:>8} {:>8}  {}",

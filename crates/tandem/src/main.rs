@@ -59,3 +59,15 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks every sub-command's definition (unique names, valid defaults) only when that
+    /// sub-command is parsed; this checks them all at once.
+    #[test]
+    fn command_line_definition_is_valid() {
+        super::Cli::command().debug_assert();
+    }
+}

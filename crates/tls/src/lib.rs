@@ -26,13 +26,13 @@ pub enum TlsError {
 pub struct TlsFiles {
     /// PEM certificate this process presents (server certificate, and client certificate on
     /// outgoing links).
-    #[arg(long = "tls-cert", value_name = "FILE", requires = "key")]
+    #[arg(id = "tls_cert", long = "tls-cert", value_name = "FILE", requires = "tls_key")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long = "tls-key", value_name = "FILE", requires = "cert")]
+    #[arg(id = "tls_key", long = "tls-key", value_name = "FILE", requires = "tls_cert")]
     pub key: Option<PathBuf>,
     /// PEM CA certificate used to check peers (and, on servers, to demand client certificates).
-    #[arg(long = "tls-ca", value_name = "FILE")]
+    #[arg(id = "tls_ca", long = "tls-ca", value_name = "FILE")]
     pub ca: Option<PathBuf>,
 }
 

@@ -1,0 +1,144 @@
+//! The running node of a replica: openraft on an opened store, with its background tasks.
+//!
+//! An engine lives for one epoch of the replica's data. A forced recovery or a rejoin stops the
+//! engine, changes the data on disk, and starts a new engine on it; the gRPC services, the
+//! replica's identity and its connections outlive engines (see [`crate::node::Core`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Raft, SnapshotPolicy};
+use tandem_store::{LogStore, OpenError, StateMachine, StateReader, TypeConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ReplicaConfig;
+use crate::network::PeerNetwork;
+use crate::node::{Core, StartError};
+use crate::progress::Progress;
+
+pub struct Engine {
+    pub raft: Raft<TypeConfig>,
+    /// Read access to the applied state.
+    pub reader: StateReader,
+    /// The durable log (also holds the epoch, the fence and the epoch's start).
+    pub log: LogStore,
+    /// The primary's view of every replica and the sync gate.
+    pub progress: Arc<Progress>,
+    /// Flips to true when the engine stops, ending its watch streams.
+    stopped: watch::Sender<bool>,
+    /// Background tasks of this engine, aborted when it stops.
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The store of one replica, opened (and checked) but not yet running.
+pub struct OpenedStore {
+    pub log: LogStore,
+    pub state: StateMachine,
+    pub reader: StateReader,
+}
+
+impl OpenedStore {
+    /// Opens the data directory on the blocking pool: creates it when empty, refuses it when
+    /// corrupt, foreign, of an unknown format, or when the state lost entries the log has
+    /// already compacted.
+    pub async fn open(config: &ReplicaConfig) -> Result<OpenedStore, StartError> {
+        let dir = config.data_dir.clone();
+        let cluster = config.cluster.clone();
+        let id = config.id;
+        let history_limit = config.history_limit;
+        let (log, state, reader) = tokio::task::spawn_blocking(move || -> Result<_, OpenError> {
+            std::fs::create_dir_all(&dir).map_err(|source| OpenError::Io { file: dir.clone(), source })?;
+            let log = LogStore::open(&dir, &cluster, id)?;
+            let (state, reader) = StateMachine::open(&dir, &cluster, id, history_limit)?;
+            Ok((log, state, reader))
+        })
+        .await??;
+        check_state_covers_log(&log, &state, &reader).await?;
+        Ok(OpenedStore { log, state, reader })
+    }
+}
+
+/// Refuses a state database that is behind the log's purged prefix: the entries it lacks are
+/// gone from the log, so starting would silently lose them (e.g. `state.db` deleted or replaced
+/// by an older copy).
+async fn check_state_covers_log(log: &LogStore, state: &StateMachine, reader: &StateReader) -> Result<(), OpenError> {
+    use openraft::storage::RaftLogStorage;
+    let purged = log.clone().get_log_state().await.ok().and_then(|s| s.last_purged_log_id).map(|id| id.index);
+    let applied = reader.applied().await.ok().flatten().map(|id| id.index);
+    match purged {
+        Some(purged) if applied.is_none_or(|applied| applied < purged) => Err(OpenError::Corrupt {
+            file: state.path().to_owned(),
+            reason: format!(
+                "the state has applied up to index {applied:?} but the log was compacted up to {purged}: \
+                 the state database was lost or replaced by an older copy"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Engine {
+    /// Starts openraft on `store`. Elections stay off until [`crate::epoch::probe_then_elect`]
+    /// has checked that no peer knows a newer epoch (a replica returning from a lost site must
+    /// learn it is fenced before it can campaign).
+    pub async fn start(core: &Arc<Core>, store: OpenedStore) -> Result<Arc<Engine>, StartError> {
+        let config = &core.config;
+        let timers = config.effective_timers();
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster.clone(),
+            heartbeat_interval: timers.heartbeat_ms,
+            election_timeout_min: timers.election_min_ms,
+            election_timeout_max: timers.election_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000,
+            purge_batch_size: 256,
+            enable_elect: false,
+            ..Default::default()
+        }
+        .validate()?;
+        let progress = Arc::new(Progress::new(config.id, config.sync_mode, config.sync_timeout));
+        let network = PeerNetwork {
+            identity: core.identity.clone(),
+            channels: core.channels.clone(),
+            progress: progress.clone(),
+        };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log.clone(), store.state).await?;
+        let engine = Arc::new(Engine {
+            raft: raft.clone(),
+            reader: store.reader,
+            log: store.log,
+            progress: progress.clone(),
+            stopped: watch::channel(false).0,
+            tasks: std::sync::Mutex::default(),
+        });
+        let tick = Duration::from_millis(config.timers.heartbeat_ms);
+        let mut tasks = vec![
+            tokio::spawn({
+                let metrics = raft.metrics();
+                async move { progress.run(metrics, tick).await }
+            }),
+            tokio::spawn(crate::witness::run(core.clone(), raft.clone())),
+            tokio::spawn(crate::epoch::probe_then_elect(core.clone(), engine.clone())),
+        ];
+        engine.tasks.lock().unwrap_or_else(|p| p.into_inner()).append(&mut tasks);
+        Ok(engine)
+    }
+
+    /// A receiver that turns true when this engine stops.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stopped.subscribe()
+    }
+
+    /// Stops openraft and the background tasks; ends this engine's watch streams.
+    pub async fn stop(&self) {
+        let _ = self.stopped.send(true);
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}

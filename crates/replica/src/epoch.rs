@@ -247,6 +247,7 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         commit_heard,
         primary_last_index_heard = heard.primary_last_index,
         possibly_missing,
+        leases_ended = started.leases_ended,
         "FORCED RECOVERY: this replica is now the only voter of epoch {}; {assessment}. Re-add the other replicas \
          with `tandem db add-replica`; replicas of epoch {} are fenced and must `tandem db rejoin`",
         started.epoch,
@@ -265,6 +266,7 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         strict: heard.strict,
         possibly_missing,
         assessment,
+        leases_ended: started.leases_ended,
     })
 }
 

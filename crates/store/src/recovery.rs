@@ -5,6 +5,7 @@
 //! these, and starts a new node on the result.
 //!
 //! Invariants:
+//! - No lease survives into a new epoch: a fencing token of the old epoch is refused forever.
 //! - A forced recovery keeps every entry the survivor holds, committed or not (an entry it holds
 //!   may have been acknowledged by the lost primary): the whole log tail is applied before the new
 //!   epoch starts, and the new epoch begins right after it.
@@ -33,6 +34,8 @@ pub struct EpochStarted {
     pub tail_applied: u64,
     /// The last entry of the old epoch kept: the new epoch starts right after it.
     pub start: LogId<ReplicaId>,
+    /// Leases of the old epoch ended (their fencing tokens are dead).
+    pub leases_ended: u64,
 }
 
 /// Starts epoch `previous + 1` on a survivor with itself as the only voter.
@@ -64,6 +67,7 @@ pub async fn start_new_epoch(
     }
     let tail_applied = tail.len() as u64;
     state.apply(tail).await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let leases_ended = state.end_all_leases().await?;
     let (start, _) = state.applied_state().await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let start = start.ok_or_else(|| StoreError::Corrupt("this replica holds no entries to recover from".into()))?;
     state
@@ -86,7 +90,7 @@ pub async fn start_new_epoch(
         let log = log.clone();
         crate::db::blocking(move || log.begin_epoch(epoch, start, Vote::new(term, me), &first)).await?;
     }
-    Ok(EpochStarted { previous_epoch, epoch, applied_before, tail_applied, start })
+    Ok(EpochStarted { previous_epoch, epoch, applied_before, tail_applied, start, leases_ended })
 }
 
 /// What a rejoin put aside.

@@ -236,6 +236,22 @@ impl StateMachine {
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
+
+    /// Ends every lease at once: used when a forced recovery starts a new epoch, so that no
+    /// fencing token of the old epoch can ever be used again (a transaction naming one is then
+    /// refused as unknown). Returns how many leases ended.
+    pub async fn end_all_leases(&mut self) -> Result<u64, StoreError> {
+        let shared = self.shared.clone();
+        db::blocking(move || {
+            let mut conn = db::lock(&shared.writer)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ended = tx.execute("DELETE FROM leases", [])?;
+            tx.execute("DELETE FROM lease_names", [])?;
+            tx.commit()?;
+            Ok(ended as u64)
+        })
+        .await
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

@@ -395,6 +395,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                 println!("  new epoch starts after index: {}", report.start_index);
                 println!("  highest commit index heard:   {}", report.commit_heard);
                 println!("  primary's last index heard:   {} ({} ms before recovery)", report.primary_last_index_heard, report.heard_ms_ago);
+                println!("  leases of the old epoch ended: {}", report.leases_ended);
                 println!("  POSSIBLE LOSS: {} acknowledged change(s)", report.possibly_missing);
                 println!("  {}", report.assessment);
                 println!("Re-add replicas with `tandem db add-replica`; old-epoch replicas must `tandem db rejoin`.");

@@ -78,17 +78,27 @@ impl Txn {
     }
     /// Requires `key` to be at `version` (0 = absent).
     pub fn compare(mut self, key: impl Into<String>, version: u64) -> Self {
-        self.request.compares.push(pb::Compare { key: key.into(), version });
+        self.request.compares.push(pb::Compare {
+            key: key.into(),
+            version,
+        });
         self
     }
     pub fn put(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        let put = pb::Put { key: key.into(), value: value.into() };
-        self.request.ops.push(pb::Op { op: Some(pb::op::Op::Put(put)) });
+        let put = pb::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        self.request.ops.push(pb::Op {
+            op: Some(pb::op::Op::Put(put)),
+        });
         self
     }
     pub fn delete(mut self, key: impl Into<String>) -> Self {
         let delete = pb::Delete { key: key.into() };
-        self.request.ops.push(pb::Op { op: Some(pb::op::Op::Delete(delete)) });
+        self.request.ops.push(pb::Op {
+            op: Some(pb::op::Op::Delete(delete)),
+        });
         self
     }
     /// Refuse the transaction unless the lease with this fencing token is current.
@@ -120,7 +130,11 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { tls: TlsFiles::default(), deadline: DEFAULT_DEADLINE, attempt_timeout: Duration::from_secs(5) }
+        ClientOptions {
+            tls: TlsFiles::default(),
+            deadline: DEFAULT_DEADLINE,
+            attempt_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -138,18 +152,22 @@ fn classify_write(status: Status) -> Verdict {
         Some(error_code::NOT_PRIMARY)
         | Some(error_code::WITNESS)
         | Some(error_code::NOT_INITIALIZED)
-        | Some(error_code::FENCED) => {
-            Verdict::Retry { hint: primary_hint(&status), reason: status.message().to_owned() }
-        }
-        Some(error_code::OUTCOME_UNKNOWN) => {
-            Verdict::Fail(ClientError::OutcomeUnknown { reason: status.message().to_owned() })
-        }
-        _ if is_connection_refused(&status) => {
-            Verdict::Retry { hint: None, reason: format!("connection refused: {}", status.message()) }
-        }
+        | Some(error_code::FENCED) => Verdict::Retry {
+            hint: primary_hint(&status),
+            reason: status.message().to_owned(),
+        },
+        Some(error_code::OUTCOME_UNKNOWN) => Verdict::Fail(ClientError::OutcomeUnknown {
+            reason: status.message().to_owned(),
+        }),
+        _ if is_connection_refused(&status) => Verdict::Retry {
+            hint: None,
+            reason: format!("connection refused: {}", status.message()),
+        },
         _ => match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Internal => {
-                Verdict::Fail(ClientError::OutcomeUnknown { reason: status.message().to_owned() })
+                Verdict::Fail(ClientError::OutcomeUnknown {
+                    reason: status.message().to_owned(),
+                })
             }
             _ => Verdict::Fail(ClientError::Refused(status)),
         },
@@ -168,11 +186,15 @@ fn classify_read(status: Status) -> Verdict {
                 .unwrap_or(0);
             Verdict::Fail(ClientError::Compacted { requested: 0, oldest })
         }
-        Some(_) => Verdict::Retry { hint: primary_hint(&status), reason: status.message().to_owned() },
+        Some(_) => Verdict::Retry {
+            hint: primary_hint(&status),
+            reason: status.message().to_owned(),
+        },
         None => match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                Verdict::Retry { hint: None, reason: status.message().to_owned() }
-            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => Verdict::Retry {
+                hint: None,
+                reason: status.message().to_owned(),
+            },
             _ => Verdict::Fail(ClientError::Refused(status)),
         },
     }
@@ -183,7 +205,11 @@ fn error_code_of(status: &Status) -> Option<&str> {
 }
 
 fn primary_hint(status: &Status) -> Option<String> {
-    status.metadata().get(PRIMARY_ADDR_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    status
+        .metadata()
+        .get(PRIMARY_ADDR_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Whether the call failed because the TCP connection was refused (so nothing was sent).
@@ -218,9 +244,10 @@ impl Watch {
                 Some(Ok(response.events))
             }
             Err(status) => Some(Err(match classify_read(status) {
-                Verdict::Fail(ClientError::Compacted { oldest, .. }) => {
-                    ClientError::Compacted { requested: self.last_revision, oldest }
-                }
+                Verdict::Fail(ClientError::Compacted { oldest, .. }) => ClientError::Compacted {
+                    requested: self.last_revision,
+                    oldest,
+                },
                 Verdict::Fail(e) => e,
                 Verdict::Retry { reason, .. } => ClientError::Unavailable { reason },
             })),
@@ -254,11 +281,21 @@ struct Inner {
 impl Client {
     pub fn new(endpoints: Vec<String>, options: ClientOptions) -> Result<Client, ClientError> {
         if endpoints.is_empty() {
-            return Err(ClientError::Endpoint { endpoint: String::new(), reason: "no endpoints given".into() });
+            return Err(ClientError::Endpoint {
+                endpoint: String::new(),
+                reason: "no endpoints given".into(),
+            });
         }
         let tls = options.tls.client()?;
         let scheme = options.tls.scheme();
-        let inner = Inner { endpoints, options, scheme, tls, channels: Mutex::default(), primary: Mutex::default() };
+        let inner = Inner {
+            endpoints,
+            options,
+            scheme,
+            tls,
+            channels: Mutex::default(),
+            primary: Mutex::default(),
+        };
         Ok(Client { inner: Arc::new(inner) })
     }
 
@@ -271,7 +308,10 @@ impl Client {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let bad = |reason: String| ClientError::Endpoint { endpoint: addr.to_owned(), reason };
+        let bad = |reason: String| ClientError::Endpoint {
+            endpoint: addr.to_owned(),
+            reason,
+        };
         let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", self.inner.scheme))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
@@ -307,14 +347,20 @@ impl Client {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(match classify_read(status) {
                 Verdict::Fail(e) => e,
-                Verdict::Retry { reason, .. } => ClientError::Unavailable { reason: format!("{addr}: {reason}") },
+                Verdict::Retry { reason, .. } => ClientError::Unavailable {
+                    reason: format!("{addr}: {reason}"),
+                },
             }),
         }
     }
 
     /// Status of every replica, asked in parallel, in endpoint order.
     pub async fn status_all(&self) -> Vec<(String, Result<StatusResponse, ClientError>)> {
-        let asks = self.inner.endpoints.iter().map(|addr| async move { (addr.clone(), self.status(addr).await) });
+        let asks = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|addr| async move { (addr.clone(), self.status(addr).await) });
         futures::future::join_all(asks).await
     }
 
@@ -335,7 +381,11 @@ impl Client {
                     }
                 }
             }
-            let newest_epoch = answers.iter().filter_map(|(_, a)| a.as_ref().ok()).map(|s| s.epoch).max();
+            let newest_epoch = answers
+                .iter()
+                .filter_map(|(_, a)| a.as_ref().ok())
+                .map(|s| s.epoch)
+                .max();
             if best.as_ref().is_some_and(|((epoch, _), _)| Some(*epoch) < newest_epoch) {
                 best = None;
             }
@@ -361,7 +411,9 @@ impl Client {
                         Err(e) => format!("{addr}: {e}"),
                     })
                     .collect();
-                return Err(ClientError::Unavailable { reason: format!("no primary found ({})", reasons.join("; ")) });
+                return Err(ClientError::Unavailable {
+                    reason: format!("no primary found ({})", reasons.join("; ")),
+                });
             }
             tokio::time::sleep(DISCOVERY_PAUSE).await;
         }
@@ -392,7 +444,9 @@ impl Client {
         let mut pause = Duration::from_millis(10);
         loop {
             if Instant::now() >= deadline {
-                return Err(ClientError::Unavailable { reason: format!("gave up at the deadline: {last_reason}") });
+                return Err(ClientError::Unavailable {
+                    reason: format!("gave up at the deadline: {last_reason}"),
+                });
             }
             let addr = match self.primary().await {
                 Ok(addr) => addr,
@@ -402,7 +456,11 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
-            let verdict = if write { classify_write(status) } else { classify_read(status) };
+            let verdict = if write {
+                classify_write(status)
+            } else {
+                classify_read(status)
+            };
             match verdict {
                 Verdict::Fail(e) => return Err(e),
                 Verdict::Retry { hint, reason } => {
@@ -422,7 +480,10 @@ impl Client {
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, ClientError> {
         self.on_primary(false, |addr| async move {
             let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-            let request = self.request(pb::GetRequest { key: key.to_owned(), stale: false });
+            let request = self.request(pb::GetRequest {
+                key: key.to_owned(),
+                stale: false,
+            });
             Ok(kv.get(request).await?.into_inner().kv)
         })
         .await
@@ -431,12 +492,17 @@ impl Client {
     /// Reads one key from a given replica's applied state (may be stale).
     pub async fn get_stale(&self, addr: &str, key: &str) -> Result<Option<KeyValue>, ClientError> {
         let mut kv = self.kv(addr)?;
-        let request = self.request(pb::GetRequest { key: key.to_owned(), stale: true });
+        let request = self.request(pb::GetRequest {
+            key: key.to_owned(),
+            stale: true,
+        });
         match kv.get(request).await {
             Ok(response) => Ok(response.into_inner().kv),
             Err(status) => Err(match classify_read(status) {
                 Verdict::Fail(e) => e,
-                Verdict::Retry { reason, .. } => ClientError::Unavailable { reason: format!("{addr}: {reason}") },
+                Verdict::Retry { reason, .. } => ClientError::Unavailable {
+                    reason: format!("{addr}: {reason}"),
+                },
             }),
         }
     }
@@ -455,7 +521,10 @@ impl Client {
             let page = match stale_from {
                 Some(addr) => {
                     let mut kv = self.kv(addr)?;
-                    kv.range(self.request(request)).await.map_err(ClientError::Refused)?.into_inner()
+                    kv.range(self.request(request))
+                        .await
+                        .map_err(ClientError::Refused)?
+                        .into_inner()
                 }
                 None => {
                     self.on_primary(false, |addr| {
@@ -491,14 +560,19 @@ impl Client {
             })
             .await?;
         match response.outcome {
-            Some(pb::txn_response::Outcome::Committed(c)) => {
-                Ok(TxnOutcome::Committed { revision: c.revision, versions: c.versions })
-            }
-            Some(pb::txn_response::Outcome::CompareFailed(f)) => {
-                Ok(TxnOutcome::CompareFailed { key: f.key, expected: f.expected, actual: f.actual })
-            }
+            Some(pb::txn_response::Outcome::Committed(c)) => Ok(TxnOutcome::Committed {
+                revision: c.revision,
+                versions: c.versions,
+            }),
+            Some(pb::txn_response::Outcome::CompareFailed(f)) => Ok(TxnOutcome::CompareFailed {
+                key: f.key,
+                expected: f.expected,
+                actual: f.actual,
+            }),
             Some(pb::txn_response::Outcome::Fenced(f)) => Ok(TxnOutcome::Fenced { reason: f.reason }),
-            None => Err(ClientError::Refused(Status::internal("transaction answer without an outcome"))),
+            None => Err(ClientError::Refused(Status::internal(
+                "transaction answer without an outcome",
+            ))),
         }
     }
 
@@ -506,7 +580,9 @@ impl Client {
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<u64, ClientError> {
         match self.txn(Txn::new().put(key, value)).await? {
             TxnOutcome::Committed { revision, .. } => Ok(revision),
-            other => Err(ClientError::Refused(Status::internal(format!("unexpected outcome {other:?}")))),
+            other => Err(ClientError::Refused(Status::internal(format!(
+                "unexpected outcome {other:?}"
+            )))),
         }
     }
 
@@ -514,7 +590,9 @@ impl Client {
     pub async fn delete(&self, key: &str) -> Result<u64, ClientError> {
         match self.txn(Txn::new().delete(key)).await? {
             TxnOutcome::Committed { revision, .. } => Ok(revision),
-            other => Err(ClientError::Refused(Status::internal(format!("unexpected outcome {other:?}")))),
+            other => Err(ClientError::Refused(Status::internal(format!(
+                "unexpected outcome {other:?}"
+            )))),
         }
     }
 
@@ -523,22 +601,35 @@ impl Client {
         let stream = self
             .on_primary(false, |addr| async move {
                 let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-                let request = pb::WatchRequest { prefix: prefix.to_owned(), after_revision };
+                let request = pb::WatchRequest {
+                    prefix: prefix.to_owned(),
+                    after_revision,
+                };
                 Ok(kv.watch(tonic::Request::new(request)).await?.into_inner())
             })
             .await
             .map_err(|e| match e {
-                ClientError::Compacted { oldest, .. } => ClientError::Compacted { requested: after_revision, oldest },
+                ClientError::Compacted { oldest, .. } => ClientError::Compacted {
+                    requested: after_revision,
+                    oldest,
+                },
                 other => other,
             })?;
-        Ok(Watch { stream, last_revision: after_revision })
+        Ok(Watch {
+            stream,
+            last_revision: after_revision,
+        })
     }
 
     pub async fn lease_grant(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<LeaseGrant, ClientError> {
         let response = self
             .on_primary(true, |addr| async move {
                 let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-                let request = pb::LeaseGrantRequest { name: name.to_owned(), holder: holder.to_owned(), ttl_ms };
+                let request = pb::LeaseGrantRequest {
+                    name: name.to_owned(),
+                    holder: holder.to_owned(),
+                    ttl_ms,
+                };
                 Ok(kv.lease_grant(self.request(request)).await?.into_inner())
             })
             .await?;
@@ -555,7 +646,10 @@ impl Client {
         let response = self
             .on_primary(true, |addr| async move {
                 let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-                Ok(kv.lease_keep_alive(self.request(pb::LeaseKeepAliveRequest { token })).await?.into_inner())
+                Ok(kv
+                    .lease_keep_alive(self.request(pb::LeaseKeepAliveRequest { token }))
+                    .await?
+                    .into_inner())
             })
             .await?;
         Ok(response.alive.then_some(response.expires_at_ms))
@@ -575,7 +669,11 @@ impl Client {
         let mut admin = self.admin(via)?;
         let mut request = tonic::Request::new(pb::InitializeRequest { members });
         request.set_timeout(self.inner.options.deadline);
-        admin.initialize(request).await.map(|r| r.into_inner().members).map_err(ClientError::Refused)
+        admin
+            .initialize(request)
+            .await
+            .map(|r| r.into_inner().members)
+            .map_err(ClientError::Refused)
     }
 
     pub async fn add_replica(&self, member: Member) -> Result<Vec<Member>, ClientError> {
@@ -594,7 +692,11 @@ impl Client {
     pub async fn remove_replica(&self, id: u64) -> Result<Vec<Member>, ClientError> {
         self.on_primary(false, |addr| async move {
             let mut admin = self.admin(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-            Ok(admin.remove_replica(self.request(pb::RemoveReplicaRequest { id })).await?.into_inner().members)
+            Ok(admin
+                .remove_replica(self.request(pb::RemoveReplicaRequest { id }))
+                .await?
+                .into_inner()
+                .members)
         })
         .await
     }
@@ -602,7 +704,10 @@ impl Client {
     pub async fn set_kind(&self, id: u64, kind: &str) -> Result<Vec<Member>, ClientError> {
         self.on_primary(false, |addr| async move {
             let mut admin = self.admin(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-            let request = pb::SetKindRequest { id, kind: kind.to_owned() };
+            let request = pb::SetKindRequest {
+                id,
+                kind: kind.to_owned(),
+            };
             Ok(admin.set_kind(self.request(request)).await?.into_inner().members)
         })
         .await
@@ -627,7 +732,11 @@ impl Client {
         let mut admin = self.admin(addr)?;
         let mut request = tonic::Request::new(pb::SnapshotRequest {});
         request.set_timeout(self.inner.options.deadline);
-        admin.snapshot(request).await.map(|r| r.into_inner().index).map_err(ClientError::Refused)
+        admin
+            .snapshot(request)
+            .await
+            .map(|r| r.into_inner().index)
+            .map_err(ClientError::Refused)
     }
 
     /// Forced recovery on the replica at `addr` (see `tandem db recover`).
@@ -635,13 +744,22 @@ impl Client {
         let mut admin = self.admin(addr)?;
         let mut request = tonic::Request::new(pb::RecoverRequest { force });
         request.set_timeout(self.inner.options.deadline);
-        let response = admin.recover(request).await.map(|r| r.into_inner()).map_err(ClientError::Refused)?;
+        let response = admin
+            .recover(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Refused)?;
         self.forget_primary(Some(addr.to_owned()));
         Ok(response)
     }
 
     /// Rejoin of the fenced replica at `addr` to the newer epoch (see `tandem db rejoin`).
-    pub async fn rejoin(&self, addr: &str, primary: Option<&str>, kind: Option<&str>) -> Result<pb::RejoinResponse, ClientError> {
+    pub async fn rejoin(
+        &self,
+        addr: &str,
+        primary: Option<&str>,
+        kind: Option<&str>,
+    ) -> Result<pb::RejoinResponse, ClientError> {
         let mut admin = self.admin(addr)?;
         let request = pb::RejoinRequest {
             primary: primary.unwrap_or_default().to_owned(),
@@ -649,6 +767,10 @@ impl Client {
         };
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.inner.options.deadline.max(Duration::from_secs(150)));
-        admin.rejoin(request).await.map(|r| r.into_inner()).map_err(ClientError::Refused)
+        admin
+            .rejoin(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Refused)
     }
 }

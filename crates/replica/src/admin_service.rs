@@ -16,7 +16,7 @@ use tandem_proto::db::admin_server::Admin;
 use tandem_store::{Replica, ReplicaId, ReplicaKind, TypeConfig};
 use tonic::{Request, Response, Status};
 
-use crate::network::{call_peer, PeerCall};
+use crate::network::{call_peer, PeerCall, PeerCallSpec};
 use crate::node::Core;
 use crate::progress::Metrics;
 use crate::refusal;
@@ -50,7 +50,10 @@ impl AdminService {
     }
 
     async fn change(&self, changes: ChangeMembers<ReplicaId, Replica>, retain: bool) -> Result<(), Status> {
-        self.raft()?.change_membership(changes, retain).await.map_err(membership_error)?;
+        self.raft()?
+            .change_membership(changes, retain)
+            .await
+            .map_err(membership_error)?;
         Ok(())
     }
 }
@@ -60,7 +63,11 @@ fn members_of(metrics: &Metrics) -> pb::MembershipResponse {
         .membership_config
         .membership()
         .nodes()
-        .map(|(id, node)| pb::Member { id: *id, addr: node.addr.clone(), kind: node.kind.to_string() })
+        .map(|(id, node)| pb::Member {
+            id: *id,
+            addr: node.addr.clone(),
+            kind: node.kind.to_string(),
+        })
         .collect();
     pb::MembershipResponse { members }
 }
@@ -71,7 +78,13 @@ fn parse_member(member: Option<pb::Member>) -> Result<(ReplicaId, Replica), Stat
         return Err(refusal::invalid(format!("replica {} has no address", member.id)));
     }
     let kind: ReplicaKind = member.kind.parse().map_err(refusal::invalid)?;
-    Ok((member.id, Replica { addr: member.addr, kind }))
+    Ok((
+        member.id,
+        Replica {
+            addr: member.addr,
+            kind,
+        },
+    ))
 }
 
 fn membership_error(e: RaftError<ReplicaId, ClientWriteError<ReplicaId, Replica>>) -> Status {
@@ -171,7 +184,11 @@ impl Admin for AdminService {
         let mut learners = BTreeMap::new();
         for member in request.into_inner().members {
             let (id, replica) = parse_member(Some(member))?;
-            let set = if replica.kind.is_voter() { &mut voters } else { &mut learners };
+            let set = if replica.kind.is_voter() {
+                &mut voters
+            } else {
+                &mut learners
+            };
             if set.insert(id, replica).is_some() {
                 return Err(refusal::invalid(format!("replica {id} listed twice")));
             }
@@ -215,7 +232,10 @@ impl Admin for AdminService {
                 )));
             }
             for (id, replica) in learners {
-                self.raft()?.add_learner(id, replica, false).await.map_err(membership_error)?;
+                self.raft()?
+                    .add_learner(id, replica, false)
+                    .await
+                    .map_err(membership_error)?;
             }
         }
         Ok(Response::new(self.members()?))
@@ -228,14 +248,20 @@ impl Admin for AdminService {
         let (id, replica) = parse_member(request.into_inner().member)?;
         let metrics = self.require_primary()?;
         if metrics.membership_config.membership().get_node(&id).is_some() {
-            return Err(Status::already_exists(format!("replica {id} is already a member (use set-kind)")));
+            return Err(Status::already_exists(format!(
+                "replica {id} is already a member (use set-kind)"
+            )));
         }
         let voter = replica.kind.is_voter();
         tracing::info!(replica = id, addr = %replica.addr, kind = %replica.kind, "adding replica");
         // A learner first, so that it catches up before it counts in any quorum.
-        self.raft()?.add_learner(id, replica, true).await.map_err(membership_error)?;
+        self.raft()?
+            .add_learner(id, replica, true)
+            .await
+            .map_err(membership_error)?;
         if voter {
-            self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await?;
+            self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await?;
         }
         Ok(Response::new(self.members()?))
     }
@@ -257,9 +283,11 @@ impl Admin for AdminService {
         }
         tracing::info!(replica = id, "removing replica");
         if membership.voter_ids().any(|v| v == id) {
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await?;
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await?;
         } else {
-            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await?;
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await?;
         }
         Ok(Response::new(self.members()?))
     }
@@ -277,19 +305,27 @@ impl Admin for AdminService {
             return Ok(Response::new(self.members()?));
         }
         if request.id == self.core.config.id && !kind.is_voter() {
-            return Err(Status::failed_precondition("the primary must stay a voter: switch over first"));
+            return Err(Status::failed_precondition(
+                "the primary must stay a voter: switch over first",
+            ));
         }
         let id = request.id;
         tracing::info!(replica = id, from = %node.kind, to = %kind, "changing replica kind");
-        let updated = Replica { addr: node.addr.clone(), kind };
+        let updated = Replica {
+            addr: node.addr.clone(),
+            kind,
+        };
         let was_voter = membership.voter_ids().any(|v| v == id);
         if was_voter && !kind.is_voter() {
             // Voter → learner (retain keeps it replicating), then record its kind.
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true).await?;
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
+                .await?;
         }
-        self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, updated)])), false).await?;
+        self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, updated)])), false)
+            .await?;
         if !was_voter && kind.is_voter() {
-            self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await?;
+            self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await?;
         }
         Ok(Response::new(self.members()?))
     }
@@ -320,7 +356,10 @@ impl Admin for AdminService {
                 node.kind
             )));
         }
-        tracing::info!(target, "switchover: holding new writes until the target has every entry");
+        tracing::info!(
+            target,
+            "switchover: holding new writes until the target has every entry"
+        );
         let election_max = Duration::from_millis(core.config.effective_timers().election_max_ms);
         let deadline = Instant::now() + core.config.write_timeout + 4 * election_max;
         // No write is accepted from here on, so the log stops growing.
@@ -330,14 +369,23 @@ impl Admin for AdminService {
         loop {
             let m = metrics_rx.borrow_and_update().clone();
             if m.state != ServerState::Leader {
-                return Err(Status::aborted("lost the primary role during the switchover; check status"));
+                return Err(Status::aborted(
+                    "lost the primary role during the switchover; check status",
+                ));
             }
             let last = m.last_log_index.unwrap_or(0);
-            let matched = m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten()).map(|l| l.index);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).copied().flatten())
+                .map(|l| l.index);
             if matched.unwrap_or(0) >= last {
                 break;
             }
-            if tokio::time::timeout_at(deadline.into(), metrics_rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), metrics_rx.changed())
+                .await
+                .is_err()
+            {
                 return Err(Status::deadline_exceeded(format!(
                     "replica {target} did not catch up (matched {matched:?} of {last}); writes resume here"
                 )));
@@ -348,12 +396,14 @@ impl Admin for AdminService {
             let asked: Result<Result<(), String>, _> = call_peer(
                 &core.identity,
                 &core.channels,
-                target,
-                &node.addr,
-                PeerCall::ElectNow,
+                PeerCallSpec {
+                    target,
+                    addr: &node.addr,
+                    call: PeerCall::ElectNow,
+                    timeout: election_max,
+                    stamp: None,
+                },
                 &(),
-                election_max,
-                None,
             )
             .await;
             match asked {
@@ -377,7 +427,9 @@ impl Admin for AdminService {
                 }
                 Err(_) if Instant::now() < deadline => continue,
                 Err(e) => {
-                    return Err(Status::deadline_exceeded(format!("replica {target} did not become primary: {e}")))
+                    return Err(Status::deadline_exceeded(format!(
+                        "replica {target} did not become primary: {e}"
+                    )))
                 }
             }
         }
@@ -386,20 +438,32 @@ impl Admin for AdminService {
     async fn snapshot(&self, _request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
         let raft = self.raft()?;
         let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
-        raft.trigger().snapshot().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let m = raft
             .wait(Some(Duration::from_secs(60)))
-            .metrics(|m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied, "snapshot built")
+            .metrics(
+                |m| m.snapshot.map(|s| s.index).unwrap_or(0) >= applied,
+                "snapshot built",
+            )
             .await
             .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
-        Ok(Response::new(pb::SnapshotResponse { index: m.snapshot.map(|s| s.index).unwrap_or(0) }))
+        Ok(Response::new(pb::SnapshotResponse {
+            index: m.snapshot.map(|s| s.index).unwrap_or(0),
+        }))
     }
 
     async fn recover(&self, request: Request<pb::RecoverRequest>) -> Result<Response<pb::RecoverResponse>, Status> {
-        Ok(Response::new(crate::epoch::recover(&self.core, request.into_inner().force).await?))
+        Ok(Response::new(
+            crate::epoch::recover(&self.core, request.into_inner().force).await?,
+        ))
     }
 
     async fn rejoin(&self, request: Request<pb::RejoinRequest>) -> Result<Response<pb::RejoinResponse>, Status> {
-        Ok(Response::new(crate::epoch::rejoin(&self.core, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::epoch::rejoin(&self.core, request.into_inner()).await?,
+        ))
     }
 }

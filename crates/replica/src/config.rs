@@ -49,7 +49,11 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers { heartbeat_ms: 100, election_min_ms: 400, election_max_ms: 800 }
+        Timers {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+        }
     }
 }
 

@@ -48,7 +48,10 @@ impl OpenedStore {
         let id = config.id;
         let history_limit = config.history_limit;
         let (log, state, reader) = tokio::task::spawn_blocking(move || -> Result<_, OpenError> {
-            std::fs::create_dir_all(&dir).map_err(|source| OpenError::Io { file: dir.clone(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| OpenError::Io {
+                file: dir.clone(),
+                source,
+            })?;
             let log = LogStore::open(&dir, &cluster, id)?;
             let (state, reader) = StateMachine::open(&dir, &cluster, id, history_limit)?;
             Ok((log, state, reader))
@@ -64,7 +67,13 @@ impl OpenedStore {
 /// by an older copy).
 async fn check_state_covers_log(log: &LogStore, state: &StateMachine, reader: &StateReader) -> Result<(), OpenError> {
     use openraft::storage::RaftLogStorage;
-    let purged = log.clone().get_log_state().await.ok().and_then(|s| s.last_purged_log_id).map(|id| id.index);
+    let purged = log
+        .clone()
+        .get_log_state()
+        .await
+        .ok()
+        .and_then(|s| s.last_purged_log_id)
+        .map(|id| id.index);
     let applied = reader.applied().await.ok().flatten().map(|id| id.index);
     match purged {
         Some(purged) if applied.is_none_or(|applied| applied < purged) => Err(OpenError::Corrupt {
@@ -104,7 +113,14 @@ impl Engine {
             channels: core.channels.clone(),
             progress: progress.clone(),
         };
-        let raft = Raft::new(config.id, Arc::new(raft_config), network, store.log.clone(), store.state).await?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network,
+            store.log.clone(),
+            store.state,
+        )
+        .await?;
         let engine = Arc::new(Engine {
             raft: raft.clone(),
             reader: store.reader,
@@ -122,7 +138,11 @@ impl Engine {
             tokio::spawn(crate::witness::run(core.clone(), raft.clone())),
             tokio::spawn(crate::epoch::probe_then_elect(core.clone(), engine.clone())),
         ];
-        engine.tasks.lock().unwrap_or_else(|p| p.into_inner()).append(&mut tasks);
+        engine
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut tasks);
         Ok(engine)
     }
 

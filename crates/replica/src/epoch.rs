@@ -34,7 +34,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Asks `addr` for its status.
 async fn probe(core: &Core, addr: &str) -> Result<pb::StatusResponse, Status> {
-    let channel = core.channels.channel(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+    let channel = core
+        .channels
+        .channel(addr)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut request = tonic::Request::new(pb::StatusRequest {});
     request.set_timeout(PROBE_TIMEOUT);
     Ok(AdminClient::new(channel).status(request).await?.into_inner())
@@ -59,7 +62,11 @@ async fn probe_members(core: &Core, engine: &Engine) -> Vec<(ReplicaId, String, 
     .await;
     for (_, addr, answer) in &answers {
         if let Ok(status) = answer {
-            let primary = if status.role == "primary" { addr.as_str() } else { status.primary_addr.as_str() };
+            let primary = if status.role == "primary" {
+                addr.as_str()
+            } else {
+                status.primary_addr.as_str()
+            };
             core.identity.observe_epoch(status.epoch, primary);
             core.identity.observe_epoch(status.fenced_by_epoch, "");
         }
@@ -89,12 +96,14 @@ pub async fn probe_then_elect(core: Arc<Core>, engine: Arc<Engine>) {
 pub async fn watch_for_newer_epochs(core: Arc<Core>) {
     let mut newer = core.identity.newer_epochs();
     while newer.changed().await.is_ok() {
-        let Some(fence) = newer.borrow_and_update().clone() else { continue };
+        let Some(fence) = newer.borrow_and_update().clone() else {
+            continue;
+        };
         let current = core.identity.fence();
         let news = fence.epoch > core.identity.epoch()
-            && current.as_ref().is_none_or(|c| {
-                c.epoch < fence.epoch || (c.primary_addr.is_empty() && !fence.primary_addr.is_empty())
-            });
+            && current
+                .as_ref()
+                .is_none_or(|c| c.epoch < fence.epoch || (c.primary_addr.is_empty() && !fence.primary_addr.is_empty()));
         if news {
             apply_fence(&core, fence).await;
         }
@@ -173,7 +182,13 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         Some(ReplicaKind::Witness) => ReplicaKind::Witness,
         _ => ReplicaKind::Sync,
     };
-    tracing::warn!(epoch, applied_before, commit_heard, "forced recovery: stopping the node to start epoch {}", epoch + 1);
+    tracing::warn!(
+        epoch,
+        applied_before,
+        commit_heard,
+        "forced recovery: stopping the node to start epoch {}",
+        epoch + 1
+    );
 
     let _exclusive = core.write_fence.write().await;
     drop(engine);
@@ -182,7 +197,10 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
     }
     let restart_err = |e: crate::node::StartError| Status::internal(format!("cannot reopen the store: {e}"));
     let mut store = OpenedStore::open(&core.config).await.map_err(restart_err)?;
-    let node = Replica { addr: core.config.advertise.clone(), kind };
+    let node = Replica {
+        addr: core.config.advertise.clone(),
+        kind,
+    };
     let started = tandem_store::recovery::start_new_epoch(&store.log, &mut store.state, core.config.id, node).await;
     let started = match started {
         Ok(started) => started,
@@ -275,9 +293,13 @@ pub async fn rejoin(core: &Arc<Core>, request: pb::RejoinRequest) -> Result<pb::
     let _swap = core.swap.lock().await;
     let fence = core.identity.fence();
     let mut primary = if request.primary.is_empty() {
-        fence.as_ref().map(|f| f.primary_addr.clone()).filter(|a| !a.is_empty()).ok_or_else(|| {
-            Status::invalid_argument("the new primary is not known here: name it with --primary HOST:PORT")
-        })?
+        fence
+            .as_ref()
+            .map(|f| f.primary_addr.clone())
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                Status::invalid_argument("the new primary is not known here: name it with --primary HOST:PORT")
+            })?
     } else {
         request.primary.clone()
     };
@@ -294,7 +316,10 @@ pub async fn rejoin(core: &Arc<Core>, request: pb::RejoinRequest) -> Result<pb::
         )));
     }
     if status.role != "primary" {
-        return Err(Status::unavailable(format!("replica at {primary} is not the primary of epoch {}", status.epoch)));
+        return Err(Status::unavailable(format!(
+            "replica at {primary} is not the primary of epoch {}",
+            status.epoch
+        )));
     }
     let engine = core.engine()?;
     let old_kind = core.own_kind(&engine.raft.metrics().borrow());
@@ -312,7 +337,9 @@ pub async fn rejoin(core: &Arc<Core>, request: pb::RejoinRequest) -> Result<pb::
     };
     engine.stop().await;
     let dir = &core.config.data_dir;
-    let dest = dir.join("quarantine").join(format!("epoch-{epoch}-to-{}-{}", status.epoch, now_ms()));
+    let dest = dir
+        .join("quarantine")
+        .join(format!("epoch-{epoch}-to-{}-{}", status.epoch, now_ms()));
     let quarantined = tandem_store::recovery::quarantine(dir, &engine.log, status.epoch_start_index, &dest)
         .await
         .map_err(|e| Status::internal(format!("cannot quarantine the old history (nothing was deleted): {e}")))?;
@@ -342,8 +369,15 @@ pub async fn rejoin(core: &Arc<Core>, request: pb::RejoinRequest) -> Result<pb::
         quarantined.dir.display()
     );
 
-    let channel = core.channels.channel(&primary).map_err(|e| Status::unavailable(e.to_string()))?;
-    let member = pb::Member { id: core.config.id, addr: core.config.advertise.clone(), kind: kind.to_string() };
+    let channel = core
+        .channels
+        .channel(&primary)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let member = pb::Member {
+        id: core.config.id,
+        addr: core.config.advertise.clone(),
+        kind: kind.to_string(),
+    };
     let mut request = tonic::Request::new(pb::AddReplicaRequest { member: Some(member) });
     request.set_timeout(Duration::from_secs(120));
     match AdminClient::new(channel).add_replica(request).await {
@@ -359,7 +393,11 @@ pub async fn rejoin(core: &Arc<Core>, request: pb::RejoinRequest) -> Result<pb::
             )))
         }
     }
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "rejoined epoch {}", status.epoch);
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rejoined epoch {}",
+        status.epoch
+    );
     Ok(pb::RejoinResponse {
         epoch: status.epoch,
         primary,

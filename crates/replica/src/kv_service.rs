@@ -71,7 +71,10 @@ fn check_key(key: &str) -> Result<(), Status> {
         return Err(refusal::invalid("empty key"));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(refusal::invalid(format!("key of {} bytes exceeds the limit of {MAX_KEY_BYTES}", key.len())));
+        return Err(refusal::invalid(format!(
+            "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -111,7 +114,10 @@ fn txn_command(request: pb::TxnRequest) -> Result<Command, Status> {
     let mut compares = Vec::with_capacity(request.compares.len());
     for compare in request.compares {
         check_key(&compare.key)?;
-        compares.push(Compare { key: compare.key, version: compare.version });
+        compares.push(Compare {
+            key: compare.key,
+            version: compare.version,
+        });
     }
     let mut ops = Vec::with_capacity(request.ops.len());
     let mut keys = HashSet::new();
@@ -125,18 +131,29 @@ fn txn_command(request: pb::TxnRequest) -> Result<Command, Status> {
                         put.value.len()
                     )));
                 }
-                Op::Put { key: put.key, value: put.value }
+                Op::Put {
+                    key: put.key,
+                    value: put.value,
+                }
             }
             Some(pb::op::Op::Delete(delete)) => Op::Delete { key: delete.key },
             None => return Err(refusal::invalid("an op has neither put nor delete")),
         };
         check_key(op.key())?;
         if !keys.insert(op.key().to_owned()) {
-            return Err(refusal::invalid(format!("key {:?} appears twice in one transaction", op.key())));
+            return Err(refusal::invalid(format!(
+                "key {:?} appears twice in one transaction",
+                op.key()
+            )));
         }
         ops.push(op);
     }
-    Ok(Command::Txn(Txn { compares, ops, fence: request.fence_token, now_ms: now_ms() }))
+    Ok(Command::Txn(Txn {
+        compares,
+        ops,
+        fence: request.fence_token,
+        now_ms: now_ms(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -148,7 +165,10 @@ impl Kv for KvService {
         let reader = &engine.reader;
         let kv = reader.get(&request.key).await.map_err(store_error)?;
         let revision = reader.revision().await.map_err(store_error)?;
-        Ok(Response::new(pb::GetResponse { kv: kv.map(to_pb), revision }))
+        Ok(Response::new(pb::GetResponse {
+            kv: kv.map(to_pb),
+            revision,
+        }))
     }
 
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
@@ -163,11 +183,18 @@ impl Kv for KvService {
         let engine = self.read_barrier(request.stale).await?;
         let reader = &engine.reader;
         let start_after = (!request.start_after.is_empty()).then_some(request.start_after);
-        let mut kvs = reader.range(&request.prefix, start_after, limit + 1).await.map_err(store_error)?;
+        let mut kvs = reader
+            .range(&request.prefix, start_after, limit + 1)
+            .await
+            .map_err(store_error)?;
         let more = kvs.len() > limit;
         kvs.truncate(limit);
         let revision = reader.revision().await.map_err(store_error)?;
-        Ok(Response::new(pb::RangeResponse { kvs: kvs.into_iter().map(to_pb).collect(), more, revision }))
+        Ok(Response::new(pb::RangeResponse {
+            kvs: kvs.into_iter().map(to_pb).collect(),
+            more,
+            revision,
+        }))
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
@@ -179,9 +206,9 @@ impl Kv for KvService {
             CommandResult::Txn(TxnResult::CompareFailed { key, expected, actual }) => {
                 pb::txn_response::Outcome::CompareFailed(pb::CompareFailed { key, expected, actual })
             }
-            CommandResult::Txn(TxnResult::Fenced(reason)) => {
-                pb::txn_response::Outcome::Fenced(pb::Fenced { reason: reason.to_string() })
-            }
+            CommandResult::Txn(TxnResult::Fenced(reason)) => pb::txn_response::Outcome::Fenced(pb::Fenced {
+                reason: reason.to_string(),
+            }),
             other => return Err(Status::internal(format!("unexpected state-machine answer {other:?}"))),
         };
         Ok(Response::new(pb::TxnResponse { outcome: Some(outcome) }))
@@ -197,11 +224,19 @@ impl Kv for KvService {
         // Subscribe before reading the history so that nothing falls between the two.
         let live = reader.subscribe();
         // Fail fast (as a status, not a stream item) when the start is already compacted.
-        let first = reader.changes_after(request.after_revision, WATCH_PAGE).await.map_err(store_error)?;
+        let first = reader
+            .changes_after(request.after_revision, WATCH_PAGE)
+            .await
+            .map_err(store_error)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let stopped = self.stopped.clone();
         tokio::spawn(async move {
-            let mut feed = Feed { reader, prefix: request.prefix, last: request.after_revision, tx };
+            let mut feed = Feed {
+                reader,
+                prefix: request.prefix,
+                last: request.after_revision,
+                tx,
+            };
             if let Err(e) = feed.run(first, live, stopped, engine_stopped).await {
                 let _ = feed.tx.send(Err(e)).await;
             }
@@ -223,15 +258,30 @@ impl Kv for KvService {
                 request.ttl_ms
             )));
         }
-        let command =
-            Command::LeaseGrant { name: request.name, holder: request.holder, ttl_ms: request.ttl_ms, now_ms: now_ms() };
+        let command = Command::LeaseGrant {
+            name: request.name,
+            holder: request.holder,
+            ttl_ms: request.ttl_ms,
+            now_ms: now_ms(),
+        };
         let response = match self.core.write(command).await? {
-            CommandResult::Lease(LeaseResult::Granted { token, expires_at_ms }) => {
-                pb::LeaseGrantResponse { granted: true, token, expires_at_ms, holder: String::new() }
-            }
-            CommandResult::Lease(LeaseResult::Held { holder, token, expires_at_ms, .. }) => {
-                pb::LeaseGrantResponse { granted: false, token, expires_at_ms, holder }
-            }
+            CommandResult::Lease(LeaseResult::Granted { token, expires_at_ms }) => pb::LeaseGrantResponse {
+                granted: true,
+                token,
+                expires_at_ms,
+                holder: String::new(),
+            },
+            CommandResult::Lease(LeaseResult::Held {
+                holder,
+                token,
+                expires_at_ms,
+                ..
+            }) => pb::LeaseGrantResponse {
+                granted: false,
+                token,
+                expires_at_ms,
+                holder,
+            },
             other => return Err(Status::internal(format!("unexpected state-machine answer {other:?}"))),
         };
         Ok(Response::new(response))
@@ -242,13 +292,22 @@ impl Kv for KvService {
         request: Request<pb::LeaseKeepAliveRequest>,
     ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
         let token = request.into_inner().token;
-        let response = match self.core.write(Command::LeaseKeepAlive { token, now_ms: now_ms() }).await? {
-            CommandResult::Lease(LeaseResult::Granted { expires_at_ms, .. }) => {
-                pb::LeaseKeepAliveResponse { alive: true, expires_at_ms }
-            }
-            CommandResult::Lease(LeaseResult::NotFound { .. }) => {
-                pb::LeaseKeepAliveResponse { alive: false, expires_at_ms: 0 }
-            }
+        let response = match self
+            .core
+            .write(Command::LeaseKeepAlive {
+                token,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            CommandResult::Lease(LeaseResult::Granted { expires_at_ms, .. }) => pb::LeaseKeepAliveResponse {
+                alive: true,
+                expires_at_ms,
+            },
+            CommandResult::Lease(LeaseResult::NotFound { .. }) => pb::LeaseKeepAliveResponse {
+                alive: false,
+                expires_at_ms: 0,
+            },
             other => return Err(Status::internal(format!("unexpected state-machine answer {other:?}"))),
         };
         Ok(Response::new(response))
@@ -297,7 +356,11 @@ impl Feed {
             if !self.deliver(&page).await {
                 return Ok(false);
             }
-            page = self.reader.changes_after(self.last, WATCH_PAGE).await.map_err(store_error)?;
+            page = self
+                .reader
+                .changes_after(self.last, WATCH_PAGE)
+                .await
+                .map_err(store_error)?;
         }
     }
 
@@ -326,7 +389,11 @@ impl Feed {
                     if first.revision > self.last + 1 {
                         // Something was published before we subscribed or skipped: read it
                         // from the history.
-                        let page = self.reader.changes_after(self.last, WATCH_PAGE).await.map_err(store_error)?;
+                        let page = self
+                            .reader
+                            .changes_after(self.last, WATCH_PAGE)
+                            .await
+                            .map_err(store_error)?;
                         if !self.catch_up(page).await? {
                             return Ok(());
                         }
@@ -336,7 +403,11 @@ impl Feed {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let page = self.reader.changes_after(self.last, WATCH_PAGE).await.map_err(store_error)?;
+                    let page = self
+                        .reader
+                        .changes_after(self.last, WATCH_PAGE)
+                        .await
+                        .map_err(store_error)?;
                     if !self.catch_up(page).await? {
                         return Ok(());
                     }

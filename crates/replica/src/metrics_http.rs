@@ -46,28 +46,68 @@ pub async fn render(core: &Core) -> Result<String, String> {
     registry.register("role", "This replica's role (1 for the current one)", role);
     gauge(&mut registry, "term", "Raft term", s.term);
     gauge(&mut registry, "epoch", "Replica-set epoch", s.epoch);
-    gauge(&mut registry, "fenced_by_epoch", "Newer epoch fencing this replica (0 = not fenced)", s.fenced_by_epoch);
-    gauge(&mut registry, "own_lag_entries", "Entries this replica lacks, from what the primary last said", s.own_lag_entries);
-    gauge(&mut registry, "own_lag_ms", "How long this replica has not held everything the primary had", s.own_lag_ms);
+    gauge(
+        &mut registry,
+        "fenced_by_epoch",
+        "Newer epoch fencing this replica (0 = not fenced)",
+        s.fenced_by_epoch,
+    );
+    gauge(
+        &mut registry,
+        "own_lag_entries",
+        "Entries this replica lacks, from what the primary last said",
+        s.own_lag_entries,
+    );
+    gauge(
+        &mut registry,
+        "own_lag_ms",
+        "How long this replica has not held everything the primary had",
+        s.own_lag_ms,
+    );
     gauge(&mut registry, "last_log_index", "Last log index", s.last_log_index);
-    gauge(&mut registry, "commit_index", "Highest commit index known", s.commit_index);
+    gauge(
+        &mut registry,
+        "commit_index",
+        "Highest commit index known",
+        s.commit_index,
+    );
     gauge(&mut registry, "applied_index", "Last applied index", s.applied_index);
-    gauge(&mut registry, "purged_index", "Log compacted up to this index", s.purged_index);
+    gauge(
+        &mut registry,
+        "purged_index",
+        "Log compacted up to this index",
+        s.purged_index,
+    );
     gauge(&mut registry, "revision", "Store revision", s.revision);
     let demotions: Counter = Counter::default();
     demotions.inc_by(s.demotions);
-    registry.register("sync_demotions", "Sync replicas demoted to async by this primary", demotions);
+    registry.register(
+        "sync_demotions",
+        "Sync replicas demoted to async by this primary",
+        demotions,
+    );
     let lag_entries: Family<ReplicaLabels, Gauge> = Family::default();
     let lag_ms: Family<ReplicaLabels, Gauge> = Family::default();
     let demoted: Family<ReplicaLabels, Gauge> = Family::default();
     for r in s.replicas.iter().filter(|_| s.role == "primary") {
-        let labels = ReplicaLabels { replica: r.id.to_string(), kind: r.kind.clone() };
+        let labels = ReplicaLabels {
+            replica: r.id.to_string(),
+            kind: r.kind.clone(),
+        };
         lag_entries.get_or_create(&labels).set(r.lag_entries as i64);
         lag_ms.get_or_create(&labels).set(r.lag_ms as i64);
         demoted.get_or_create(&labels).set(i64::from(r.health == "demoted"));
     }
-    registry.register("replica_lag_entries", "Entries a replica lacks (primary's view)", lag_entries);
-    registry.register("replica_lag_ms", "Age of the oldest entry a replica lacks (primary's view)", lag_ms);
+    registry.register(
+        "replica_lag_entries",
+        "Entries a replica lacks (primary's view)",
+        lag_entries,
+    );
+    registry.register(
+        "replica_lag_ms",
+        "Age of the oldest entry a replica lacks (primary's view)",
+        lag_ms,
+    );
     registry.register("replica_demoted", "1 while a sync replica is demoted to async", demoted);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|e| e.to_string())?;
@@ -76,10 +116,15 @@ pub async fn render(core: &Core) -> Result<String, String> {
 
 async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
     match render(&core).await {
-        Ok(text) => {
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-                .into_response()
-        }
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("no metrics now: {e}")).into_response(),
     }
 }

@@ -83,7 +83,10 @@ impl PeerIdentity {
                 }
             }
             _ => {
-                *newer = Some(Fence { epoch, primary_addr: primary_addr.to_owned() });
+                *newer = Some(Fence {
+                    epoch,
+                    primary_addr: primary_addr.to_owned(),
+                });
                 true
             }
         });
@@ -120,7 +123,11 @@ pub struct PeerChannels {
 impl PeerChannels {
     pub fn new(tls: Option<ClientTlsConfig>) -> Self {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        PeerChannels { scheme, tls, channels: Arc::default() }
+        PeerChannels {
+            scheme,
+            tls,
+            channels: Arc::default(),
+        }
     }
 
     /// The channel to `addr`, created lazily (no connection is made here).
@@ -218,19 +225,36 @@ pub struct PrimaryStamp {
     pub strict: bool,
 }
 
-/// Sends one bincode-encoded message to the replica at `addr` and decodes its answer. A refusal
-/// that reveals a newer epoch is reported to the identity (which fences this replica).
+/// One peer call: to whom, which, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCallSpec<'a> {
+    pub target: ReplicaId,
+    pub addr: &'a str,
+    pub call: PeerCall,
+    pub timeout: Duration,
+    /// Set by a primary on AppendEntries.
+    pub stamp: Option<PrimaryStamp>,
+}
+
+/// Sends one bincode-encoded message to a peer and decodes its answer. A refusal that reveals a
+/// newer epoch is reported to the identity (which fences this replica).
 pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     identity: &PeerIdentity,
     channels: &PeerChannels,
-    target: ReplicaId,
-    addr: &str,
-    call: PeerCall,
+    spec: PeerCallSpec<'_>,
     req: &Req,
-    timeout: Duration,
-    stamp: Option<PrimaryStamp>,
 ) -> Result<Resp, PeerError> {
-    let unreachable = |reason: String| PeerError::Unreachable { addr: addr.to_owned(), reason };
+    let PeerCallSpec {
+        target,
+        addr,
+        call,
+        timeout,
+        stamp,
+    } = spec;
+    let unreachable = |reason: String| PeerError::Unreachable {
+        addr: addr.to_owned(),
+        reason,
+    };
     let mut client = channels.raft_client(addr).map_err(|e| unreachable(e.to_string()))?;
     let mut envelope = identity.envelope(target, encode(req)?);
     if let Some(stamp) = stamp {
@@ -251,14 +275,22 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
         Ok(reply) => Ok(decode(&reply.into_inner().payload)?),
         Err(status) => {
             if let Some(epoch) = metadata_u64(&status, EPOCH_KEY) {
-                let primary = status.metadata().get(PRIMARY_ADDR_KEY).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let primary = status
+                    .metadata()
+                    .get(PRIMARY_ADDR_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
                 identity.observe_epoch(epoch, primary);
             }
             match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                    Err(unreachable(status.to_string()))
-                }
-                _ => Err(PeerError::Refused { addr: addr.to_owned(), status }),
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown => Err(unreachable(status.to_string())),
+                _ => Err(PeerError::Refused {
+                    addr: addr.to_owned(),
+                    status,
+                }),
             }
         }
     }
@@ -282,21 +314,22 @@ impl PeerLink {
     {
         if self.identity.fence().is_some() {
             // A fenced replica takes no part in its old epoch: it neither replicates nor campaigns.
-            let e = PeerError::Unreachable { addr: self.addr.clone(), reason: "this replica is fenced".into() };
+            let e = PeerError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "this replica is fenced".into(),
+            };
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         let stamp = matches!(call, PeerCall::AppendEntries).then(|| self.progress.stamp_for(self.target));
-        let result: Result<Result<Resp, RaftError<ReplicaId, E>>, PeerError> = call_peer(
-            &self.identity,
-            &self.channels,
-            self.target,
-            &self.addr,
+        let spec = PeerCallSpec {
+            target: self.target,
+            addr: &self.addr,
             call,
-            req,
-            option.hard_ttl(),
+            timeout: option.hard_ttl(),
             stamp,
-        )
-        .await;
+        };
+        let result: Result<Result<Resp, RaftError<ReplicaId, E>>, PeerError> =
+            call_peer(&self.identity, &self.channels, spec, req).await;
         match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),

@@ -19,8 +19,8 @@ use tonic::Status;
 
 use crate::admin_service::AdminService;
 use crate::config::ReplicaConfig;
-use crate::kv_service::KvService;
 use crate::engine::{Engine, OpenedStore};
+use crate::kv_service::KvService;
 use crate::network::{PeerChannels, PeerIdentity, MAX_PEER_MESSAGE_BYTES};
 use crate::progress::{Metrics, SyncWaitError};
 use crate::raft_service::RaftService;
@@ -103,13 +103,21 @@ impl Core {
 
     /// This replica's kind according to the membership (None while pristine or removed).
     pub fn own_kind(&self, metrics: &Metrics) -> Option<ReplicaKind> {
-        metrics.membership_config.membership().get_node(&self.config.id).map(|n| n.kind)
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.config.id)
+            .map(|n| n.kind)
     }
 
     /// The primary's address as this replica knows it.
     pub fn primary_addr(&self, metrics: &Metrics) -> Option<String> {
         let leader = metrics.current_leader?;
-        metrics.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// Refuses client traffic on a fenced replica and on a witness.
@@ -135,9 +143,9 @@ impl Core {
         let result = tokio::time::timeout(self.config.write_timeout, engine.raft.ensure_linearizable()).await;
         match result {
             Ok(Ok(_)) => Ok(engine),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(refusal::not_primary(forward.leader_node.as_ref().map(|n| n.addr.as_str())))
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => Err(refusal::not_primary(
+                forward.leader_node.as_ref().map(|n| n.addr.as_str()),
+            )),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
                 Err(Status::unavailable(format!("no quorum confirms this primary: {e}")))
             }
@@ -161,7 +169,9 @@ impl Core {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 // openraft answers this only for entries it never proposed or has truncated:
                 // nothing was applied.
-                return Err(refusal::not_primary(forward.leader_node.as_ref().map(|n| n.addr.as_str())));
+                return Err(refusal::not_primary(
+                    forward.leader_node.as_ref().map(|n| n.addr.as_str()),
+                ));
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 return Err(Status::failed_precondition(e.to_string()));
@@ -170,17 +180,25 @@ impl Core {
             Ok(Ok(response)) => response,
         };
         let mut metrics_rx = engine.raft.metrics();
-        match engine.progress.wait_synced(response.log_id.index, &mut metrics_rx, deadline).await {
+        match engine
+            .progress
+            .wait_synced(response.log_id.index, &mut metrics_rx, deadline)
+            .await
+        {
             Ok(()) => Ok(response.data),
-            Err(e @ SyncWaitError::LostPrimary) | Err(e @ SyncWaitError::Timeout { .. }) => {
-                Err(refusal::outcome_unknown(format!("committed at index {}, but {e}", response.log_id.index)))
-            }
+            Err(e @ SyncWaitError::LostPrimary) | Err(e @ SyncWaitError::Timeout { .. }) => Err(
+                refusal::outcome_unknown(format!("committed at index {}, but {e}", response.log_id.index)),
+            ),
         }
     }
 
     /// The highest commit index this replica knows of.
     pub async fn commit_index(&self, engine: &Engine) -> u64 {
-        engine.raft.with_raft_state(|state| state.committed.map(|id| id.index).unwrap_or(0)).await.unwrap_or(0)
+        engine
+            .raft
+            .with_raft_state(|state| state.committed.map(|id| id.index).unwrap_or(0))
+            .await
+            .unwrap_or(0)
     }
 
     /// Records what a primary just told this replica (on every AppendEntries it accepts).
@@ -203,7 +221,9 @@ impl Core {
             return (0, 0, None);
         }
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let entries = heard.primary_last_index.saturating_sub(metrics.last_log_index.unwrap_or(0));
+        let entries = heard
+            .primary_last_index
+            .saturating_sub(metrics.last_log_index.unwrap_or(0));
         let ms = match (entries, heard.caught_up_at.or(heard.at)) {
             (0, _) | (_, None) => 0,
             (_, Some(since)) => since.elapsed().as_millis() as u64,
@@ -214,7 +234,10 @@ impl Core {
 
 /// The primary's wall clock, stamped into time-dependent commands.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Accepted connections, with Nagle's algorithm off (small RPCs must not wait for delayed ACKs).
@@ -247,7 +270,12 @@ pub async fn serve_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let store = OpenedStore::open(&config).await?;
-    let identity = Arc::new(PeerIdentity::new(config.id, &config.cluster, store.log.epoch(), store.log.fence()));
+    let identity = Arc::new(PeerIdentity::new(
+        config.id,
+        &config.cluster,
+        store.log.epoch(),
+        store.log.fence(),
+    ));
     let channels = PeerChannels::new(config.tls.client()?);
     let server_tls = config.tls.server()?;
     let core = Arc::new(Core {

@@ -42,7 +42,10 @@ pub enum SyncWaitError {
     #[error("this replica stopped being the primary before sync replicas confirmed the write")]
     LostPrimary,
     #[error("sync replicas {waiting_for:?} did not confirm the write in time (sync mode {mode})")]
-    Timeout { waiting_for: Vec<ReplicaId>, mode: &'static str },
+    Timeout {
+        waiting_for: Vec<ReplicaId>,
+        mode: &'static str,
+    },
 }
 
 /// What the primary knows of one replica.
@@ -194,7 +197,10 @@ impl Progress {
                             self.sync_timeout.as_millis()
                         );
                     }
-                    Some(since) if behind <= READMIT_LAG_ENTRIES && now.duration_since(view.last_progress) < self.sync_timeout => {
+                    Some(since)
+                        if behind <= READMIT_LAG_ENTRIES
+                            && now.duration_since(view.last_progress) < self.sync_timeout =>
+                    {
                         view.demoted_since = None;
                         tracing::warn!(
                             replica = id,
@@ -321,7 +327,13 @@ impl Progress {
                 } else {
                     "unreachable"
                 };
-                ReplicaProgress { id, matched: view.matched, lag_entries, lag_ms, health }
+                ReplicaProgress {
+                    id,
+                    matched: view.matched,
+                    lag_entries,
+                    lag_ms,
+                    health,
+                }
             })
             .collect()
     }

@@ -43,7 +43,10 @@ impl RaftService {
             )));
         }
         if message.to != identity.id {
-            return Err(refuse(format!("message for replica {}, this is replica {}", message.to, identity.id)));
+            return Err(refuse(format!(
+                "message for replica {}, this is replica {}",
+                message.to, identity.id
+            )));
         }
         if let Some(fence) = identity.fence() {
             return Err(refusal::fenced(epoch, &fence));
@@ -83,7 +86,12 @@ impl Raft for RaftService {
         let result = raft.append_entries(rpc).await;
         if message.primary_last_index > 0 && result.as_ref().is_ok_and(|r| r.is_success()) {
             let own_last = raft.metrics().borrow().last_log_index.unwrap_or(0);
-            self.core.heard_from_primary(message.primary_last_index, message.in_sync_set, message.strict, own_last);
+            self.core.heard_from_primary(
+                message.primary_last_index,
+                message.in_sync_set,
+                message.strict,
+                own_last,
+            );
         }
         reply(&result)
     }

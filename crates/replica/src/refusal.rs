@@ -8,7 +8,9 @@ use tonic::{Code, Status};
 
 fn coded(code: Code, error_code: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
-    status.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
+    status
+        .metadata_mut()
+        .insert(ERROR_CODE_KEY, MetadataValue::from_static(error_code));
     status
 }
 
@@ -76,8 +78,14 @@ pub fn wrong_cluster(message: String, own_epoch: u64, primary_addr: Option<&str>
 pub fn fenced(own_epoch: u64, fence: &Fence) -> Status {
     let primary = (!fence.primary_addr.is_empty()).then_some(fence.primary_addr.as_str());
     let message = match primary {
-        Some(addr) => format!("fenced: epoch {own_epoch} superseded by {}; the primary is at {addr}", fence.epoch),
-        None => format!("fenced: epoch {own_epoch} superseded by {}; the new primary is not known here", fence.epoch),
+        Some(addr) => format!(
+            "fenced: epoch {own_epoch} superseded by {}; the primary is at {addr}",
+            fence.epoch
+        ),
+        None => format!(
+            "fenced: epoch {own_epoch} superseded by {}; the new primary is not known here",
+            fence.epoch
+        ),
     };
     let mut status = coded(Code::Unavailable, error_code::FENCED, message);
     insert_epoch(&mut status, own_epoch);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use openraft::{Raft, ServerState};
 use tandem_store::{ReplicaKind, TypeConfig};
 
-use crate::network::{call_peer, PeerCall};
+use crate::network::{call_peer, PeerCall, PeerCallSpec};
 use crate::node::Core;
 
 /// Runs for the life of the replica; acts only while this replica is a leading witness.
@@ -36,16 +36,22 @@ pub async fn run(core: Arc<Core>, raft: Raft<TypeConfig>) {
             (node.kind == ReplicaKind::Sync && matched >= last).then(|| (id, node.addr.clone()))
         });
         let Some((heir, addr)) = heir else { continue };
-        tracing::info!(heir, last, "witness is primary; handing the role to a caught-up sync replica");
+        tracing::info!(
+            heir,
+            last,
+            "witness is primary; handing the role to a caught-up sync replica"
+        );
         let asked: Result<Result<(), String>, _> = call_peer(
             &core.identity,
             &core.channels,
-            heir,
-            &addr,
-            PeerCall::ElectNow,
+            PeerCallSpec {
+                target: heir,
+                addr: &addr,
+                call: PeerCall::ElectNow,
+                timeout: Duration::from_millis(timers.election_max_ms),
+                stamp: None,
+            },
             &(),
-            Duration::from_millis(timers.election_max_ms),
-            None,
         )
         .await;
         if let Err(e) = asked {

@@ -67,7 +67,9 @@ async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-    grpc.unary(tonic::Request::new(body), path, RawCodec).await.map(|r| r.into_inner())
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(|r| r.into_inner())
 }
 
 fn no_tls(_: u64) -> TlsFiles {
@@ -83,62 +85,109 @@ async fn bad_requests_are_refused_and_the_replica_keeps_serving() {
 
     eprintln!("--- malformed protobuf");
     let garbage = vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x12];
-    let status = raw_call(&primary, "/tandem.db.v1.Kv/Txn", garbage).await.expect_err("malformed must fail");
+    let status = raw_call(&primary, "/tandem.db.v1.Kv/Txn", garbage)
+        .await
+        .expect_err("malformed must fail");
     assert_eq!(status.code(), Code::Internal, "{status:?}");
-    assert!(status.message().contains("decode"), "names the decoding failure: {status:?}");
+    assert!(
+        status.message().contains("decode"),
+        "names the decoding failure: {status:?}"
+    );
 
     eprintln!("--- oversized request (over the 4 MiB limit)");
     let big = vec![b'x'; 5 * 1024 * 1024];
     let err = client.put("ok/big", big).await.expect_err("oversized must fail");
-    assert!(matches!(&err, ClientError::Refused(s) if s.code() == Code::OutOfRange || s.code() == Code::ResourceExhausted),
-        "oversized request: {err:?}");
+    assert!(
+        matches!(&err, ClientError::Refused(s) if s.code() == Code::OutOfRange || s.code() == Code::ResourceExhausted),
+        "oversized request: {err:?}"
+    );
 
     eprintln!("--- value over the 1 MiB limit, empty key, duplicate key, too many ops");
     let cases: Vec<(Txn, &str)> = vec![
         (Txn::new().put("ok/large", vec![0u8; 1024 * 1024 + 1]), "limit"),
         (Txn::new().put("", "x"), "empty key"),
         (Txn::new().put("dup", "1").put("dup", "2"), "twice"),
-        ((0..1100).fold(Txn::new(), |t, i| t.put(format!("many/{i}"), "x")), "limit"),
+        (
+            (0..1100).fold(Txn::new(), |t, i| t.put(format!("many/{i}"), "x")),
+            "limit",
+        ),
         (Txn::new().compare("k".repeat(5000), 0).put("k", "x"), "limit"),
     ];
     for (txn, needle) in cases {
         match client.txn(txn).await {
             Err(ClientError::Refused(status)) => {
                 assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-                assert!(status.message().contains(needle), "message {:?} should mention {needle:?}", status.message());
+                assert!(
+                    status.message().contains(needle),
+                    "message {:?} should mention {needle:?}",
+                    status.message()
+                );
             }
             other => panic!("expected an invalid-argument refusal mentioning {needle:?}, got {other:?}"),
         }
     }
-    assert!(client.range("many/", None).await.expect("range").is_empty(), "nothing partial was written");
+    assert!(
+        client.range("many/", None).await.expect("range").is_empty(),
+        "nothing partial was written"
+    );
 
     eprintln!("--- lease with an out-of-range TTL");
     let err = client.lease_grant("l", "me", 1).await.expect_err("ttl 1 ms is refused");
-    assert!(matches!(&err, ClientError::Refused(s) if s.code() == Code::InvalidArgument), "{err:?}");
+    assert!(
+        matches!(&err, ClientError::Refused(s) if s.code() == Code::InvalidArgument),
+        "{err:?}"
+    );
 
     eprintln!("--- garbage bytes on the socket");
     {
         let mut socket = std::net::TcpStream::connect(&primary).expect("connect");
-        socket.write_all(b"GET / HTTP/1.0\r\n\r\nthis is not http/2 at all\x00\x01\x02").expect("write garbage");
+        socket
+            .write_all(b"GET / HTTP/1.0\r\n\r\nthis is not http/2 at all\x00\x01\x02")
+            .expect("write garbage");
     }
 
     eprintln!("--- a peer message from another replica set");
-    let mut raft = RaftClient::connect(format!("http://{primary}")).await.expect("connect raft");
-    let foreign = RaftRequest { cluster: "someone-else".into(), epoch: 1, from: 9, to: 1, payload: vec![1, 2, 3], ..Default::default() };
+    let mut raft = RaftClient::connect(format!("http://{primary}"))
+        .await
+        .expect("connect raft");
+    let foreign = RaftRequest {
+        cluster: "someone-else".into(),
+        epoch: 1,
+        from: 9,
+        to: 1,
+        payload: vec![1, 2, 3],
+        ..Default::default()
+    };
     let status = raft.vote(foreign).await.expect_err("foreign cluster refused");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok()), Some(error_code::WRONG_CLUSTER));
+    assert_eq!(
+        status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok()),
+        Some(error_code::WRONG_CLUSTER)
+    );
 
     eprintln!("--- a peer message of our set with an undecodable payload");
     let status = client.status(&primary).await.expect("status");
-    let ours = RaftRequest { cluster: "test".into(), epoch: status.epoch, from: 2, to: status.id, payload: vec![0xde, 0xad], ..Default::default() };
+    let ours = RaftRequest {
+        cluster: "test".into(),
+        epoch: status.epoch,
+        from: 2,
+        to: status.id,
+        payload: vec![0xde, 0xad],
+        ..Default::default()
+    };
     let status = raft.append_entries(ours).await.expect_err("undecodable refused");
     assert_eq!(status.code(), Code::InvalidArgument);
 
     eprintln!("--- the replica set still serves");
     client.put("ok/after", "2").await.expect("put after bad input");
-    assert_eq!(client.get("ok/before").await.expect("get").map(|kv| kv.value), Some(b"1".to_vec()));
-    assert_eq!(client.get("ok/after").await.expect("get").map(|kv| kv.value), Some(b"2".to_vec()));
+    assert_eq!(
+        client.get("ok/before").await.expect("get").map(|kv| kv.value),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        client.get("ok/after").await.expect("get").map(|kv| kv.value),
+        Some(b"2".to_vec())
+    );
 
     for replica in &mut replicas {
         replica.stop().await;
@@ -193,7 +242,9 @@ async fn start_error(dir: &Path, cluster: &str) -> StartError {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let config = tandem_replica::ReplicaConfig::new(1, cluster, dir.to_owned(), addr);
-    tandem_replica::serve(config, listener, std::future::pending()).await.expect_err("start must be refused")
+    tandem_replica::serve(config, listener, std::future::pending())
+        .await
+        .expect_err("start must be refused")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,29 +260,47 @@ async fn bad_data_directories_are_refused_untouched() {
     eprintln!("--- started as another cluster: refused, naming the file");
     let err = start_error(&dir, "other").await;
     let text = err.to_string();
-    assert!(matches!(err, StartError::DataDir(OpenError::OtherCluster { .. })), "{text}");
-    assert!(text.contains("log.db") && text.contains("other"), "names file and cluster: {text}");
+    assert!(
+        matches!(err, StartError::DataDir(OpenError::OtherCluster { .. })),
+        "{text}"
+    );
+    assert!(
+        text.contains("log.db") && text.contains("other"),
+        "names file and cluster: {text}"
+    );
     assert_eq!(snapshot_of(&dir), before, "nothing in the directory changed");
 
     eprintln!("--- unknown format version: refused");
     let log = dir.join("log.db");
     {
         let conn = rusqlite::Connection::open(&log).expect("open log.db");
-        conn.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'", []).expect("bump format");
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'", [])
+            .expect("bump format");
     }
     let tampered = snapshot_of(&dir);
     let err = start_error(&dir, "test").await;
-    assert!(matches!(err, StartError::DataDir(OpenError::UnknownFormat { found: 99, .. })), "{err}");
+    assert!(
+        matches!(err, StartError::DataDir(OpenError::UnknownFormat { found: 99, .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("log.db"), "{err}");
     assert_eq!(snapshot_of(&dir), tampered, "nothing in the directory changed");
 
     eprintln!("--- corrupt file: refused");
     let corrupt_dir = root.path().join("corrupt");
     std::fs::create_dir_all(&corrupt_dir).expect("mkdir");
-    std::fs::write(corrupt_dir.join("log.db"), b"this is not a sqlite database, just bytes".repeat(200)).expect("write");
+    std::fs::write(
+        corrupt_dir.join("log.db"),
+        b"this is not a sqlite database, just bytes".repeat(200),
+    )
+    .expect("write");
     let before = snapshot_of(&corrupt_dir);
     let err = start_error(&corrupt_dir, "test").await;
     assert!(matches!(err, StartError::DataDir(OpenError::Corrupt { .. })), "{err}");
     assert!(err.to_string().contains("log.db"), "{err}");
-    assert_eq!(snapshot_of(&corrupt_dir), before, "the corrupt file was not wiped or re-initialised");
+    assert_eq!(
+        snapshot_of(&corrupt_dir),
+        before,
+        "the corrupt file was not wiped or re-initialised"
+    );
 }

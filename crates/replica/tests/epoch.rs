@@ -13,10 +13,16 @@ async fn fencing_tokens_of_the_old_epoch_are_dead_after_a_forced_recovery() {
     let (mut replicas, client) = start_set(3, root.path(), |_| TlsFiles::default()).await;
 
     eprintln!("--- a holder takes a named lease and writes with its token");
-    let lease = client.lease_grant("confserv/master", "master-a", 60_000).await.expect("grant");
+    let lease = client
+        .lease_grant("confserv/master", "master-a", 60_000)
+        .await
+        .expect("grant");
     assert!(lease.granted);
     let fenced_put = |token: u64, value: &'static str| Txn::new().put("config/x", value).fence(token);
-    assert!(matches!(client.txn(fenced_put(lease.token, "1")).await.expect("txn"), TxnOutcome::Committed { .. }));
+    assert!(matches!(
+        client.txn(fenced_put(lease.token, "1")).await.expect("txn"),
+        TxnOutcome::Committed { .. }
+    ));
 
     eprintln!("--- the primary and one secondary stop; the other secondary is recovered alone");
     let primary = client.discover().await.expect("primary");
@@ -37,7 +43,10 @@ async fn fencing_tokens_of_the_old_epoch_are_dead_after_a_forced_recovery() {
         TxnOutcome::Fenced { reason } => assert!(reason.contains("not a live lease"), "{reason}"),
         other => panic!("a token of the old epoch must be refused, got {other:?}"),
     }
-    let fresh = survivor_client.lease_grant("confserv/master", "master-b", 60_000).await.expect("grant");
+    let fresh = survivor_client
+        .lease_grant("confserv/master", "master-b", 60_000)
+        .await
+        .expect("grant");
     assert!(fresh.granted, "the name is free again in the new epoch");
     assert!(fresh.token > lease.token, "tokens keep growing across epochs");
     assert!(matches!(

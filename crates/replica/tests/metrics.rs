@@ -8,7 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn scrape(addr: &str) -> String {
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
-    socket.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").await.expect("request");
+    socket
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .expect("request");
     let mut response = String::new();
     socket.read_to_string(&mut response).await.expect("response");
     response
@@ -23,10 +26,16 @@ async fn primary_exports_role_and_replica_lag() {
     let primary = replicas.iter().find(|r| r.addr == primary).expect("primary is ours");
 
     let text = scrape(&primary.metrics_addr).await;
-    assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
     assert!(text.contains("tandem_db_role{role=\"primary\"} 1"), "{text}");
     for replica in replicas.iter().filter(|r| r.addr != primary.addr) {
-        let line = format!("tandem_db_replica_lag_entries{{replica=\"{}\",kind=\"sync\"}}", replica.id);
+        let line = format!(
+            "tandem_db_replica_lag_entries{{replica=\"{}\",kind=\"sync\"}}",
+            replica.id
+        );
         assert!(text.contains(&line), "missing {line} in {text}");
     }
     assert!(text.contains("tandem_db_sync_demotions_total 0"), "{text}");

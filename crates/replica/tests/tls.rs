@@ -24,13 +24,18 @@ fn ca(name: &str) -> Ca {
     params.distinguished_name.push(rcgen::DnType::CommonName, name);
     let key = KeyPair::generate().expect("ca key");
     let cert = params.self_signed(&key).expect("self-signed ca");
-    Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
 }
 
 /// Writes a certificate for loopback signed by `ca`, and the CA, into `dir`; returns the files.
 fn leaf(ca: &Ca, dir: &Path, name: &str) -> TlsFiles {
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("leaf params");
-    params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, &ca.issuer).expect("signed leaf");
@@ -57,7 +62,10 @@ async fn replica_set_runs_with_mutual_tls_and_refuses_a_foreign_ca() {
     eprintln!("--- three replicas with mutual TLS form a set, write and read back");
     let (mut replicas, client) = start_set(3, root.path(), tls).await;
     for i in 0..20 {
-        client.put(&format!("tls/{i}"), format!("v{i}")).await.expect("put over TLS");
+        client
+            .put(&format!("tls/{i}"), format!("v{i}"))
+            .await
+            .expect("put over TLS");
     }
     assert_eq!(client.range("tls/", None).await.expect("range over TLS").len(), 20);
     // Every replica got the data over the (TLS) replication links.
@@ -75,11 +83,18 @@ async fn replica_set_runs_with_mutual_tls_and_refuses_a_foreign_ca() {
     std::fs::write(intruder_files.ca.as_ref().expect("ca path"), &good.pem).expect("write ca");
     let intruder = Client::new(
         addrs.clone(),
-        ClientOptions { tls: intruder_files.clone(), deadline: Duration::from_secs(2), ..ClientOptions::default() },
+        ClientOptions {
+            tls: intruder_files.clone(),
+            deadline: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
     )
     .expect("intruder client");
     let refused = intruder.status(&addrs[0]).await;
-    assert!(refused.is_err(), "a foreign client certificate must be refused, got {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a foreign client certificate must be refused, got {refused:?}"
+    );
     assert!(intruder.put("tls/intruder", "x").await.is_err());
 
     eprintln!("--- a client without any certificate is refused");
@@ -87,10 +102,17 @@ async fn replica_set_runs_with_mutual_tls_and_refuses_a_foreign_ca() {
     intruder_files.key = None;
     let anonymous = Client::new(
         addrs.clone(),
-        ClientOptions { tls: intruder_files, deadline: Duration::from_secs(2), ..ClientOptions::default() },
+        ClientOptions {
+            tls: intruder_files,
+            deadline: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
     )
     .expect("anonymous client");
-    assert!(anonymous.status(&addrs[0]).await.is_err(), "mutual TLS requires a client certificate");
+    assert!(
+        anonymous.status(&addrs[0]).await.is_err(),
+        "mutual TLS requires a client certificate"
+    );
 
     eprintln!("--- a client that trusts only the other CA refuses our replicas");
     let wary = Client::new(
@@ -109,8 +131,14 @@ async fn replica_set_runs_with_mutual_tls_and_refuses_a_foreign_ca() {
 
     eprintln!("--- the replicas kept serving the legitimate client");
     client.put("tls/after", "still here").await.expect("put after refusals");
-    assert_eq!(client.get("tls/after").await.expect("get").map(|kv| kv.value), Some(b"still here".to_vec()));
-    assert!(client.get("tls/intruder").await.expect("get").is_none(), "the intruder wrote nothing");
+    assert_eq!(
+        client.get("tls/after").await.expect("get").map(|kv| kv.value),
+        Some(b"still here".to_vec())
+    );
+    assert!(
+        client.get("tls/intruder").await.expect("get").is_none(),
+        "the intruder wrote nothing"
+    );
 
     for replica in &mut replicas {
         replica.stop().await;

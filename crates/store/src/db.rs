@@ -52,12 +52,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError>
 /// Opens `path`, creating and initialising it if it does not exist, or validating it (format
 /// version, cluster, replica id, `quick_check`, tables) if it does. The returned connection is
 /// the writer: WAL mode, `synchronous=FULL`.
-pub(crate) fn open_writer(
-    path: &Path,
-    spec: &DbSpec,
-    cluster: &str,
-    replica_id: u64,
-) -> Result<Connection, OpenError> {
+pub(crate) fn open_writer(path: &Path, spec: &DbSpec, cluster: &str, replica_id: u64) -> Result<Connection, OpenError> {
     let io_err = |file: &Path, source| OpenError::Io {
         file: file.to_owned(),
         source,
@@ -107,14 +102,11 @@ pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 
 /// Puts a writer connection in WAL mode with fully synchronous commits.
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-            Some(format!(
-                "could not switch to WAL mode (journal mode is {mode})"
-            )),
+            Some(format!("could not switch to WAL mode (journal mode is {mode})")),
         ));
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -161,8 +153,7 @@ fn create(path: &Path, spec: &DbSpec, cluster: &str, replica_id: u64) -> Result<
 }
 
 /// The `meta` table every Tandem database has.
-const META_SCHEMA: &str =
-    "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB) WITHOUT ROWID;";
+const META_SCHEMA: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value BLOB) WITHOUT ROWID;";
 
 /// Checks that `conn` is a healthy Tandem database of this cluster (and of this replica, when
 /// `replica_id` is given) in the supported format. Reads only.
@@ -174,10 +165,7 @@ pub(crate) fn validate(
     replica_id: Option<u64>,
 ) -> Result<(), OpenError> {
     let file = || path.to_owned();
-    let corrupt = |reason: String| OpenError::Corrupt {
-        file: file(),
-        reason,
-    };
+    let corrupt = |reason: String| OpenError::Corrupt { file: file(), reason };
     let sqlite_err = |e: rusqlite::Error| match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
             corrupt(format!("not a valid SQLite database: {e}"))
@@ -193,10 +181,7 @@ pub(crate) fn validate(
         .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
         .map_err(sqlite_err)?;
     if problems != ["ok"] {
-        return Err(corrupt(format!(
-            "PRAGMA quick_check failed: {}",
-            problems.join("; ")
-        )));
+        return Err(corrupt(format!("PRAGMA quick_check failed: {}", problems.join("; "))));
     }
 
     let present: Vec<String> = conn
@@ -204,19 +189,14 @@ pub(crate) fn validate(
         .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
         .map_err(sqlite_err)?;
     if !present.iter().any(|t| t == "meta") {
-        return Err(corrupt(
-            "missing table meta (not a Tandem database)".to_owned(),
-        ));
+        return Err(corrupt("missing table meta (not a Tandem database)".to_owned()));
     }
 
     let found = match meta_value(conn, "format_version").map_err(sqlite_err)? {
-        Some(Value::Integer(v)) => u32::try_from(v)
-            .map_err(|_| corrupt(format!("metadata format_version {v} is out of range")))?,
-        other => {
-            return Err(corrupt(format!(
-                "metadata format_version is unreadable: {other:?}"
-            )))
+        Some(Value::Integer(v)) => {
+            u32::try_from(v).map_err(|_| corrupt(format!("metadata format_version {v} is out of range")))?
         }
+        other => return Err(corrupt(format!("metadata format_version is unreadable: {other:?}"))),
     };
     if found != FORMAT_VERSION {
         return Err(OpenError::UnknownFormat {
@@ -244,22 +224,15 @@ pub(crate) fn validate(
                 expected: cluster.to_owned(),
             })
         }
-        other => {
-            return Err(corrupt(format!(
-                "metadata cluster is unreadable: {other:?}"
-            )))
-        }
+        other => return Err(corrupt(format!("metadata cluster is unreadable: {other:?}"))),
     }
 
     if let Some(expected) = replica_id {
         let found = match meta_value(conn, "replica_id").map_err(sqlite_err)? {
-            Some(Value::Integer(v)) => u64::try_from(v)
-                .map_err(|_| corrupt(format!("metadata replica_id {v} is out of range")))?,
-            other => {
-                return Err(corrupt(format!(
-                    "metadata replica_id is unreadable: {other:?}"
-                )))
+            Some(Value::Integer(v)) => {
+                u64::try_from(v).map_err(|_| corrupt(format!("metadata replica_id {v} is out of range")))?
             }
+            other => return Err(corrupt(format!("metadata replica_id is unreadable: {other:?}"))),
         };
         if found != expected {
             return Err(OpenError::OtherReplica {
@@ -289,10 +262,8 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
 
 /// Reads one metadata value as stored.
 fn meta_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<Value>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
-        row.get(0)
-    })
-    .optional()
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+        .optional()
 }
 
 /// Writes one metadata value.
@@ -307,10 +278,8 @@ pub(crate) fn meta_set(conn: &Connection, key: &str, value: impl ToSql) -> rusql
 
 /// Reads one metadata value, `None` when absent.
 pub(crate) fn meta_get<T: FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
-        row.get(0)
-    })
-    .optional()
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+        .optional()
 }
 
 /// Reads one metadata value that must be present.
@@ -319,20 +288,13 @@ pub(crate) fn meta_require<T: FromSql>(conn: &Connection, key: &str) -> Result<T
 }
 
 /// Writes one metadata value as a bincode blob.
-pub(crate) fn meta_set_blob<T: Serialize>(
-    conn: &Connection,
-    key: &str,
-    value: &T,
-) -> Result<(), StoreError> {
+pub(crate) fn meta_set_blob<T: Serialize>(conn: &Connection, key: &str, value: &T) -> Result<(), StoreError> {
     meta_set(conn, key, bincode::serialize(value)?)?;
     Ok(())
 }
 
 /// Reads one metadata value stored as a bincode blob, `None` when absent.
-pub(crate) fn meta_get_blob<T: DeserializeOwned>(
-    conn: &Connection,
-    key: &str,
-) -> Result<Option<T>, StoreError> {
+pub(crate) fn meta_get_blob<T: DeserializeOwned>(conn: &Connection, key: &str) -> Result<Option<T>, StoreError> {
     match meta_get::<Vec<u8>>(conn, key)? {
         Some(bytes) => Ok(Some(bincode::deserialize(&bytes)?)),
         None => Ok(None),

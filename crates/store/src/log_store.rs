@@ -27,8 +27,7 @@ pub const LOG_FILE: &str = "log.db";
 const INITIAL_EPOCH: u64 = 1;
 
 const LOG_SPEC: DbSpec = DbSpec {
-    schema:
-        "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, payload BLOB NOT NULL);",
+    schema: "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, payload BLOB NOT NULL);",
     tables: &["log"],
     initial_meta: |conn| db::meta_set(conn, "epoch", INITIAL_EPOCH),
 };
@@ -77,13 +76,10 @@ impl LogStore {
         };
         // Check that the stored blobs decode, so a damaged log is refused now rather than
         // stopping the Raft node later.
-        if let Err(e) = read_vote(&conn)
-            .and_then(|_| read_committed(&conn))
-            .and_then(|_| {
-                read_last_purged(&conn)?;
-                last_entry_log_id(&conn)
-            })
-        {
+        if let Err(e) = read_vote(&conn).and_then(|_| read_committed(&conn)).and_then(|_| {
+            read_last_purged(&conn)?;
+            last_entry_log_id(&conn)
+        }) {
             return Err(OpenError::Corrupt {
                 file: path,
                 reason: format!("log metadata: {e}"),
@@ -181,7 +177,11 @@ impl LogStore {
         vote: Vote<ReplicaId>,
         first: &Entry<TypeConfig>,
     ) -> Result<(), StoreError> {
-        assert_eq!(first.log_id.index, start.index + 1, "the epoch's first entry follows its start");
+        assert_eq!(
+            first.log_id.index,
+            start.index + 1,
+            "the epoch's first entry follows its start"
+        );
         assert!(epoch > self.epoch(), "epochs only grow");
         let payload = bincode::serialize(first)?;
         let mut conn = db::lock(&self.shared.conn)?;
@@ -258,11 +258,9 @@ fn read_last_purged(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, Store
 /// The log id of the last entry present, if any.
 fn last_entry_log_id(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, StoreError> {
     let payload: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT payload FROM log ORDER BY idx DESC LIMIT 1",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT payload FROM log ORDER BY idx DESC LIMIT 1", [], |row| {
+            row.get(0)
+        })
         .optional()?;
     match payload {
         Some(payload) => Ok(Some(decode_entry(&payload)?.log_id)),
@@ -287,9 +285,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => i64::MAX,
         };
         self.with_conn(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT payload FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
-            )?;
+            let mut stmt = conn.prepare_cached("SELECT payload FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
             let mut rows = stmt.query(params![start, end])?;
             let mut entries = Vec::new();
             while let Some(row) = rows.next()? {
@@ -336,10 +332,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(StoreError::into_read_vote)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<ReplicaId>>,
-    ) -> Result<(), StorageError<ReplicaId>> {
+    async fn save_committed(&mut self, committed: Option<LogId<ReplicaId>>) -> Result<(), StorageError<ReplicaId>> {
         // The committed log id is a hint (openraft re-applies up to it at start-up); losing the
         // latest value in a power cut is harmless, so it is written without its own fsync. It
         // becomes durable with the next fully synchronous commit (WAL frames are ordered).
@@ -353,19 +346,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(StoreError::into_write_logs)
     }
 
-    async fn read_committed(
-        &mut self,
-    ) -> Result<Option<LogId<ReplicaId>>, StorageError<ReplicaId>> {
+    async fn read_committed(&mut self) -> Result<Option<LogId<ReplicaId>>, StorageError<ReplicaId>> {
         self.with_conn(|conn| read_committed(conn))
             .await
             .map_err(StoreError::into_read_logs)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError<ReplicaId>>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<ReplicaId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -375,11 +362,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| {
                 let payload = bincode::serialize(&entry)?;
-                Ok((
-                    sql_index(entry.log_id.index),
-                    entry.log_id.leader_id.term,
-                    payload,
-                ))
+                Ok((sql_index(entry.log_id.index), entry.log_id.leader_id.term, payload))
             })
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(StoreError::into_write_logs)?;
@@ -387,9 +370,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .with_conn(move |conn| {
                 let tx = conn.transaction()?;
                 {
-                    let mut stmt = tx.prepare_cached(
-                        "INSERT OR REPLACE INTO log (idx, term, payload) VALUES (?1, ?2, ?3)",
-                    )?;
+                    let mut stmt =
+                        tx.prepare_cached("INSERT OR REPLACE INTO log (idx, term, payload) VALUES (?1, ?2, ?3)")?;
                     for (idx, term, payload) in &rows {
                         stmt.execute(params![idx, term, payload])?;
                     }

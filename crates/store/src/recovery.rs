@@ -51,7 +51,10 @@ pub async fn start_new_epoch(
     node: Replica,
 ) -> Result<EpochStarted, StoreError> {
     let previous_epoch = log.epoch();
-    let (applied_before, _) = state.applied_state().await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (applied_before, _) = state
+        .applied_state()
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let tail = {
         let log = log.clone();
         let after = applied_before.map(|id| id.index).unwrap_or(0);
@@ -66,9 +69,15 @@ pub async fn start_new_epoch(
         }
     }
     let tail_applied = tail.len() as u64;
-    state.apply(tail).await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    state
+        .apply(tail)
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let leases_ended = state.end_all_leases().await?;
-    let (start, _) = state.applied_state().await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let (start, _) = state
+        .applied_state()
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let start = start.ok_or_else(|| StoreError::Corrupt("this replica holds no entries to recover from".into()))?;
     state
         .get_snapshot_builder()
@@ -78,7 +87,11 @@ pub async fn start_new_epoch(
         .map_err(|e| StoreError::Corrupt(format!("snapshot of the recovered state: {e}")))?;
 
     let mut reader = log.clone();
-    let vote = reader.read_vote().await.map_err(|e| StoreError::Corrupt(e.to_string()))?.unwrap_or_default();
+    let vote = reader
+        .read_vote()
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        .unwrap_or_default();
     let term = vote.leader_id().term.max(start.leader_id.term) + 1;
     let membership = Membership::new(vec![BTreeSet::from([me])], BTreeMap::from([(me, node)]));
     let first = Entry::<TypeConfig> {
@@ -90,7 +103,14 @@ pub async fn start_new_epoch(
         let log = log.clone();
         crate::db::blocking(move || log.begin_epoch(epoch, start, Vote::new(term, me), &first)).await?;
     }
-    Ok(EpochStarted { previous_epoch, epoch, applied_before, tail_applied, start, leases_ended })
+    Ok(EpochStarted {
+        previous_epoch,
+        epoch,
+        applied_before,
+        tail_applied,
+        start,
+        leases_ended,
+    })
 }
 
 /// What a rejoin put aside.
@@ -108,7 +128,12 @@ pub struct Quarantined {
 /// Copies a fenced replica's history into `dest` before it is discarded: consistent copies of
 /// both databases, and the log entries after `after_index` (the new epoch's start) as JSON lines
 /// in `divergent.jsonl`, one entry per line, for an operator to inspect.
-pub async fn quarantine(data_dir: &Path, log: &LogStore, after_index: u64, dest: &Path) -> Result<Quarantined, StoreError> {
+pub async fn quarantine(
+    data_dir: &Path,
+    log: &LogStore,
+    after_index: u64,
+    dest: &Path,
+) -> Result<Quarantined, StoreError> {
     let data_dir = data_dir.to_owned();
     let dest = dest.to_owned();
     let log = log.clone();
@@ -120,7 +145,9 @@ pub async fn quarantine(data_dir: &Path, log: &LogStore, after_index: u64, dest:
             let line = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             writeln!(out, "{line}")?;
         }
-        out.into_inner().map_err(|e| StoreError::Io(e.into_error()))?.sync_all()?;
+        out.into_inner()
+            .map_err(|e| StoreError::Io(e.into_error()))?
+            .sync_all()?;
         for file in [LOG_FILE, STATE_FILE] {
             let source = data_dir.join(file);
             if source.exists() {
@@ -147,7 +174,9 @@ pub fn wipe(data_dir: &Path) -> std::io::Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name.starts_with(LOG_FILE) || name.starts_with(STATE_FILE) || name.starts_with(SNAPSHOT_FILE)
+        let ours = name.starts_with(LOG_FILE)
+            || name.starts_with(STATE_FILE)
+            || name.starts_with(SNAPSHOT_FILE)
             || name.starts_with("snapshot.");
         if ours && entry.file_type()?.is_file() {
             std::fs::remove_file(entry.path())?;

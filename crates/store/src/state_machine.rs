@@ -20,19 +20,17 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta,
-    StorageError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership,
 };
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use tokio::sync::broadcast;
 
 use crate::db::{self, DbSpec};
 use crate::error::{OpenError, StoreError};
 use crate::types::{
-    Change, ChangeKind, Command, CommandResult, FenceError, KeyValue, Lease, LeaseResult, Op,
-    Replica, ReplicaId, Txn, TxnResult, TypeConfig,
+    Change, ChangeKind, Command, CommandResult, FenceError, KeyValue, Lease, LeaseResult, Op, Replica, ReplicaId, Txn,
+    TxnResult, TypeConfig,
 };
 
 /// The state database's file name inside the data directory.
@@ -185,19 +183,13 @@ impl StateMachine {
         }
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let current =
-            read_snapshot_file(&snapshot_path, false).map_err(|e| OpenError::Corrupt {
-                file: snapshot_path.clone(),
-                reason: format!("unreadable snapshot: {e}"),
-            })?;
+        let current = read_snapshot_file(&snapshot_path, false).map_err(|e| OpenError::Corrupt {
+            file: snapshot_path.clone(),
+            reason: format!("unreadable snapshot: {e}"),
+        })?;
         // Continue the snapshot sequence after the current snapshot's, when it is one of ours.
         let next_seq = current
-            .and_then(|(meta, _)| {
-                meta.snapshot_id
-                    .rsplit('-')
-                    .next()
-                    .and_then(|s| s.parse::<u64>().ok())
-            })
+            .and_then(|(meta, _)| meta.snapshot_id.rsplit('-').next().and_then(|s| s.parse::<u64>().ok()))
             .map_or(1, |seq| seq.saturating_add(1));
 
         remove_temporary_files(dir)?;
@@ -259,13 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<
-        (
-            Option<LogId<ReplicaId>>,
-            StoredMembership<ReplicaId, Replica>,
-        ),
-        StorageError<ReplicaId>,
-    > {
+    ) -> Result<(Option<LogId<ReplicaId>>, StoredMembership<ReplicaId, Replica>), StorageError<ReplicaId>> {
         let shared = self.shared.clone();
         db::blocking(move || read_applied_state(&*db::lock(&shared.writer)?))
             .await
@@ -293,9 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<ReplicaId>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<ReplicaId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -313,9 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| e.into_write_snapshot(Some(signature)))
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<ReplicaId>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<ReplicaId>> {
         let path = self.shared.dir.join(SNAPSHOT_FILE);
         let current = db::blocking(move || read_snapshot_file(&path, true))
             .await
@@ -412,11 +394,7 @@ impl Shared {
     }
 
     /// Replaces the state with a received snapshot and records it as the current snapshot.
-    fn install_snapshot(
-        &self,
-        meta: &SnapshotMeta<ReplicaId, Replica>,
-        data: Vec<u8>,
-    ) -> Result<(), StoreError> {
+    fn install_snapshot(&self, meta: &SnapshotMeta<ReplicaId, Replica>, data: Vec<u8>) -> Result<(), StoreError> {
         let seq = self.snapshot_seq.fetch_add(1, Ordering::SeqCst);
         let tmp = self.dir.join(format!("snapshot.recv-{seq}.tmp"));
         remove_db_files(&tmp)?;
@@ -429,11 +407,7 @@ impl Shared {
 
     /// Validates the snapshot database at `file` and copies it into `state.db` in one
     /// transaction.
-    fn install_from(
-        &self,
-        file: &Path,
-        meta: &SnapshotMeta<ReplicaId, Replica>,
-    ) -> Result<(), StoreError> {
+    fn install_from(&self, file: &Path, meta: &SnapshotMeta<ReplicaId, Replica>) -> Result<(), StoreError> {
         {
             let snap = open_plain(file)?;
             db::validate(&snap, file, STATE_SPEC.tables, &self.cluster, None)
@@ -456,21 +430,15 @@ impl Shared {
             for (table, columns) in STATE_TABLES {
                 tx.execute(&format!("DELETE FROM main.{table}"), [])?;
                 tx.execute(
-                    &format!(
-                        "INSERT INTO main.{table} ({columns}) SELECT {columns} FROM snap.{table}"
-                    ),
+                    &format!("INSERT INTO main.{table} ({columns}) SELECT {columns} FROM snap.{table}"),
                     [],
                 )?;
             }
             for key in REPLICATED_META {
                 let value: u64 = tx
-                    .query_row("SELECT value FROM snap.meta WHERE key = ?1", [key], |row| {
-                        row.get(0)
-                    })
+                    .query_row("SELECT value FROM snap.meta WHERE key = ?1", [key], |row| row.get(0))
                     .optional()?
-                    .ok_or_else(|| {
-                        StoreError::InvalidSnapshot(format!("metadata {key} is missing"))
-                    })?;
+                    .ok_or_else(|| StoreError::InvalidSnapshot(format!("metadata {key} is missing")))?;
                 db::meta_set(&tx, key, value)?;
             }
             db::meta_set_blob(&tx, "last_applied", &meta.last_log_id)?;
@@ -496,11 +464,7 @@ impl Shared {
 
     /// Durably records `data` with `meta` as the current snapshot, unless the current one is
     /// newer (a build racing an install).
-    fn store_current_snapshot(
-        &self,
-        meta: &SnapshotMeta<ReplicaId, Replica>,
-        data: &[u8],
-    ) -> Result<(), StoreError> {
+    fn store_current_snapshot(&self, meta: &SnapshotMeta<ReplicaId, Replica>, data: &[u8]) -> Result<(), StoreError> {
         let _guard = db::lock(&self.snapshot_lock)?;
         let path = self.dir.join(SNAPSHOT_FILE);
         if let Some((current, _)) = read_snapshot_file(&path, false)? {
@@ -551,10 +515,7 @@ fn read_snapshot_file(
     let mut meta_bytes = Vec::new();
     (&mut file).take(len as u64).read_to_end(&mut meta_bytes)?;
     if meta_bytes.len() != len {
-        return Err(StoreError::Corrupt(format!(
-            "{} is truncated",
-            path.display()
-        )));
+        return Err(StoreError::Corrupt(format!("{} is truncated", path.display())));
     }
     let meta = bincode::deserialize(&meta_bytes)?;
     let mut data = Vec::new();
@@ -596,11 +557,7 @@ fn open_plain(path: &Path) -> Result<Connection, StoreError> {
 
 /// Removes a temporary database file and its WAL sidecars, if present.
 fn remove_db_files(path: &Path) -> Result<(), StoreError> {
-    for file in [
-        path.to_owned(),
-        db::sidecar(path, "-wal"),
-        db::sidecar(path, "-shm"),
-    ] {
+    for file in [path.to_owned(), db::sidecar(path, "-wal"), db::sidecar(path, "-shm")] {
         match fs::remove_file(&file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -624,13 +581,7 @@ fn utf8(path: &Path) -> Result<&str, StoreError> {
 #[allow(clippy::type_complexity)]
 fn read_applied_state(
     conn: &Connection,
-) -> Result<
-    (
-        Option<LogId<ReplicaId>>,
-        StoredMembership<ReplicaId, Replica>,
-    ),
-    StoreError,
-> {
+) -> Result<(Option<LogId<ReplicaId>>, StoredMembership<ReplicaId, Replica>), StoreError> {
     let applied = db::meta_get_blob::<Option<LogId<ReplicaId>>>(conn, "last_applied")?.flatten();
     let membership = db::meta_get_blob(conn, "last_membership")?.unwrap_or_default();
     Ok((applied, membership))
@@ -663,9 +614,7 @@ fn apply_command(
             ttl_ms,
             now_ms,
         } => CommandResult::Lease(lease_grant(tx, index, name, holder, ttl_ms, now_ms)?),
-        Command::LeaseKeepAlive { token, now_ms } => {
-            CommandResult::Lease(lease_keep_alive(tx, token, now_ms)?)
-        }
+        Command::LeaseKeepAlive { token, now_ms } => CommandResult::Lease(lease_keep_alive(tx, token, now_ms)?),
         Command::LeaseRevoke { token } => CommandResult::Lease(lease_revoke(tx, token)?),
     })
 }
@@ -728,9 +677,7 @@ fn apply_txn(
                 });
             }
             Op::Delete { key } => {
-                let deleted = tx
-                    .prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                    .execute([&key])?;
+                let deleted = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute([&key])?;
                 versions.push(0);
                 if deleted > 0 {
                     changes.push(Change {
@@ -781,11 +728,7 @@ fn key_version(conn: &Connection, key: &str) -> Result<u64, StoreError> {
 
 /// Whether `token` may fence a transaction at `now_ms`: the lease exists, is still the newest
 /// of its name, and has not expired.
-fn check_fence(
-    conn: &Connection,
-    token: u64,
-    now_ms: u64,
-) -> Result<Result<(), FenceError>, StoreError> {
+fn check_fence(conn: &Connection, token: u64, now_ms: u64) -> Result<Result<(), FenceError>, StoreError> {
     let Some(lease) = lease_by_token(conn, token)? else {
         return Ok(Err(FenceError::Unknown { token }));
     };
@@ -794,11 +737,7 @@ fn check_fence(
     match name_owner(conn, &lease.name)? {
         Some((current, _)) if current == token => {}
         Some((current, holder)) => {
-            return Ok(Err(FenceError::Superseded {
-                token,
-                current,
-                holder,
-            }));
+            return Ok(Err(FenceError::Superseded { token, current, holder }));
         }
         None => return Ok(Err(FenceError::Unknown { token })),
     }
@@ -844,18 +783,11 @@ fn lease_grant(
          ON CONFLICT (name) DO UPDATE SET token = excluded.token, holder = excluded.holder",
         params![name, sql_int(token), holder],
     )?;
-    Ok(LeaseResult::Granted {
-        token,
-        expires_at_ms,
-    })
+    Ok(LeaseResult::Granted { token, expires_at_ms })
 }
 
 /// Extends a live, current lease by its TTL from `now_ms`.
-fn lease_keep_alive(
-    tx: &Transaction<'_>,
-    token: u64,
-    now_ms: u64,
-) -> Result<LeaseResult, StoreError> {
+fn lease_keep_alive(tx: &Transaction<'_>, token: u64, now_ms: u64) -> Result<LeaseResult, StoreError> {
     let Some(lease) = lease_by_token(tx, token)? else {
         return Ok(LeaseResult::NotFound { token });
     };
@@ -868,10 +800,7 @@ fn lease_keep_alive(
         "UPDATE leases SET expires_at_ms = ?1 WHERE token = ?2",
         params![expires_at_ms, sql_int(token)],
     )?;
-    Ok(LeaseResult::Granted {
-        token,
-        expires_at_ms,
-    })
+    Ok(LeaseResult::Granted { token, expires_at_ms })
 }
 
 /// Ends a lease at once, freeing its name.
@@ -895,10 +824,7 @@ fn sweep_leases(tx: &Transaction<'_>, now_ms: u64) -> Result<(), StoreError> {
     let Some(cutoff) = now_ms.checked_sub(LEASE_RETENTION_MS) else {
         return Ok(());
     };
-    let swept = tx.execute(
-        "DELETE FROM leases WHERE expires_at_ms < ?1",
-        [sql_int(cutoff)],
-    )?;
+    let swept = tx.execute("DELETE FROM leases WHERE expires_at_ms < ?1", [sql_int(cutoff)])?;
     if swept > 0 {
         tx.execute(
             "DELETE FROM lease_names WHERE name NOT IN (SELECT name FROM leases)",
@@ -909,11 +835,7 @@ fn sweep_leases(tx: &Transaction<'_>, now_ms: u64) -> Result<(), StoreError> {
 }
 
 /// Drops change history older than the last `history_limit` revisions.
-fn compact_history(
-    tx: &Transaction<'_>,
-    revision: u64,
-    history_limit: u64,
-) -> Result<(), StoreError> {
+fn compact_history(tx: &Transaction<'_>, revision: u64, history_limit: u64) -> Result<(), StoreError> {
     let compacted: u64 = db::meta_require(tx, "compacted_revision")?;
     let target = revision.saturating_sub(history_limit);
     if target > compacted {
@@ -923,8 +845,7 @@ fn compact_history(
     Ok(())
 }
 
-const LEASE_COLUMNS: &str =
-    "leases.token, leases.name, leases.holder, leases.ttl_ms, leases.expires_at_ms";
+const LEASE_COLUMNS: &str = "leases.token, leases.name, leases.holder, leases.ttl_ms, leases.expires_at_ms";
 
 fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
@@ -939,9 +860,7 @@ fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
 /// The stored lease with this token (possibly expired or superseded).
 fn lease_by_token(conn: &Connection, token: u64) -> Result<Option<Lease>, StoreError> {
     Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {LEASE_COLUMNS} FROM leases WHERE token = ?1"
-        ))?
+        .prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE token = ?1"))?
         .query_row([sql_int(token)], lease_from_row)
         .optional()?)
 }
@@ -982,12 +901,7 @@ fn kind_from_code(code: i64) -> Result<ChangeKind, StoreError> {
 
 /// Changes with `after < revision <= up_to` in (revision, seq) order, at most `limit` rows
 /// when given.
-fn query_changes(
-    conn: &Connection,
-    after: u64,
-    up_to: u64,
-    limit: Option<usize>,
-) -> Result<Vec<Change>, StoreError> {
+fn query_changes(conn: &Connection, after: u64, up_to: u64, limit: Option<usize>) -> Result<Vec<Change>, StoreError> {
     let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let mut stmt = conn.prepare_cached(
         "SELECT revision, key, kind, value, version FROM changes \
@@ -1076,9 +990,7 @@ impl StateReader {
         let key = key.to_owned();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached(
-                    "SELECT key, value, version, create_revision, mod_revision FROM kv WHERE key = ?1",
-                )?
+                .prepare_cached("SELECT key, value, version, create_revision, mod_revision FROM kv WHERE key = ?1")?
                 .query_row([key], key_value_from_row)
                 .optional()?)
         })
@@ -1117,11 +1029,7 @@ impl StateReader {
     /// the result is always complete, so the result may exceed `limit` by the rest of it, and
     /// the caller can resume from the last revision it got. Fails with
     /// [`StoreError::Compacted`] when some changes after `revision` are no longer retained.
-    pub async fn changes_after(
-        &self,
-        revision: u64,
-        limit: usize,
-    ) -> Result<Vec<Change>, StoreError> {
+    pub async fn changes_after(&self, revision: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.read(move |conn| {
             let tx = conn.transaction()?;
             let compacted: u64 = db::meta_require(&tx, "compacted_revision")?;

@@ -162,11 +162,7 @@ pub enum TxnResult {
     /// no ops); `versions` is each op's key version after it (0 for a delete).
     Committed { revision: u64, versions: Vec<u64> },
     /// Not applied: the first condition that did not hold.
-    CompareFailed {
-        key: String,
-        expected: u64,
-        actual: u64,
-    },
+    CompareFailed { key: String, expected: u64, actual: u64 },
     /// Not applied: the fencing token is no longer current.
     Fenced(FenceError),
 }
@@ -178,28 +174,17 @@ pub enum FenceError {
     /// The lease's TTL ran out before this command.
     Expired { token: u64, expired_at_ms: u64 },
     /// A newer lease holds the same name.
-    Superseded {
-        token: u64,
-        current: u64,
-        holder: String,
-    },
+    Superseded { token: u64, current: u64, holder: String },
 }
 
 impl fmt::Display for FenceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FenceError::Unknown { token } => write!(f, "fencing token {token} is not a live lease"),
-            FenceError::Expired {
-                token,
-                expired_at_ms,
-            } => {
+            FenceError::Expired { token, expired_at_ms } => {
                 write!(f, "fencing token {token} expired at {expired_at_ms} ms")
             }
-            FenceError::Superseded {
-                token,
-                current,
-                holder,
-            } => {
+            FenceError::Superseded { token, current, holder } => {
                 write!(
                     f,
                     "fencing token {token} superseded by token {current} held by {holder:?}"

@@ -275,7 +275,11 @@ fn parse_member(text: &str) -> Result<Member, String> {
     if !addr.contains(':') {
         return Err(format!("address {addr:?} is not HOST:PORT"));
     }
-    Ok(Member { id, addr: addr.to_owned(), kind: kind.to_string() })
+    Ok(Member {
+        id,
+        addr: addr.to_owned(),
+        kind: kind.to_string(),
+    })
 }
 
 pub async fn run(command: DbCommand) -> anyhow::Result<()> {
@@ -291,8 +295,17 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                     .map(|m| m.addr.clone())
                     .context("at least one member must be sync or witness")?,
             };
-            let client = Client::new(vec![via.clone()], ClientOptions { tls: args.tls, ..ClientOptions::default() })?;
-            let members = client.initialize(&via, args.members).await.context("initialisation failed")?;
+            let client = Client::new(
+                vec![via.clone()],
+                ClientOptions {
+                    tls: args.tls,
+                    ..ClientOptions::default()
+                },
+            )?;
+            let members = client
+                .initialize(&via, args.members)
+                .await
+                .context("initialisation failed")?;
             print_members(&members);
             Ok(())
         }
@@ -342,7 +355,12 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&kvs)?);
             } else {
                 for kv in kvs {
-                    println!("{}\t{}\t(version {})", kv.key, String::from_utf8_lossy(&kv.value), kv.version);
+                    println!(
+                        "{}\t{}\t(version {})",
+                        kv.key,
+                        String::from_utf8_lossy(&kv.value),
+                        kv.version
+                    );
                 }
             }
             Ok(())
@@ -352,14 +370,27 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
             let mut watch = client.watch(&args.prefix, args.after).await?;
             while let Some(batch) = watch.next().await {
                 for event in batch? {
-                    let kind = if event.kind == EventKind::Delete as i32 { "DELETE" } else { "PUT" };
-                    println!("{}\t{kind}\t{}\t{}", event.revision, event.key, String::from_utf8_lossy(&event.value));
+                    let kind = if event.kind == EventKind::Delete as i32 {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    };
+                    println!(
+                        "{}\t{kind}\t{}\t{}",
+                        event.revision,
+                        event.key,
+                        String::from_utf8_lossy(&event.value)
+                    );
                 }
             }
             Ok(())
         }
         DbCommand::AddReplica(args) => {
-            let member = Member { id: args.id, addr: args.addr, kind: args.kind.to_string() };
+            let member = Member {
+                id: args.id,
+                addr: args.addr,
+                kind: args.kind.to_string(),
+            };
             print_members(&args.endpoints.client()?.add_replica(member).await?);
             Ok(())
         }
@@ -373,7 +404,10 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
         }
         DbCommand::Switchover(args) => {
             let done = args.endpoints.client()?.switchover(args.to).await?;
-            println!("replica {} is primary (term {}) after {} ms", done.primary, done.term, done.duration_ms);
+            println!(
+                "replica {} is primary (term {}) after {} ms",
+                done.primary, done.term, done.duration_ms
+            );
             Ok(())
         }
         DbCommand::Recover(args) => {
@@ -383,18 +417,30 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                      run `tandem db status` first, then confirm with --force"
                 );
             }
-            let options = ClientOptions { tls: args.tls, ..ClientOptions::default() };
+            let options = ClientOptions {
+                tls: args.tls,
+                ..ClientOptions::default()
+            };
             let client = Client::new(vec![args.on.clone()], options)?;
-            let report = client.recover(&args.on, true).await.context("forced recovery refused")?;
+            let report = client
+                .recover(&args.on, true)
+                .await
+                .context("forced recovery refused")?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("replica at {} is the primary of epoch {} (was epoch {})", args.on, report.epoch, report.previous_epoch);
+                println!(
+                    "replica at {} is the primary of epoch {} (was epoch {})",
+                    args.on, report.epoch, report.previous_epoch
+                );
                 println!("  applied before recovery:      {}", report.applied_before);
                 println!("  log tail applied (uncommitted): {}", report.tail_applied);
                 println!("  new epoch starts after index: {}", report.start_index);
                 println!("  highest commit index heard:   {}", report.commit_heard);
-                println!("  primary's last index heard:   {} ({} ms before recovery)", report.primary_last_index_heard, report.heard_ms_ago);
+                println!(
+                    "  primary's last index heard:   {} ({} ms before recovery)",
+                    report.primary_last_index_heard, report.heard_ms_ago
+                );
                 println!("  leases of the old epoch ended: {}", report.leases_ended);
                 println!("  POSSIBLE LOSS: {} acknowledged change(s)", report.possibly_missing);
                 println!("  {}", report.assessment);
@@ -403,19 +449,31 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DbCommand::Rejoin(args) => {
-            let options = ClientOptions { tls: args.tls, ..ClientOptions::default() };
+            let options = ClientOptions {
+                tls: args.tls,
+                ..ClientOptions::default()
+            };
             let client = Client::new(vec![args.on.clone()], options)?;
             let kind = args.kind.map(|k| k.to_string());
-            let report = client.rejoin(&args.on, args.primary.as_deref(), kind.as_deref()).await.context("rejoin failed")?;
+            let report = client
+                .rejoin(&args.on, args.primary.as_deref(), kind.as_deref())
+                .await
+                .context("rejoin failed")?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("replica at {} rejoined epoch {} (primary {})", args.on, report.epoch, report.primary);
+                println!(
+                    "replica at {} rejoined epoch {} (primary {})",
+                    args.on, report.epoch, report.primary
+                );
                 println!(
                     "  dropped {} divergent entries{}; copies kept in {}",
                     report.divergent_entries,
                     if report.divergent_entries > 0 {
-                        format!(" (indexes {}..={})", report.first_divergent_index, report.last_divergent_index)
+                        format!(
+                            " (indexes {}..={})",
+                            report.first_divergent_index, report.last_divergent_index
+                        )
                     } else {
                         String::new()
                     },
@@ -436,9 +494,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let bound = listener.local_addr().context("cannot read the bound address")?.to_string();
-    let mut config =
-        ReplicaConfig::new(args.id, &args.cluster, args.data_dir.clone(), args.advertise.unwrap_or(bound.clone()));
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?
+        .to_string();
+    let mut config = ReplicaConfig::new(
+        args.id,
+        &args.cluster,
+        args.data_dir.clone(),
+        args.advertise.unwrap_or(bound.clone()),
+    );
     config.witness = args.witness;
     config.sync_mode = args.sync_mode;
     config.sync_timeout = Duration::from_millis(args.sync_timeout_ms);
@@ -452,7 +517,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.tls = args.tls;
     let metrics_listener = match &args.metrics_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for metrics"))?,
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?,
         ),
         None => None,
     };
@@ -499,7 +566,10 @@ fn print_members(members: &[Member]) {
 
 /// The status table: one row per replica, the primary's view of lag and health.
 pub fn print_status(answers: &[(String, Result<StatusResponse, tandem_client::ClientError>)]) {
-    let primary = answers.iter().filter_map(|(_, a)| a.as_ref().ok()).find(|s| s.role == "primary");
+    let primary = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .find(|s| s.role == "primary");
     println!(
         "{:<4} {:<22} {:<10} {:<8} {:>5} {:>5} {:>9} {:>9} {:>8} {:>8}  HEALTH",
         "ID", "ADDRESS", "ROLE", "KIND", "TERM", "EPOCH", "COMMIT", "APPLIED", "LAG", "LAG_MS"
@@ -510,24 +580,22 @@ pub fn print_status(answers: &[(String, Result<StatusResponse, tandem_client::Cl
                 let seen = primary.and_then(|p| p.replicas.iter().find(|r| r.id == s.id));
                 let (lag, lag_ms, health) = match (s.role.as_str(), seen) {
                     ("primary", _) => ("-".to_owned(), "-".to_owned(), "ok".to_owned()),
-                    ("fenced", _) => ("-".to_owned(), "-".to_owned(), format!("fenced by epoch {}", s.fenced_by_epoch)),
+                    ("fenced", _) => (
+                        "-".to_owned(),
+                        "-".to_owned(),
+                        format!("fenced by epoch {}", s.fenced_by_epoch),
+                    ),
                     (_, Some(r)) => (r.lag_entries.to_string(), r.lag_ms.to_string(), r.health.clone()),
                     // No primary answered: the replica's own view of its lag.
-                    _ => (s.own_lag_entries.to_string(), s.own_lag_ms.to_string(), "no primary".to_owned()),
+                    _ => (
+                        s.own_lag_entries.to_string(),
+                        s.own_lag_ms.to_string(),
+                        "no primary".to_owned(),
+                    ),
                 };
                 println!(
                     "{:<4} {:<22} {:<10} {:<8} {:>5} {:>5} {:>9} {:>9} {:>8} {:>8}  {}",
-                    s.id,
-                    addr,
-                    s.role,
-                    s.kind,
-                    s.term,
-                    s.epoch,
-                    s.commit_index,
-                    s.applied_index,
-                    lag,
-                    lag_ms,
-                    health
+                    s.id, addr, s.role, s.kind, s.term, s.epoch, s.commit_index, s.applied_index, lag, lag_ms, health
                 );
             }
             Err(e) => println!("{:<4} {:<22} {}", "?", addr, e),
@@ -535,7 +603,10 @@ pub fn print_status(answers: &[(String, Result<StatusResponse, tandem_client::Cl
     }
     if let Some(p) = primary {
         if p.demotions > 0 {
-            println!("note: {} sync replica demotion(s) since this primary started (sync mode {})", p.demotions, p.sync_mode);
+            println!(
+                "note: {} sync replica demotion(s) since this primary started (sync mode {})",
+                p.demotions, p.sync_mode
+            );
         }
     }
 }

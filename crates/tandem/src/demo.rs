@@ -35,7 +35,10 @@ async fn wait_ready(file: &Path, child: &mut Child) -> anyhow::Result<String> {
             return Ok(text.trim().to_owned());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("replica exited before listening ({status}); see its log beside {}", file.display());
+            bail!(
+                "replica exited before listening ({status}); see its log beside {}",
+                file.display()
+            );
         }
         if Instant::now() > deadline {
             bail!("replica did not start listening within {START_DEADLINE:?}");
@@ -50,7 +53,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the tandem executable")?;
     let kinds = ["sync", "sync", "sync"];
 
-    println!("--- starting {} replicas on loopback (data in {})", kinds.len(), root.display());
+    println!(
+        "--- starting {} replicas on loopback (data in {})",
+        kinds.len(),
+        root.display()
+    );
     let mut children = Vec::new();
     let mut members = Vec::new();
     for (index, kind) in kinds.iter().enumerate() {
@@ -73,28 +80,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .context("cannot start a replica")?;
         let addr = wait_ready(&ready, &mut child).await?;
         println!("    replica {id} ({kind}) listening on {addr}");
-        members.push(Member { id, addr, kind: kind.to_string() });
+        members.push(Member {
+            id,
+            addr,
+            kind: kind.to_string(),
+        });
         children.push(child);
     }
     let endpoints: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
     let client = Client::new(endpoints.clone(), ClientOptions::default())?;
 
     println!("--- forming the replica set");
-    client.initialize(&members[0].addr, members.clone()).await.context("initialisation failed")?;
+    client
+        .initialize(&members[0].addr, members.clone())
+        .await
+        .context("initialisation failed")?;
     let primary = client.discover().await?;
     println!("    primary: {primary}");
 
     println!("--- writing {} keys", args.keys);
     let started = Instant::now();
     for i in 0..args.keys {
-        client.put(&format!("demo/key-{i:05}"), format!("value {i}").into_bytes()).await?;
+        client
+            .put(&format!("demo/key-{i:05}"), format!("value {i}").into_bytes())
+            .await?;
     }
     println!("    {} writes in {} ms", args.keys, started.elapsed().as_millis());
 
     println!("--- reading back");
     let kvs = client.range("demo/", None).await?;
     let intact = kvs.len() == args.keys as usize
-        && kvs.iter().enumerate().all(|(i, kv)| kv.value == format!("value {i}").into_bytes());
+        && kvs
+            .iter()
+            .enumerate()
+            .all(|(i, kv)| kv.value == format!("value {i}").into_bytes());
     if !intact {
         bail!("read back {} keys, expected {} with their values", kvs.len(), args.keys);
     }

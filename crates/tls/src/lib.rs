@@ -16,7 +16,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} file {}: {source}", path.display())]
-    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Incomplete(&'static str),
 }
@@ -56,9 +60,9 @@ impl TlsFiles {
         if !self.enabled() {
             return Ok(None);
         }
-        let identity = self.identity()?.ok_or(TlsError::Incomplete(
-            "a TLS server needs --tls-cert and --tls-key",
-        ))?;
+        let identity = self
+            .identity()?
+            .ok_or(TlsError::Incomplete("a TLS server needs --tls-cert and --tls-key"))?;
         let mut config = ServerTlsConfig::new().identity(identity);
         if let Some(ca) = &self.ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "CA")?));
@@ -84,9 +88,7 @@ impl TlsFiles {
 
     fn identity(&self) -> Result<Option<Identity>, TlsError> {
         match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => {
-                Ok(Some(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?)))
-            }
+            (Some(cert), Some(key)) => Ok(Some(Identity::from_pem(read(cert, "certificate")?, read(key, "key")?))),
             (None, None) => Ok(None),
             _ => Err(TlsError::Incomplete("--tls-cert and --tls-key go together")),
         }
@@ -94,5 +96,9 @@ impl TlsFiles {
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -30,19 +30,40 @@ impl TestReplica {
     }
 
     /// Starts a replica whose configuration `adjust` may change.
-    pub async fn start_with(id: u64, dir: PathBuf, tls: TlsFiles, adjust: impl FnOnce(&mut ReplicaConfig)) -> TestReplica {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    pub async fn start_with(
+        id: u64,
+        dir: PathBuf,
+        tls: TlsFiles,
+        adjust: impl FnOnce(&mut ReplicaConfig),
+    ) -> TestReplica {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr").to_string();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let metrics_addr = metrics.local_addr().expect("local addr").to_string();
         let mut config = ReplicaConfig::new(id, "test", dir.clone(), addr.clone());
         config.tls = tls;
         adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tandem_replica::serve_with_metrics(config, listener, Some(metrics), async move {
-            let _ = stopped.await;
-        }));
-        TestReplica { id, addr, metrics_addr, dir, stop: Some(stop), task: Some(task) }
+        let task = tokio::spawn(tandem_replica::serve_with_metrics(
+            config,
+            listener,
+            Some(metrics),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        TestReplica {
+            id,
+            addr,
+            metrics_addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Stops the replica gracefully and waits for it.
@@ -62,10 +83,19 @@ pub async fn start_set(n: u64, root: &std::path::Path, tls: impl Fn(u64) -> TlsF
     for id in 1..=n {
         replicas.push(TestReplica::start(id, root.join(format!("r{id}")), tls(id)).await);
     }
-    let members: Vec<Member> =
-        replicas.iter().map(|r| Member { id: r.id, addr: r.addr.clone(), kind: "sync".into() }).collect();
+    let members: Vec<Member> = replicas
+        .iter()
+        .map(|r| Member {
+            id: r.id,
+            addr: r.addr.clone(),
+            kind: "sync".into(),
+        })
+        .collect();
     let endpoints = replicas.iter().map(|r| r.addr.clone()).collect();
-    let options = ClientOptions { tls: tls(0), ..ClientOptions::default() };
+    let options = ClientOptions {
+        tls: tls(0),
+        ..ClientOptions::default()
+    };
     let client = Client::new(endpoints, options).expect("client");
     client.initialize(&replicas[0].addr, members).await.expect("initialize");
     client.discover().await.expect("a primary is elected");

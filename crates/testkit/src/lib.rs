@@ -30,7 +30,7 @@ pub mod workload;
 use std::time::Duration;
 
 pub use cluster::{Cluster, ClusterOptions, Kind, TlsPaths};
-pub use history::{CheckSummary, History, OpId, Outcome, Violations};
+pub use history::{CheckSummary, Counts, History, Op, OpId, Outcome, Violation, Violations};
 pub use process::ReplicaProcess;
 pub use tandem_client as client;
 pub use wait::{eventually, must_eventually};
@@ -47,9 +47,17 @@ pub enum TestkitError {
     #[error("replica {id} was not ready after {waited_ms} ms; its log ends with:\n{log}")]
     NotReady { id: u64, waited_ms: u64, log: String },
     #[error("cannot send {signal} to replica {id}: {source}")]
-    Signal { id: u64, signal: &'static str, source: nix::Error },
+    Signal {
+        id: u64,
+        signal: &'static str,
+        source: nix::Error,
+    },
     #[error("replica {id} is {state}: cannot {action}")]
-    WrongState { id: u64, state: &'static str, action: &'static str },
+    WrongState {
+        id: u64,
+        state: &'static str,
+        action: &'static str,
+    },
     #[error("no replica {id} in this cluster")]
     NoSuchReplica { id: u64 },
     #[error("timed out after {waited_ms} ms waiting for {what}; last seen: {last}")]
@@ -57,7 +65,12 @@ pub enum TestkitError {
     #[error("client: {0}")]
     Client(#[from] tandem_client::ClientError),
     #[error("`tandem {args}` failed ({status}):\nstdout: {stdout}\nstderr: {stderr}")]
-    Cli { args: String, status: String, stdout: String, stderr: String },
+    Cli {
+        args: String,
+        status: String,
+        stdout: String,
+        stderr: String,
+    },
 }
 
 /// Deadline for replica-level events on a loaded two-core machine (an election, a failover,
@@ -69,5 +82,8 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }

@@ -11,7 +11,8 @@
 //!
 //! When a test fails (the process is dropped while the thread panics), the end of the log is
 //! printed to the test's output. Set `TANDEM_TESTKIT_KEEP=1` to keep the directories of a run,
-//! and `TANDEM_TESTKIT_LOG_BYTES` to print more (or less) of each log.
+//! and `TANDEM_TESTKIT_LOG_BYTES` to print more (or less) of each log. Replicas inherit the
+//! environment, so `TANDEM_LOG=debug` raises their log level.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -66,7 +67,10 @@ impl ReplicaProcess {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tandem-replica-{id}-"))
             .tempdir()
-            .map_err(|source| TestkitError::Io { action: "create a temporary directory".into(), source })?;
+            .map_err(|source| TestkitError::Io {
+                action: "create a temporary directory".into(),
+                source,
+            })?;
         let root = dir.path().to_owned();
         let mut replica = ReplicaProcess {
             binary: binary.to_owned(),
@@ -134,7 +138,11 @@ impl ReplicaProcess {
     /// [`terminate`](Self::terminate), and waits until it is ready.
     pub async fn restart(&mut self) -> Result<(), TestkitError> {
         if self.is_running() {
-            return Err(TestkitError::WrongState { id: self.id, state: "running", action: "restart" });
+            return Err(TestkitError::WrongState {
+                id: self.id,
+                state: "running",
+                action: "restart",
+            });
         }
         let addr = self.addr.clone();
         let bound = self.spawn_and_wait(&addr).await?;
@@ -150,12 +158,22 @@ impl ReplicaProcess {
     /// Kills the process with SIGKILL (works on a paused process too) and reaps it.
     pub fn kill9(&mut self) -> Result<(), TestkitError> {
         let Some(mut child) = self.child.take() else {
-            return Err(TestkitError::WrongState { id: self.id, state: "not running", action: "kill -9" });
+            return Err(TestkitError::WrongState {
+                id: self.id,
+                state: "not running",
+                action: "kill -9",
+            });
         };
         self.paused = false;
         self.note(&format!("testkit: kill -9 (pid {})", child.id()));
-        child.kill().map_err(|source| TestkitError::Io { action: format!("kill replica {}", self.id), source })?;
-        child.wait().map_err(|source| TestkitError::Io { action: format!("reap replica {}", self.id), source })?;
+        child.kill().map_err(|source| TestkitError::Io {
+            action: format!("kill replica {}", self.id),
+            source,
+        })?;
+        child.wait().map_err(|source| TestkitError::Io {
+            action: format!("reap replica {}", self.id),
+            source,
+        })?;
         Ok(())
     }
 
@@ -163,7 +181,11 @@ impl ReplicaProcess {
     /// A process still alive after [`STOP_TIMEOUT`] is killed and the timeout reported.
     pub async fn terminate(&mut self) -> Result<ExitStatus, TestkitError> {
         if !self.is_running() {
-            return Err(TestkitError::WrongState { id: self.id, state: "not running", action: "terminate" });
+            return Err(TestkitError::WrongState {
+                id: self.id,
+                state: "not running",
+                action: "terminate",
+            });
         }
         if self.paused {
             self.resume()?;
@@ -177,9 +199,10 @@ impl ReplicaProcess {
                 state: "not running",
                 action: "wait for exit",
             })?;
-            let waited = child
-                .try_wait()
-                .map_err(|source| TestkitError::Io { action: format!("wait for replica {}", self.id), source })?;
+            let waited = child.try_wait().map_err(|source| TestkitError::Io {
+                action: format!("wait for replica {}", self.id),
+                source,
+            })?;
             if let Some(status) = waited {
                 self.child = None;
                 return Ok(status);
@@ -200,7 +223,11 @@ impl ReplicaProcess {
     /// replica on a dead link.
     pub fn pause(&mut self) -> Result<(), TestkitError> {
         if self.paused {
-            return Err(TestkitError::WrongState { id: self.id, state: "paused", action: "pause" });
+            return Err(TestkitError::WrongState {
+                id: self.id,
+                state: "paused",
+                action: "pause",
+            });
         }
         self.signal(Signal::SIGSTOP, "SIGSTOP")?;
         self.paused = true;
@@ -211,7 +238,11 @@ impl ReplicaProcess {
     /// Lets a paused process run again (SIGCONT).
     pub fn resume(&mut self) -> Result<(), TestkitError> {
         if !self.paused {
-            return Err(TestkitError::WrongState { id: self.id, state: "not paused", action: "resume" });
+            return Err(TestkitError::WrongState {
+                id: self.id,
+                state: "not paused",
+                action: "resume",
+            });
         }
         self.signal(Signal::SIGCONT, "SIGCONT")?;
         self.paused = false;
@@ -240,7 +271,11 @@ impl ReplicaProcess {
             action: name,
         })?;
         let pid = Pid::from_raw(child.id() as i32);
-        kill(pid, signal).map_err(|source| TestkitError::Signal { id: self.id, signal: name, source })
+        kill(pid, signal).map_err(|source| TestkitError::Signal {
+            id: self.id,
+            signal: name,
+            source,
+        })
     }
 
     /// Appends a marker line to the log, so that the log shows what the harness did when.
@@ -257,7 +292,12 @@ impl ReplicaProcess {
         match std::fs::remove_file(&ready) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(TestkitError::Io { action: format!("remove {}", ready.display()), source }),
+            Err(source) => {
+                return Err(TestkitError::Io {
+                    action: format!("remove {}", ready.display()),
+                    source,
+                })
+            }
         }
         let mut command = Command::new(&self.binary);
         command
@@ -273,18 +313,21 @@ impl ReplicaProcess {
             .arg(&ready)
             .args(&self.args)
             .stdin(Stdio::null());
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
         self.starts += 1;
-        self.note(&format!("testkit: start #{} of replica {}: {:?}", self.starts, self.id, command));
+        self.note(&format!(
+            "testkit: start #{} of replica {}: {:?}",
+            self.starts, self.id, command
+        ));
         let log_path = self.log_path();
         let open_log = || -> Result<File, TestkitError> {
             OpenOptions::new()
                 .append(true)
                 .create(true)
                 .open(&log_path)
-                .map_err(|source| TestkitError::Io { action: format!("open {}", log_path.display()), source })
+                .map_err(|source| TestkitError::Io {
+                    action: format!("open {}", log_path.display()),
+                    source,
+                })
         };
         command.stdout(open_log()?).stderr(open_log()?);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent. The kernel
@@ -296,9 +339,10 @@ impl ReplicaProcess {
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .map_err(|source| TestkitError::Io { action: format!("spawn {}", self.binary.display()), source })?;
+        let child = command.spawn().map_err(|source| TestkitError::Io {
+            action: format!("spawn {}", self.binary.display()),
+            source,
+        })?;
         self.child = Some(child);
         self.paused = false;
 
@@ -310,12 +354,17 @@ impl ReplicaProcess {
                 state: "not running",
                 action: "wait until ready",
             })?;
-            let exited = child
-                .try_wait()
-                .map_err(|source| TestkitError::Io { action: format!("wait for replica {}", self.id), source })?;
+            let exited = child.try_wait().map_err(|source| TestkitError::Io {
+                action: format!("wait for replica {}", self.id),
+                source,
+            })?;
             if let Some(status) = exited {
                 self.child = None;
-                return Err(TestkitError::ExitedEarly { id: self.id, status: status.to_string(), log: self.log_tail() });
+                return Err(TestkitError::ExitedEarly {
+                    id: self.id,
+                    status: status.to_string(),
+                    log: self.log_tail(),
+                });
             }
             match read_ready(&ready) {
                 Ready::Complete(addr) => return Ok(addr),
@@ -350,7 +399,9 @@ enum Ready {
 
 /// Looks at the ready file.
 fn read_ready(path: &Path) -> Ready {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ready::No };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ready::No;
+    };
     let line = text.lines().next().unwrap_or("").trim().to_owned();
     if line.parse::<SocketAddr>().is_err() {
         return Ready::No;
@@ -416,7 +467,11 @@ mod tests {
         std::fs::write(&path, "127.0.0.").expect("write");
         assert_eq!(read_ready(&path), Ready::No, "partial address");
         std::fs::write(&path, "127.0.0.1:45").expect("write");
-        assert_eq!(read_ready(&path), Ready::Unterminated("127.0.0.1:45".into()), "maybe partial");
+        assert_eq!(
+            read_ready(&path),
+            Ready::Unterminated("127.0.0.1:45".into()),
+            "maybe partial"
+        );
         std::fs::write(&path, "127.0.0.1:4567\n").expect("write");
         assert_eq!(read_ready(&path), Ready::Complete("127.0.0.1:4567".into()));
     }
@@ -426,7 +481,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("log");
         std::fs::write(&path, "first line\nsecond line\nthird\n").expect("write");
-        assert_eq!(read_tail(&path, 1000).expect("read"), "first line\nsecond line\nthird\n");
+        assert_eq!(
+            read_tail(&path, 1000).expect("read"),
+            "first line\nsecond line\nthird\n"
+        );
         let tail = read_tail(&path, 15).expect("read");
         assert!(tail.ends_with("third\n"), "{tail}");
         assert!(!tail.contains("second"), "{tail}");

@@ -24,9 +24,15 @@ pub struct Seed {
 impl Seed {
     /// From `TANDEM_TEST_SEED`, or from the clock; prints the replay line.
     pub fn from_env(test: &str) -> Seed {
-        let seed = std::env::var("TANDEM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-        });
+        let seed = std::env::var("TANDEM_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
         eprintln!("{test}: seed {seed} (replay with TANDEM_TEST_SEED={seed})");
         Seed { seed, state: seed }
     }
@@ -47,7 +53,10 @@ impl Seed {
 
 /// The wall clock in milliseconds since the epoch (what replicas stamp leases with).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Reads events from `watch` until `count` have arrived; panics when the feed ends, fails, or
@@ -57,7 +66,9 @@ pub async fn must_next_events(watch: &mut Watch, count: usize, timeout: Duration
     while events.len() < count {
         match tokio::time::timeout(timeout, watch.next()).await {
             Ok(Some(Ok(batch))) => events.extend(batch),
-            Ok(Some(Err(e))) => panic!("watch failed after {} of {count} events: {e}", events.len()),
+            Ok(Some(Err(e))) => {
+                panic!("watch failed after {} of {count} events: {e}", events.len())
+            }
             Ok(None) => panic!("watch ended after {} of {count} events", events.len()),
             Err(_) => panic!("watch stalled after {} of {count} events: {events:?}", events.len()),
         }
@@ -68,4 +79,13 @@ pub async fn must_next_events(watch: &mut Watch, count: usize, timeout: Duration
 /// Keys and values of `kvs`, for short assertion messages.
 pub fn keys(kvs: &[KeyValue]) -> Vec<String> {
     kvs.iter().map(|kv| kv.key.clone()).collect()
+}
+
+/// Serialises the tests of one test binary (cargo runs them on parallel threads): two clusters
+/// at once on a two-core machine would make every timer in them less predictable. Hold the
+/// guard for the whole test. (A tokio mutex: it is held across awaits, and works across the
+/// separate runtimes of the tests.)
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }

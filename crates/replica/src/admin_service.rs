@@ -360,7 +360,7 @@ impl Admin for AdminService {
             target,
             "switchover: holding new writes until the target has every entry"
         );
-        let election_max = Duration::from_millis(core.config.effective_timers().election_max_ms);
+        let election_max = Duration::from_millis(core.config.timers.election_max_ms);
         let deadline = Instant::now() + core.config.write_timeout + 4 * election_max;
         // No write is accepted from here on, so the log stops growing.
         let _exclusive = core.write_fence.write().await;

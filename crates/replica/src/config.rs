@@ -11,10 +11,12 @@ use tandem_tls::TlsFiles;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
     /// Keep waiting: writes block until the replica is back (or the operator changes its kind).
-    #[default]
+    /// Zero loss guaranteed, at the price of availability.
     Strict,
-    /// After `sync_timeout`, demote it (loudly) and acknowledge without it until it has caught
-    /// up again.
+    /// After `sync_timeout`, demote it (loudly: warn log, status, metric) and acknowledge without
+    /// it until it has caught up again. The default, as in the seed's product (which does the
+    /// same silently).
+    #[default]
     Available,
 }
 
@@ -57,20 +59,6 @@ impl Default for Timers {
     }
 }
 
-impl Timers {
-    /// A witness waits this many times longer before campaigning, so that a data replica
-    /// normally wins and the witness leads only when its log is the longest.
-    pub const WITNESS_FACTOR: u64 = 3;
-
-    pub fn for_witness(self) -> Timers {
-        Timers {
-            heartbeat_ms: self.heartbeat_ms,
-            election_min_ms: self.election_min_ms * Self::WITNESS_FACTOR,
-            election_max_ms: self.election_max_ms * Self::WITNESS_FACTOR,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     /// This replica's id in the replica set.
@@ -81,7 +69,7 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// `host:port` peers and clients use to reach this replica.
     pub advertise: String,
-    /// Use the witness timers (long election timeouts).
+    /// Act as a witness: never campaign while a primary is known (see [`crate::witness`]).
     pub witness: bool,
     pub timers: Timers,
     pub sync_mode: SyncMode,
@@ -119,12 +107,4 @@ impl ReplicaConfig {
         }
     }
 
-    /// The timers in force for this replica.
-    pub fn effective_timers(&self) -> Timers {
-        if self.witness {
-            self.timers.for_witness()
-        } else {
-            self.timers
-        }
-    }
 }

@@ -93,7 +93,7 @@ impl Engine {
     /// learn it is fenced before it can campaign).
     pub async fn start(core: &Arc<Core>, store: OpenedStore) -> Result<Arc<Engine>, StartError> {
         let config = &core.config;
-        let timers = config.effective_timers();
+        let timers = config.timers;
         let raft_config = openraft::Config {
             cluster_name: config.cluster.clone(),
             heartbeat_interval: timers.heartbeat_ms,
@@ -101,8 +101,9 @@ impl Engine {
             election_timeout_max: timers.election_max_ms,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1_000,
-            purge_batch_size: 256,
+            // Keep at most one snapshot interval of log behind a snapshot (for lagging followers).
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1_000),
+            purge_batch_size: 64,
             enable_elect: false,
             ..Default::default()
         }

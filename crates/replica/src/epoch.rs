@@ -88,6 +88,10 @@ pub async fn probe_then_elect(core: Arc<Core>, engine: Arc<Engine>) {
         apply_fence(&core, newer).await;
         return;
     }
+    if crate::witness::is_witness(&core, &engine.raft.metrics().borrow()) {
+        // A witness campaigns only when its watchdog says so (see `crate::witness`).
+        return;
+    }
     engine.raft.runtime_config().elect(true);
     tracing::debug!("no peer knows a newer epoch; elections on");
 }

@@ -118,11 +118,12 @@ pub struct ServeArgs {
     /// Name of the replica set; a data directory of another set is refused.
     #[arg(long, default_value = "tandem")]
     cluster: String,
-    /// Run with witness timers (campaign only after 3× the election timeout).
+    /// Act as a witness: vote, hold the log, never serve clients, campaign only when no primary
+    /// has been seen for two election timeouts, and then hand the role to a data replica.
     #[arg(long)]
     witness: bool,
     /// strict: writes wait for every sync replica; available: demote one silent for --sync-timeout-ms.
-    #[arg(long, default_value = "strict")]
+    #[arg(long, default_value = "available")]
     sync_mode: SyncMode,
     #[arg(long, default_value_t = 5_000)]
     sync_timeout_ms: u64,

@@ -1,0 +1,686 @@
+//! [`ConfigSet`]: the whole configuration in memory, with its indexes, and the validated
+//! operations on it.
+//!
+//! Indexes: objects by `(type, dbid)`; DBID by `(type, tenant, name)` (names are unique per type
+//! within a tenant); DBID by `(type, tenant, field, value)` for fields the schema marks unique
+//! (a person's `user_name`); and the reverse references, `target → {(referrer, link)}`, where the
+//! link is the tenant, the folder, or a reference field (grants count as references to their
+//! folders). [`ConfigSet::check_indexes`] verifies all of them against the objects.
+//!
+//! Every mutating operation is planned first, on `&self`, into [`Change`] records — the very
+//! records the configuration server commits to its store — and only then applied, so a refused
+//! operation changes nothing. [`ConfigSet::apply`] replays committed records without schema
+//! validation (a backup server or a proxy following the change feed), all or nothing.
+//!
+//! **Cascade rules.** A plain delete is refused while anything refers to the object. With
+//! `cascade`, the objects that *must* go are deleted too: everything a deleted tenant or folder
+//! contains (containment is ownership, like `rm -r`), and every object whose *required* single
+//! reference points to a deleted object (the DNs of a deleted switch, the applications of a
+//! deleted host), recursively. Optional references are cleared instead: an optional `Ref` is
+//! unset, a deleted DBID is removed from a `RefList` (a place keeps its other DNs), a grant on a
+//! deleted folder is removed. The environment tenant and the Super Administrators group are never
+//! deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::delta::Delta;
+use crate::error::{ConfigError, IndexInconsistency, ObjectRef};
+use crate::model::{ConfigObject, ObjectKey, ObjectType, Value, ENVIRONMENT_TENANT, SUPER_ADMINISTRATORS};
+use crate::schema::{self, FieldKind, OnDelete};
+
+/// How many referrers a [`ConfigError::Referenced`] lists.
+pub const REFERRERS_REPORTED_MAX: usize = 10;
+
+/// How one object refers to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Link {
+    /// The referrer belongs to the target tenant.
+    Tenant,
+    /// The referrer is in the target folder.
+    Folder,
+    /// The referrer's field of this name refers to the target.
+    Field(&'static str),
+}
+
+/// A committed change as stored: what the server writes to its store and what a replica of the
+/// configuration replays. Records carry whole objects, so replay needs no validation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// A new object, version 1.
+    Create(ConfigObject),
+    /// The new state of an existing object; its version is the previous version + 1.
+    Update(ConfigObject),
+    /// An object removed.
+    Delete {
+        /// Its type.
+        object_type: ObjectType,
+        /// Its DBID.
+        dbid: u64,
+        /// Its version when deleted, for the store's compare-and-set.
+        version: u64,
+    },
+}
+
+impl Change {
+    /// The key of the object the change is about.
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Change::Create(o) | Change::Update(o) => o.key(),
+            Change::Delete { object_type, dbid, .. } => (*object_type, *dbid),
+        }
+    }
+}
+
+/// The whole configuration in memory, with indexes. See the module documentation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigSet {
+    /// Every live object by key.
+    objects: BTreeMap<ObjectKey, ConfigObject>,
+    /// `(type, tenant, name) → dbid`: names are unique per type within a tenant.
+    names: BTreeMap<(ObjectType, u64, String), u64>,
+    /// `(type, tenant, field, value) → dbid` for fields the schema marks unique.
+    unique_values: BTreeMap<(ObjectType, u64, &'static str, String), u64>,
+    /// `target → {(referrer, link)}`: who refers to an object, and how.
+    referrers: BTreeMap<ObjectKey, BTreeSet<(ObjectKey, Link)>>,
+}
+
+/// Everything `obj` refers to, and how. Values whose kind disagrees with the schema (possible
+/// only through unvalidated replay) refer to nothing.
+pub(crate) fn links_of(obj: &ConfigObject) -> BTreeSet<(ObjectKey, Link)> {
+    let mut links = BTreeSet::new();
+    if obj.tenant != 0 {
+        links.insert(((ObjectType::Tenant, obj.tenant), Link::Tenant));
+    }
+    if obj.folder != 0 {
+        links.insert(((ObjectType::Folder, obj.folder), Link::Folder));
+    }
+    for spec in schema::spec(obj.object_type).reference_fields() {
+        let link = Link::Field(spec.name);
+        match (spec.kind, obj.fields.get(spec.name)) {
+            (FieldKind::Ref(t), Some(Value::Ref(d))) => {
+                links.insert(((t, *d), link));
+            }
+            (FieldKind::RefList(t), Some(Value::RefList(list))) => {
+                links.extend(list.iter().map(|d| ((t, *d), link)));
+            }
+            (FieldKind::Grants, Some(Value::Grants(grants))) => {
+                links.extend(
+                    grants
+                        .iter()
+                        .filter_map(|g| g.folder)
+                        .map(|f| ((ObjectType::Folder, f), link)),
+                );
+            }
+            _ => {}
+        }
+    }
+    links
+}
+
+/// The unique-field index keys of `obj`.
+fn unique_keys(obj: &ConfigObject) -> Vec<(ObjectType, u64, &'static str, String)> {
+    schema::spec(obj.object_type)
+        .fields
+        .iter()
+        .filter(|f| f.unique_per_tenant)
+        .filter_map(|f| match obj.fields.get(f.name) {
+            Some(Value::Str(s)) => Some((obj.object_type, obj.tenant, f.name, s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `obj` is the built-in Super Administrators group.
+pub(crate) fn is_super_admin_group(obj: &ConfigObject) -> bool {
+    obj.object_type == ObjectType::AccessGroup && obj.tenant == ENVIRONMENT_TENANT && obj.name == SUPER_ADMINISTRATORS
+}
+
+/// Removes from `obj`'s field `field` every reference to a key in `doomed`.
+fn clear_references(obj: &mut ConfigObject, field: &str, doomed: &BTreeSet<ObjectKey>) {
+    let Some(spec) = schema::spec(obj.object_type).field(field) else {
+        return;
+    };
+    match (spec.kind, obj.fields.get_mut(field)) {
+        (FieldKind::Ref(t), Some(Value::Ref(d))) if doomed.contains(&(t, *d)) => {
+            obj.fields.remove(field);
+        }
+        (FieldKind::RefList(t), Some(Value::RefList(list))) => list.retain(|d| !doomed.contains(&(t, *d))),
+        (FieldKind::Grants, Some(Value::Grants(grants))) => {
+            grants.retain(|g| g.folder.is_none_or(|f| !doomed.contains(&(ObjectType::Folder, f))))
+        }
+        _ => {}
+    }
+}
+
+impl ConfigSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A set holding `objects` as they are, as loaded from the store: indexed but not validated
+    /// (call [`ConfigSet::check_all`] for that). Refused only if two objects share a key, a name
+    /// or a unique value.
+    pub fn from_objects(objects: impl IntoIterator<Item = ConfigObject>) -> Result<Self, ConfigError> {
+        let mut set = ConfigSet::new();
+        for obj in objects {
+            if set.objects.contains_key(&obj.key()) {
+                return Err(ConfigError::DuplicateDbid {
+                    object: ObjectRef::of(&obj),
+                });
+            }
+            set.put(obj)?;
+        }
+        Ok(set)
+    }
+
+    /// How many objects there are.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether there are no objects.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Every object, by type then DBID.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &ConfigObject> {
+        self.objects.values()
+    }
+
+    /// The objects of one type, by DBID.
+    pub fn objects_of(&self, object_type: ObjectType) -> impl Iterator<Item = &ConfigObject> {
+        self.objects
+            .range((object_type, 0)..=(object_type, u64::MAX))
+            .map(|(_, o)| o)
+    }
+
+    /// The objects of one type with a DBID above `after`, by DBID.
+    pub(crate) fn objects_of_after(&self, object_type: ObjectType, after: u64) -> impl Iterator<Item = &ConfigObject> {
+        let start = after.saturating_add(1);
+        self.objects
+            .range((object_type, start)..=(object_type, u64::MAX))
+            .map(|(_, o)| o)
+            .filter(move |o| o.dbid > after)
+    }
+
+    /// The object with this key.
+    pub fn get(&self, object_type: ObjectType, dbid: u64) -> Option<&ConfigObject> {
+        self.objects.get(&(object_type, dbid))
+    }
+
+    /// The object of this type and tenant (0 for tenants) with this name.
+    pub fn by_name(&self, object_type: ObjectType, tenant: u64, name: &str) -> Option<&ConfigObject> {
+        let dbid = self.names.get(&(object_type, tenant, name.to_owned()))?;
+        self.get(object_type, *dbid)
+    }
+
+    /// The object of this type and tenant whose unique field `field` has value `value`.
+    pub fn by_unique(&self, object_type: ObjectType, tenant: u64, field: &str, value: &str) -> Option<&ConfigObject> {
+        let spec = schema::spec(object_type).field(field)?;
+        let dbid = self
+            .unique_values
+            .get(&(object_type, tenant, spec.name, value.to_owned()))?;
+        self.get(object_type, *dbid)
+    }
+
+    /// Who refers to the object with this key, and how.
+    pub fn referrers(&self, object_type: ObjectType, dbid: u64) -> impl Iterator<Item = (ObjectKey, Link)> + '_ {
+        self.referrers.get(&(object_type, dbid)).into_iter().flatten().copied()
+    }
+
+    pub(crate) fn names_range(
+        &self,
+        object_type: ObjectType,
+        tenant: u64,
+        prefix: &str,
+    ) -> impl Iterator<Item = (&String, u64)> + '_ {
+        let prefix = prefix.to_owned();
+        self.names
+            .range((object_type, tenant, prefix.clone())..)
+            .take_while(move |((t, te, name), _)| *t == object_type && *te == tenant && name.starts_with(&prefix))
+            .map(|((_, _, name), dbid)| (name, *dbid))
+    }
+
+    // ----- validated operations -----
+
+    /// Validates a new object and returns it as it would be stored (version 1). The caller gives
+    /// the DBID; it must not be in use for the type.
+    pub fn plan_create(&self, mut obj: ConfigObject) -> Result<ConfigObject, ConfigError> {
+        if self.objects.contains_key(&obj.key()) {
+            return Err(ConfigError::DuplicateDbid {
+                object: ObjectRef::of(&obj),
+            });
+        }
+        obj.version = 1;
+        self.check_object(&obj)?;
+        Ok(obj)
+    }
+
+    /// Creates an object: validates it fully (required fields, value kinds, unknown fields,
+    /// unique name and unique fields in the tenant, references that exist in the right tenant,
+    /// tenant and folder) and stores it with version 1.
+    pub fn create(&mut self, obj: ConfigObject) -> Result<ConfigObject, ConfigError> {
+        let obj = self.plan_create(obj)?;
+        self.put(obj.clone())?;
+        Ok(obj)
+    }
+
+    /// Validates an update and returns `(new, previous)`; the new version is the previous + 1.
+    pub fn plan_update(
+        &self,
+        object_type: ObjectType,
+        dbid: u64,
+        delta: &Delta,
+    ) -> Result<(ConfigObject, ConfigObject), ConfigError> {
+        let old = self
+            .get(object_type, dbid)
+            .ok_or(ConfigError::NotFound { object_type, dbid })?;
+        let mut new = delta.apply_to(old)?;
+        new.version = old.version + 1;
+        self.check_protected_update(old, &new)?;
+        self.check_object(&new)?;
+        self.check_dependents(&new, old)?;
+        Ok((new, old.clone()))
+    }
+
+    /// Updates an object with `delta` (only what it names changes) and bumps its version; also
+    /// re-checks the objects whose validity depends on this one (a backup application's type, a
+    /// folder's contents). Returns `(new, previous)`.
+    pub fn update(
+        &mut self,
+        object_type: ObjectType,
+        dbid: u64,
+        delta: &Delta,
+    ) -> Result<(ConfigObject, ConfigObject), ConfigError> {
+        let (new, old) = self.plan_update(object_type, dbid, delta)?;
+        self.put(new.clone())?;
+        Ok((new, old))
+    }
+
+    /// Plans a delete: the [`Change`]s to commit, updates of referrers whose optional references
+    /// are cleared first, then the deletions, referrers before what they refer to. See the module
+    /// documentation for what `cascade` deletes.
+    pub fn plan_delete(&self, object_type: ObjectType, dbid: u64, cascade: bool) -> Result<Vec<Change>, ConfigError> {
+        let root = self
+            .get(object_type, dbid)
+            .ok_or(ConfigError::NotFound { object_type, dbid })?;
+        if !cascade {
+            self.check_protected_delete(root)?;
+            let referrers: BTreeSet<ObjectKey> = self.referrers(object_type, dbid).map(|(k, _)| k).collect();
+            if !referrers.is_empty() {
+                return Err(ConfigError::Referenced {
+                    object: ObjectRef::of(root),
+                    referrers: referrers
+                        .iter()
+                        .take(REFERRERS_REPORTED_MAX)
+                        .map(|k| self.object_ref(*k))
+                        .collect(),
+                    total: referrers.len(),
+                });
+            }
+            return Ok(vec![Change::Delete {
+                object_type,
+                dbid,
+                version: root.version,
+            }]);
+        }
+
+        // Everything that must go.
+        let mut doomed = BTreeSet::from([root.key()]);
+        let mut stack = vec![root.key()];
+        while let Some(key) = stack.pop() {
+            for (src, link) in self.referrers(key.0, key.1) {
+                if doomed.contains(&src) || !self.must_follow(src, link) {
+                    continue;
+                }
+                doomed.insert(src);
+                stack.push(src);
+            }
+        }
+        for key in &doomed {
+            if let Some(obj) = self.objects.get(key) {
+                self.check_protected_delete(obj)?;
+            }
+        }
+
+        // Survivors that lose a reference.
+        let mut cleared: BTreeMap<ObjectKey, ConfigObject> = BTreeMap::new();
+        for key in &doomed {
+            for (src, link) in self.referrers(key.0, key.1) {
+                let Link::Field(field) = link else { continue };
+                if doomed.contains(&src) {
+                    continue;
+                }
+                let Some(obj) = self.objects.get(&src) else { continue };
+                let new = cleared.entry(src).or_insert_with(|| {
+                    let mut copy = obj.clone();
+                    copy.version += 1;
+                    copy
+                });
+                clear_references(new, field, &doomed);
+            }
+        }
+
+        let mut changes: Vec<Change> = cleared.into_values().map(Change::Update).collect();
+        changes.extend(self.deletion_order(&doomed).into_iter().filter_map(|key| {
+            self.objects.get(&key).map(|o| Change::Delete {
+                object_type: key.0,
+                dbid: key.1,
+                version: o.version,
+            })
+        }));
+        Ok(changes)
+    }
+
+    /// Deletes an object. Without `cascade`, refused while anything refers to it; with it,
+    /// deletes what must go and clears optional references (module documentation). Returns the
+    /// keys deleted, in the order deleted (referrers first). [`ConfigSet::plan_delete`] also
+    /// gives the referrers updated.
+    pub fn delete(
+        &mut self,
+        object_type: ObjectType,
+        dbid: u64,
+        cascade: bool,
+    ) -> Result<Vec<(ObjectType, u64)>, ConfigError> {
+        let changes = self.plan_delete(object_type, dbid, cascade)?;
+        let deleted = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Delete { .. }))
+            .map(Change::key)
+            .collect();
+        self.apply(changes)?;
+        Ok(deleted)
+    }
+
+    /// Whether a cascading delete of a link's target must delete the referrer.
+    fn must_follow(&self, src: ObjectKey, link: Link) -> bool {
+        match link {
+            Link::Tenant | Link::Folder => true,
+            Link::Field(field) => schema::spec(src.0)
+                .field(field)
+                .is_some_and(|spec| spec.on_target_delete() == OnDelete::DeleteReferrer),
+        }
+    }
+
+    /// `doomed` ordered so that every object comes after the doomed objects referring to it.
+    /// References that force a deletion (tenant, folder, required reference) never form a cycle;
+    /// optional references may (two applications backing up each other), and such a cycle is
+    /// broken by ordering it by the forcing references alone.
+    fn deletion_order(&self, doomed: &BTreeSet<ObjectKey>) -> Vec<ObjectKey> {
+        // src → target → whether the reference forces the deletion.
+        let mut edges: BTreeMap<ObjectKey, BTreeMap<ObjectKey, bool>> = BTreeMap::new();
+        // target → (pending referrers, pending forcing referrers).
+        let mut pending: BTreeMap<ObjectKey, (usize, usize)> = doomed.iter().map(|k| (*k, (0, 0))).collect();
+        for src in doomed {
+            let Some(obj) = self.objects.get(src) else { continue };
+            let targets = edges.entry(*src).or_default();
+            for (target, link) in links_of(obj) {
+                if target != *src && doomed.contains(&target) {
+                    *targets.entry(target).or_insert(false) |= self.must_follow(*src, link);
+                }
+            }
+            for (target, forcing) in targets.iter() {
+                if let Some((all, must)) = pending.get_mut(target) {
+                    *all += 1;
+                    *must += usize::from(*forcing);
+                }
+            }
+        }
+        let mut order = Vec::with_capacity(doomed.len());
+        while !pending.is_empty() {
+            let next = pending
+                .iter()
+                .find(|(_, (all, _))| *all == 0)
+                .or_else(|| pending.iter().find(|(_, (_, must))| *must == 0))
+                .map(|(k, _)| *k)
+                .or_else(|| pending.keys().next().copied());
+            let Some(key) = next else { break };
+            pending.remove(&key);
+            for (target, forcing) in edges.get(&key).into_iter().flatten() {
+                if let Some((all, must)) = pending.get_mut(target) {
+                    *all = all.saturating_sub(1);
+                    *must = must.saturating_sub(usize::from(*forcing));
+                }
+            }
+            order.push(key);
+        }
+        order
+    }
+
+    fn check_protected_delete(&self, obj: &ConfigObject) -> Result<(), ConfigError> {
+        if obj.object_type == ObjectType::Tenant && obj.dbid == ENVIRONMENT_TENANT {
+            return Err(ConfigError::Protected {
+                object: ObjectRef::of(obj),
+                reason: "the environment tenant cannot be deleted",
+            });
+        }
+        if is_super_admin_group(obj) {
+            return Err(ConfigError::Protected {
+                object: ObjectRef::of(obj),
+                reason: "the Super Administrators group cannot be deleted",
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_protected_update(&self, old: &ConfigObject, new: &ConfigObject) -> Result<(), ConfigError> {
+        if is_super_admin_group(old) {
+            if new.name != old.name {
+                return Err(ConfigError::Protected {
+                    object: ObjectRef::of(old),
+                    reason: "the Super Administrators group cannot be renamed",
+                });
+            }
+            if new.state != old.state {
+                return Err(ConfigError::Protected {
+                    object: ObjectRef::of(old),
+                    reason: "the Super Administrators group cannot be disabled",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn object_ref(&self, key: ObjectKey) -> ObjectRef {
+        self.objects
+            .get(&key)
+            .map(ObjectRef::of)
+            .unwrap_or_else(|| ObjectRef::key(key.0, key.1))
+    }
+
+    // ----- replay -----
+
+    /// Applies one committed change without schema validation. Refused (and nothing changed)
+    /// only if it contradicts the set's structure: a create of an existing key, an update or
+    /// delete of a missing one, or a name or unique value held by another object.
+    pub fn apply_change(&mut self, change: Change) -> Result<(), ConfigError> {
+        self.apply(std::iter::once(change))
+    }
+
+    /// Applies committed changes in order, all or nothing (see [`ConfigSet::apply_change`]).
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Result<(), ConfigError> {
+        let mut undo: Vec<(ObjectKey, Option<ConfigObject>)> = Vec::new();
+        for change in changes {
+            let key = change.key();
+            let result = match change {
+                Change::Create(obj) => {
+                    if self.objects.contains_key(&key) {
+                        Err(ConfigError::DuplicateDbid {
+                            object: ObjectRef::of(&obj),
+                        })
+                    } else {
+                        self.put(obj)
+                    }
+                }
+                Change::Update(obj) => {
+                    if self.objects.contains_key(&key) {
+                        self.put(obj)
+                    } else {
+                        Err(ConfigError::NotFound {
+                            object_type: key.0,
+                            dbid: key.1,
+                        })
+                    }
+                }
+                Change::Delete { object_type, dbid, .. } => self
+                    .remove(key)
+                    .map(Some)
+                    .ok_or(ConfigError::NotFound { object_type, dbid }),
+            };
+            match result {
+                Ok(previous) => undo.push((key, previous)),
+                Err(err) => {
+                    for (key, previous) in undo.into_iter().rev() {
+                        self.remove(key);
+                        if let Some(previous) = previous {
+                            self.put_unchecked(previous);
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- index maintenance -----
+
+    /// Stores `obj` (replacing the object with its key), keeping indexes; refused if its name or
+    /// a unique value is held by another object. Returns the object replaced.
+    pub(crate) fn put(&mut self, obj: ConfigObject) -> Result<Option<ConfigObject>, ConfigError> {
+        if let Some(&existing) = self.names.get(&(obj.object_type, obj.tenant, obj.name.clone())) {
+            if existing != obj.dbid {
+                return Err(ConfigError::DuplicateName {
+                    object: ObjectRef::of(&obj),
+                    tenant: obj.tenant,
+                    existing: self.object_ref((obj.object_type, existing)),
+                });
+            }
+        }
+        for key in unique_keys(&obj) {
+            if let Some(&existing) = self.unique_values.get(&key) {
+                if existing != obj.dbid {
+                    return Err(ConfigError::DuplicateValue {
+                        object: ObjectRef::of(&obj),
+                        field: key.2.to_owned(),
+                        existing: self.object_ref((obj.object_type, existing)),
+                    });
+                }
+            }
+        }
+        Ok(self.put_unchecked(obj))
+    }
+
+    fn put_unchecked(&mut self, obj: ConfigObject) -> Option<ConfigObject> {
+        let previous = self.remove(obj.key());
+        self.names
+            .insert((obj.object_type, obj.tenant, obj.name.clone()), obj.dbid);
+        for key in unique_keys(&obj) {
+            self.unique_values.insert(key, obj.dbid);
+        }
+        for (target, link) in links_of(&obj) {
+            self.referrers.entry(target).or_default().insert((obj.key(), link));
+        }
+        self.objects.insert(obj.key(), obj);
+        previous
+    }
+
+    fn remove(&mut self, key: ObjectKey) -> Option<ConfigObject> {
+        let obj = self.objects.remove(&key)?;
+        let name_key = (obj.object_type, obj.tenant, obj.name.clone());
+        if self.names.get(&name_key) == Some(&obj.dbid) {
+            self.names.remove(&name_key);
+        }
+        for unique in unique_keys(&obj) {
+            if self.unique_values.get(&unique) == Some(&obj.dbid) {
+                self.unique_values.remove(&unique);
+            }
+        }
+        for (target, link) in links_of(&obj) {
+            if let Some(set) = self.referrers.get_mut(&target) {
+                set.remove(&(key, link));
+                if set.is_empty() {
+                    self.referrers.remove(&target);
+                }
+            }
+        }
+        Some(obj)
+    }
+
+    /// Verifies every index against the objects: each entry points to a live object that has the
+    /// indexed name, value or reference, and each object's names, values and references are
+    /// indexed. A failure is a bug in this crate.
+    pub fn check_indexes(&self) -> Result<(), IndexInconsistency> {
+        let fail = |s: String| Err(IndexInconsistency(s));
+        for ((t, tenant, name), dbid) in &self.names {
+            match self.get(*t, *dbid) {
+                Some(o) if o.tenant == *tenant && &o.name == name => {}
+                _ => return fail(format!("name index ({t}, {tenant}, {name:?}) → {dbid} is stale")),
+            }
+        }
+        for (key @ (t, _, field, value), dbid) in &self.unique_values {
+            match self.get(*t, *dbid) {
+                Some(o) if unique_keys(o).contains(key) => {}
+                _ => return fail(format!("unique index ({t}, {field}, {value:?}) → {dbid} is stale")),
+            }
+        }
+        let mut reference_count = 0usize;
+        for (target, sources) in &self.referrers {
+            if sources.is_empty() {
+                return fail(format!("empty referrer set for {target:?}"));
+            }
+            for (src, link) in sources {
+                match self.objects.get(src) {
+                    Some(o) if links_of(o).contains(&(*target, *link)) => reference_count += 1,
+                    _ => return fail(format!("referrer index {target:?} ← {src:?} via {link:?} is stale")),
+                }
+            }
+        }
+        let mut expected_references = 0usize;
+        for (key, obj) in &self.objects {
+            if *key != obj.key() {
+                return fail(format!("object stored under {key:?} has key {:?}", obj.key()));
+            }
+            if self.names.get(&(obj.object_type, obj.tenant, obj.name.clone())) != Some(&obj.dbid) {
+                return fail(format!("{} is missing from the name index", ObjectRef::of(obj)));
+            }
+            for unique in unique_keys(obj) {
+                if self.unique_values.get(&unique) != Some(&obj.dbid) {
+                    return fail(format!("{} is missing from the unique index", ObjectRef::of(obj)));
+                }
+            }
+            for (target, link) in links_of(obj) {
+                expected_references += 1;
+                if !self.referrers.get(&target).is_some_and(|s| s.contains(&(*key, link))) {
+                    return fail(format!(
+                        "{} → {target:?} is missing from the referrer index",
+                        ObjectRef::of(obj)
+                    ));
+                }
+            }
+        }
+        if self.names.len() != self.objects.len() {
+            return fail(format!("{} names for {} objects", self.names.len(), self.objects.len()));
+        }
+        if reference_count != expected_references {
+            return fail(format!(
+                "{reference_count} indexed references, {expected_references} expected"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates every object against the schema and the rest of the set, as after loading it
+    /// from the store. The first invalid object is reported.
+    pub fn check_all(&self) -> Result<(), ConfigError> {
+        for obj in self.objects.values() {
+            self.check_object(obj)?;
+        }
+        Ok(())
+    }
+}

@@ -66,8 +66,11 @@ pub struct Core {
 pub struct Heard {
     /// The primary's last log index.
     pub primary_last_index: u64,
-    /// When it was said (this replica's clock).
+    /// When it was received (this replica's clock).
     pub at: Option<Instant>,
+    /// When the primary sent it (the primary's wall clock, Unix ms): the moment the figures
+    /// describe, even if the message waited in a socket.
+    pub primary_time_ms: Option<u64>,
     /// Whether this replica was in the primary's acknowledgement set, and the primary strict.
     pub in_sync_set: bool,
     pub strict: bool,
@@ -202,11 +205,16 @@ impl Core {
     }
 
     /// Records what a primary just told this replica (on every AppendEntries it accepts).
-    pub fn heard_from_primary(&self, primary_last_index: u64, in_sync_set: bool, strict: bool, own_last_index: u64) {
+    pub fn heard_from_primary(&self, stamp: &tandem_proto::db::RaftRequest, own_last_index: u64) {
         let now = Instant::now();
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let (primary_last_index, in_sync_set, strict) = (stamp.primary_last_index, stamp.in_sync_set, stamp.strict);
+        if heard.primary_time_ms.is_some_and(|t| t > stamp.primary_time_ms) {
+            return; // an older message overtaken by a newer one
+        }
         heard.primary_last_index = primary_last_index;
         heard.at = Some(now);
+        heard.primary_time_ms = Some(stamp.primary_time_ms);
         heard.in_sync_set = in_sync_set;
         heard.strict = strict;
         if own_last_index >= primary_last_index {

@@ -86,12 +86,7 @@ impl Raft for RaftService {
         let result = raft.append_entries(rpc).await;
         if message.primary_last_index > 0 && result.as_ref().is_ok_and(|r| r.is_success()) {
             let own_last = raft.metrics().borrow().last_log_index.unwrap_or(0);
-            self.core.heard_from_primary(
-                message.primary_last_index,
-                message.in_sync_set,
-                message.strict,
-                own_last,
-            );
+            self.core.heard_from_primary(&message, own_last);
         }
         reply(&result)
     }

@@ -182,10 +182,10 @@ impl Core {
             Ok(Err(RaftError::Fatal(fatal))) => return Err(refusal::outcome_unknown(fatal)),
             Ok(Ok(response)) => response,
         };
-        let mut metrics_rx = engine.raft.metrics();
+        let metrics_rx = engine.raft.metrics();
         match engine
             .progress
-            .wait_synced(response.log_id.index, &mut metrics_rx, deadline)
+            .wait_synced(response.log_id.index, &metrics_rx, deadline)
             .await
         {
             Ok(()) => Ok(response.data),

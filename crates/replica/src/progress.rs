@@ -89,8 +89,10 @@ pub struct Progress {
     mode: SyncMode,
     sync_timeout: Duration,
     state: Mutex<ProgressState>,
-    /// Bumped after every observation, so waiters re-check.
-    generation: watch::Sender<u64>,
+    /// The gate, published after every observation: while leading, the highest index that every
+    /// sync replica the gate waits for has durably (`None` while not leading). Waiters compare
+    /// their index with it; nothing else is recomputed per write.
+    synced: watch::Sender<Option<u64>>,
     /// Sync replicas demoted since start (a counter for status and metrics).
     demotions: AtomicU64,
 }
@@ -102,7 +104,7 @@ impl Progress {
             mode,
             sync_timeout,
             state: Mutex::default(),
-            generation: watch::channel(0).0,
+            synced: watch::channel(None).0,
             demotions: AtomicU64::new(0),
         }
     }
@@ -139,7 +141,7 @@ impl Progress {
                         state.sync_set.clear();
                     }
                     drop(state);
-                    self.generation.send_modify(|g| *g += 1);
+                    self.synced.send_replace(None);
                     return;
                 }
             };
@@ -213,15 +215,33 @@ impl Progress {
                     _ => {}
                 }
             }
-            let sync_set = voters
+            let sync_set: BTreeSet<ReplicaId> = voters
                 .iter()
                 .copied()
                 .filter(|id| membership.get_node(id).map(|n| n.kind) == Some(ReplicaKind::Sync))
                 .filter(|id| state.replicas.get(id).is_none_or(|v| v.demoted_since.is_none()))
                 .collect();
+            // The gate: the lowest index durable on every replica it waits for.
+            let synced = sync_set
+                .iter()
+                .map(|id: &ReplicaId| {
+                    replication
+                        .get(id)
+                        .copied()
+                        .flatten()
+                        .map(|log_id| log_id.index)
+                        .unwrap_or(0)
+                })
+                .min()
+                .unwrap_or(last_index);
             state.sync_set = sync_set;
+            drop(state);
+            self.synced.send_if_modified(|current| {
+                let changed = *current != Some(synced);
+                *current = Some(synced);
+                changed
+            });
         }
-        self.generation.send_modify(|g| *g += 1);
     }
 
     /// What the primary tells `target` on each AppendEntries: its last index, and whether
@@ -269,27 +289,24 @@ impl Progress {
     pub async fn wait_synced(
         &self,
         index: u64,
-        metrics: &mut watch::Receiver<Metrics>,
+        metrics: &watch::Receiver<Metrics>,
         deadline: Instant,
     ) -> Result<(), SyncWaitError> {
-        let mut generation = self.generation.subscribe();
+        let mut synced = self.synced.subscribe();
         loop {
-            let sample = metrics.borrow_and_update().clone();
-            match self.pending(index, &sample) {
+            match *synced.borrow_and_update() {
                 None => return Err(SyncWaitError::LostPrimary),
-                Some(waiting) if waiting.is_empty() => return Ok(()),
-                Some(waiting) => {
-                    let sleep = tokio::time::sleep_until(deadline.into());
-                    tokio::select! {
-                        _ = sleep => {
-                            return Err(SyncWaitError::Timeout { waiting_for: waiting, mode: self.mode.as_str() });
-                        }
-                        changed = metrics.changed() => {
-                            if changed.is_err() {
-                                return Err(SyncWaitError::LostPrimary);
-                            }
-                        }
-                        _ = generation.changed() => {}
+                Some(synced) if synced >= index => return Ok(()),
+                Some(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let waiting_for = self.pending(index, &metrics.borrow()).unwrap_or_default();
+                    return Err(SyncWaitError::Timeout { waiting_for, mode: self.mode.as_str() });
+                }
+                changed = synced.changed() => {
+                    if changed.is_err() {
+                        return Err(SyncWaitError::LostPrimary);
                     }
                 }
             }

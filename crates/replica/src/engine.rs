@@ -4,6 +4,7 @@
 //! engine, changes the data on disk, and starts a new engine on it; the gRPC services, the
 //! replica's identity and its connections outlive engines (see [`crate::node::Core`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub struct Engine {
     pub progress: Arc<Progress>,
     /// Flips to true when the engine stops, ending its watch streams.
     stopped: watch::Sender<bool>,
+    /// False until the start probe found no newer epoch (see [`crate::epoch::probe_then_elect`]);
+    /// until then the engine serves no client and sends and accepts no Raft traffic.
+    ready: Arc<AtomicBool>,
     /// Background tasks of this engine, aborted when it stops.
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -109,10 +113,12 @@ impl Engine {
         }
         .validate()?;
         let progress = Arc::new(Progress::new(config.id, config.sync_mode, config.sync_timeout));
+        let ready = Arc::new(AtomicBool::new(false));
         let network = PeerNetwork {
             identity: core.identity.clone(),
             channels: core.channels.clone(),
             progress: progress.clone(),
+            ready: ready.clone(),
         };
         let raft = Raft::new(
             config.id,
@@ -128,6 +134,7 @@ impl Engine {
             log: store.log,
             progress: progress.clone(),
             stopped: watch::channel(false).0,
+            ready,
             tasks: std::sync::Mutex::default(),
         });
         let tick = Duration::from_millis(config.timers.heartbeat_ms);
@@ -145,6 +152,15 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .append(&mut tasks);
         Ok(engine)
+    }
+
+    /// Whether the start probe is done (and found no newer epoch).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
     }
 
     /// A receiver that turns true when this engine stops.

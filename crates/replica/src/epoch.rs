@@ -16,6 +16,7 @@
 //! Invariant: a fenced replica never votes, never replicates and never serves; the only way out
 //! is a rejoin, which keeps a copy of everything it drops.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,22 +44,38 @@ async fn probe(core: &Core, addr: &str) -> Result<pb::StatusResponse, Status> {
     Ok(AdminClient::new(channel).status(request).await?.into_inner())
 }
 
+/// Every member this replica's storage knows of: the applied membership and any membership
+/// entry in the log past it. Read from storage, not from openraft's metrics, which are not yet
+/// published when an engine starts.
+async fn stored_members(engine: &Engine) -> BTreeMap<ReplicaId, Replica> {
+    let mut members = BTreeMap::new();
+    let applied = engine.reader.membership().await.ok();
+    if let Some(applied) = &applied {
+        members.extend(applied.membership().nodes().map(|(id, node)| (*id, node.clone())));
+    }
+    let after = applied.as_ref().and_then(|m| *m.log_id()).map(|id| id.index).unwrap_or(0);
+    let log = engine.log.clone();
+    let tail = tokio::task::spawn_blocking(move || log.entries_after(after)).await;
+    for entry in tail.ok().and_then(Result::ok).unwrap_or_default() {
+        if let openraft::EntryPayload::Membership(membership) = entry.payload {
+            members.extend(membership.nodes().map(|(id, node)| (*id, node.clone())));
+        }
+    }
+    members
+}
+
 /// Asks every other member for its status, in parallel; notes any newer epoch on the way.
 async fn probe_members(core: &Core, engine: &Engine) -> Vec<(ReplicaId, String, Result<pb::StatusResponse, Status>)> {
-    let members: Vec<(ReplicaId, String)> = engine
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .filter(|(id, _)| **id != core.config.id)
-        .map(|(id, node)| (*id, node.addr.clone()))
-        .collect();
-    let answers = futures::future::join_all(members.into_iter().map(|(id, addr)| async move {
-        let answer = probe(core, &addr).await;
-        (id, addr, answer)
-    }))
+    let members = stored_members(engine).await;
+    let answers = futures::future::join_all(
+        members
+            .into_iter()
+            .filter(|(id, _)| *id != core.config.id)
+            .map(|(id, node)| async move {
+                let answer = probe(core, &node.addr).await;
+                (id, node.addr, answer)
+            }),
+    )
     .await;
     for (_, addr, answer) in &answers {
         if let Ok(status) = answer {
@@ -68,15 +85,17 @@ async fn probe_members(core: &Core, engine: &Engine) -> Vec<(ReplicaId, String, 
                 status.primary_addr.as_str()
             };
             core.identity.observe_epoch(status.epoch, primary);
-            core.identity.observe_epoch(status.fenced_by_epoch, "");
+            core.identity.observe_epoch(status.fenced_by_epoch, &status.primary_addr);
         }
     }
     answers
 }
 
-/// Run by every engine at start: elections stay off until the other members have been asked
-/// for their epoch, so that a replica returning from a lost site learns it is fenced before it
-/// can campaign.
+/// Run by every engine at start. Until it is done the engine is not *ready*: it serves no client
+/// and sends and accepts no Raft traffic (openraft restores a node that was primary as primary at
+/// once, elections or not). It asks the other members for their epoch, so that a replica
+/// returning from a lost site learns it is fenced before it can act; then, unless fenced, it lets
+/// the engine work and turns elections on.
 pub async fn probe_then_elect(core: Arc<Core>, engine: Arc<Engine>) {
     if let Some(fence) = core.identity.fence() {
         tracing::warn!(%fence, "fenced: elections stay off until `tandem db rejoin`");
@@ -88,7 +107,10 @@ pub async fn probe_then_elect(core: Arc<Core>, engine: Arc<Engine>) {
         apply_fence(&core, newer).await;
         return;
     }
-    if crate::witness::is_witness(&core, &engine.raft.metrics().borrow()) {
+    engine.set_ready();
+    let witness = core.config.witness
+        || stored_members(&engine).await.get(&core.config.id).map(|n| n.kind) == Some(ReplicaKind::Witness);
+    if witness {
         // A witness campaigns only when its watchdog says so (see `crate::witness`).
         return;
     }
@@ -178,27 +200,33 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         }
     }
 
-    let commit_heard = core.commit_index(&engine).await;
-    let applied_before = metrics.last_applied.map(|l| l.index).unwrap_or(0);
-    let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let heard_ms_ago = heard.at.map(|at| at.elapsed().as_millis() as u64).unwrap_or(0);
     let kind = match core.own_kind(&metrics) {
         Some(ReplicaKind::Witness) => ReplicaKind::Witness,
         _ => ReplicaKind::Sync,
     };
-    tracing::warn!(
-        epoch,
-        applied_before,
-        commit_heard,
-        "forced recovery: stopping the node to start epoch {}",
-        epoch + 1
-    );
+    tracing::warn!(epoch, "forced recovery: stopping the node to start epoch {}", epoch + 1);
 
     let _exclusive = core.write_fence.write().await;
     drop(engine);
-    if let Some(engine) = core.take_engine() {
-        engine.stop().await;
-    }
+    let Some(engine) = core.take_engine() else {
+        return Err(Status::unavailable("no engine to stop"));
+    };
+    // The figures are read once the node has stopped: until then it goes on receiving and
+    // applying entries.
+    engine.stop().await;
+    let commit_heard = {
+        use openraft::storage::RaftLogStorage;
+        let mut log = engine.log.clone();
+        log.read_committed().await.ok().flatten().map(|id| id.index).unwrap_or(0)
+    };
+    drop(engine);
+    let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Dated by the older of when the primary sent the last message and when it arrived, so a
+    // message that waited in a socket does not make the figures look fresher than they are.
+    let heard_ms_ago = match (heard.primary_time_ms, heard.at) {
+        (Some(sent), Some(at)) => now_ms().saturating_sub(sent).max(at.elapsed().as_millis() as u64),
+        _ => 0,
+    };
     let restart_err = |e: crate::node::StartError| Status::internal(format!("cannot reopen the store: {e}"));
     let mut store = OpenedStore::open(&core.config).await.map_err(restart_err)?;
     let node = Replica {
@@ -231,7 +259,9 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
     }
 
     let start_index = started.start.index;
+    let applied_before = started.applied_before.map(|id| id.index).unwrap_or(0);
     let reached = heard.primary_last_index.max(commit_heard);
+    let mut bound_known = true;
     let (possibly_missing, assessment) = if heard.in_sync_set && heard.strict {
         (
             0,
@@ -247,6 +277,7 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
              last heard {heard_ms_ago} ms before the recovery, and this replica holds up to index {start_index}"
         );
         if heard.at.is_none() {
+            bound_known = false;
             text = format!(
                 "unknown: this replica never heard from a primary since it started; it holds up to index {start_index}"
             );
@@ -289,6 +320,7 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         possibly_missing,
         assessment,
         leases_ended: started.leases_ended,
+        bound_known,
     })
 }
 

@@ -5,7 +5,7 @@
 //! before anything reaches Raft. Connections are lazy and shared per address.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -164,6 +164,8 @@ pub struct PeerNetwork {
     pub channels: PeerChannels,
     /// The engine's view of replication, stamped on AppendEntries (see [`RaftRequest`]).
     pub progress: Arc<Progress>,
+    /// The engine's readiness: nothing is sent before its start probe is done.
+    pub ready: Arc<AtomicBool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -174,6 +176,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             identity: self.identity.clone(),
             channels: self.channels.clone(),
             progress: self.progress.clone(),
+            ready: self.ready.clone(),
             target,
             addr: node.addr.clone(),
         }
@@ -185,6 +188,7 @@ pub struct PeerLink {
     identity: Arc<PeerIdentity>,
     channels: PeerChannels,
     progress: Arc<Progress>,
+    ready: Arc<AtomicBool>,
     target: ReplicaId,
     addr: String,
 }
@@ -312,6 +316,10 @@ impl PeerLink {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if !self.ready.load(Ordering::SeqCst) {
+            let e = PeerError::Unreachable { addr: self.addr.clone(), reason: "this replica is still starting".into() };
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         if self.identity.fence().is_some() {
             // A fenced replica takes no part in its old epoch: it neither replicates nor campaigns.
             let e = PeerError::Unreachable {

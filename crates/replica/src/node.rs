@@ -129,6 +129,9 @@ impl Core {
             return Err(refusal::fenced(self.identity.epoch(), &fence));
         }
         let engine = self.engine()?;
+        if !engine.is_ready() {
+            return Err(Status::unavailable("this replica is starting: checking its peers for a newer epoch"));
+        }
         let metrics = engine.raft.metrics().borrow().clone();
         if self.own_kind(&metrics) == Some(ReplicaKind::Witness) {
             return Err(refusal::witness(self.primary_addr(&metrics).as_deref()));
@@ -209,9 +212,6 @@ impl Core {
         let now = Instant::now();
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         let (primary_last_index, in_sync_set, strict) = (stamp.primary_last_index, stamp.in_sync_set, stamp.strict);
-        if heard.primary_time_ms.is_some_and(|t| t > stamp.primary_time_ms) {
-            return; // an older message overtaken by a newer one
-        }
         heard.primary_last_index = primary_last_index;
         heard.at = Some(now);
         heard.primary_time_ms = Some(stamp.primary_time_ms);

@@ -64,7 +64,11 @@ impl RaftService {
     }
 
     fn raft(&self) -> Result<openraft::Raft<TypeConfig>, Status> {
-        Ok(self.core.engine()?.raft.clone())
+        let engine = self.core.engine()?;
+        if !engine.is_ready() {
+            return Err(Status::unavailable("this replica is starting: checking its peers for a newer epoch"));
+        }
+        Ok(engine.raft.clone())
     }
 }
 

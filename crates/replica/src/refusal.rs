@@ -88,7 +88,9 @@ pub fn fenced(own_epoch: u64, fence: &Fence) -> Status {
         ),
     };
     let mut status = coded(Code::Unavailable, error_code::FENCED, message);
-    insert_epoch(&mut status, own_epoch);
+    // The newest epoch known, so that a peer of the old epoch that reaches this replica learns
+    // it is superseded too.
+    insert_epoch(&mut status, fence.epoch);
     with_primary(status, primary)
 }
 

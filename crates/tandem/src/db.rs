@@ -443,7 +443,11 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                     report.primary_last_index_heard, report.heard_ms_ago
                 );
                 println!("  leases of the old epoch ended: {}", report.leases_ended);
-                println!("  POSSIBLE LOSS: {} acknowledged change(s)", report.possibly_missing);
+                if report.bound_known {
+                    println!("  POSSIBLE LOSS: {} acknowledged change(s)", report.possibly_missing);
+                } else {
+                    println!("  POSSIBLE LOSS: UNKNOWN (this replica never heard from a primary since it started)");
+                }
                 println!("  {}", report.assessment);
                 println!("Re-add replicas with `tandem db add-replica`; old-epoch replicas must `tandem db rejoin`.");
             }

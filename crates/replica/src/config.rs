@@ -106,5 +106,4 @@ impl ReplicaConfig {
             tls: TlsFiles::default(),
         }
     }
-
 }

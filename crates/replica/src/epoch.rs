@@ -53,7 +53,11 @@ async fn stored_members(engine: &Engine) -> BTreeMap<ReplicaId, Replica> {
     if let Some(applied) = &applied {
         members.extend(applied.membership().nodes().map(|(id, node)| (*id, node.clone())));
     }
-    let after = applied.as_ref().and_then(|m| *m.log_id()).map(|id| id.index).unwrap_or(0);
+    let after = applied
+        .as_ref()
+        .and_then(|m| *m.log_id())
+        .map(|id| id.index)
+        .unwrap_or(0);
     let log = engine.log.clone();
     let tail = tokio::task::spawn_blocking(move || log.entries_after(after)).await;
     for entry in tail.ok().and_then(Result::ok).unwrap_or_default() {
@@ -67,15 +71,12 @@ async fn stored_members(engine: &Engine) -> BTreeMap<ReplicaId, Replica> {
 /// Asks every other member for its status, in parallel; notes any newer epoch on the way.
 async fn probe_members(core: &Core, engine: &Engine) -> Vec<(ReplicaId, String, Result<pb::StatusResponse, Status>)> {
     let members = stored_members(engine).await;
-    let answers = futures::future::join_all(
-        members
-            .into_iter()
-            .filter(|(id, _)| *id != core.config.id)
-            .map(|(id, node)| async move {
-                let answer = probe(core, &node.addr).await;
-                (id, node.addr, answer)
-            }),
-    )
+    let answers = futures::future::join_all(members.into_iter().filter(|(id, _)| *id != core.config.id).map(
+        |(id, node)| async move {
+            let answer = probe(core, &node.addr).await;
+            (id, node.addr, answer)
+        },
+    ))
     .await;
     for (_, addr, answer) in &answers {
         if let Ok(status) = answer {
@@ -85,7 +86,8 @@ async fn probe_members(core: &Core, engine: &Engine) -> Vec<(ReplicaId, String, 
                 status.primary_addr.as_str()
             };
             core.identity.observe_epoch(status.epoch, primary);
-            core.identity.observe_epoch(status.fenced_by_epoch, &status.primary_addr);
+            core.identity
+                .observe_epoch(status.fenced_by_epoch, &status.primary_addr);
         }
     }
     answers
@@ -217,7 +219,12 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
     let commit_heard = {
         use openraft::storage::RaftLogStorage;
         let mut log = engine.log.clone();
-        log.read_committed().await.ok().flatten().map(|id| id.index).unwrap_or(0)
+        log.read_committed()
+            .await
+            .ok()
+            .flatten()
+            .map(|id| id.index)
+            .unwrap_or(0)
     };
     drop(engine);
     let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();

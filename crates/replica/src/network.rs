@@ -317,7 +317,10 @@ impl PeerLink {
         E: std::error::Error + DeserializeOwned,
     {
         if !self.ready.load(Ordering::SeqCst) {
-            let e = PeerError::Unreachable { addr: self.addr.clone(), reason: "this replica is still starting".into() };
+            let e = PeerError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "this replica is still starting".into(),
+            };
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         if self.identity.fence().is_some() {

@@ -130,7 +130,9 @@ impl Core {
         }
         let engine = self.engine()?;
         if !engine.is_ready() {
-            return Err(Status::unavailable("this replica is starting: checking its peers for a newer epoch"));
+            return Err(Status::unavailable(
+                "this replica is starting: checking its peers for a newer epoch",
+            ));
         }
         let metrics = engine.raft.metrics().borrow().clone();
         if self.own_kind(&metrics) == Some(ReplicaKind::Witness) {

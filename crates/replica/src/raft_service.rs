@@ -66,7 +66,9 @@ impl RaftService {
     fn raft(&self) -> Result<openraft::Raft<TypeConfig>, Status> {
         let engine = self.core.engine()?;
         if !engine.is_ready() {
-            return Err(Status::unavailable("this replica is starting: checking its peers for a newer epoch"));
+            return Err(Status::unavailable(
+                "this replica is starting: checking its peers for a newer epoch",
+            ));
         }
         Ok(engine.raft.clone())
     }

@@ -86,10 +86,20 @@ async fn hand_over(core: &Core, raft: &Raft<TypeConfig>, m: &Metrics, election_m
         (node.kind == ReplicaKind::Sync && matched >= last).then(|| (id, node.addr.clone()))
     });
     let Some((heir, addr)) = heir else { return };
-    tracing::info!(heir, last, "witness is primary; handing the role to a caught-up sync replica");
+    tracing::info!(
+        heir,
+        last,
+        "witness is primary; handing the role to a caught-up sync replica"
+    );
     raft.runtime_config().heartbeat(false);
     tokio::time::sleep(election_max).await;
-    let spec = PeerCallSpec { target: heir, addr: &addr, call: PeerCall::ElectNow, timeout: election_max, stamp: None };
+    let spec = PeerCallSpec {
+        target: heir,
+        addr: &addr,
+        call: PeerCall::ElectNow,
+        timeout: election_max,
+        stamp: None,
+    };
     let asked: Result<Result<(), String>, _> = call_peer(&core.identity, &core.channels, spec, &()).await;
     if let Err(e) = asked {
         tracing::warn!(heir, error = %e, "witness hand-off request failed; will retry");

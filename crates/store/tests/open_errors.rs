@@ -106,11 +106,7 @@ fn a_state_of_another_cluster_is_refused_untouched() {
     let before = contents(dir.path());
     let err = open_state(dir.path(), "staging", 1);
     match &err {
-        OpenError::OtherCluster {
-            file,
-            found,
-            expected,
-        } => {
+        OpenError::OtherCluster { file, found, expected } => {
             assert!(file.ends_with("state.db"));
             assert_eq!((found.as_str(), expected.as_str()), (CLUSTER, "staging"));
         }

@@ -7,14 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{
-    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder,
-    Vote,
-};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, Vote};
 use tandem_store::state_machine::LEASE_RETENTION_MS;
 use tandem_store::{
-    Change, ChangeKind, Command, CommandResult, Compare, FenceError, LeaseResult, LogStore, Op,
-    Replica, ReplicaKind, StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
+    Change, ChangeKind, Command, CommandResult, Compare, FenceError, LeaseResult, LogStore, Op, Replica, ReplicaKind,
+    StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
 };
 use tempfile::TempDir;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -33,9 +30,7 @@ fn put(key: &str, value: &str) -> Op {
 }
 
 fn del(key: &str) -> Op {
-    Op::Delete {
-        key: key.to_owned(),
-    }
+    Op::Delete { key: key.to_owned() }
 }
 
 fn cmp(key: &str, version: u64) -> Compare {
@@ -85,13 +80,7 @@ impl Fixture {
         results.remove(0)
     }
 
-    async fn txn(
-        &mut self,
-        compares: Vec<Compare>,
-        ops: Vec<Op>,
-        fence: Option<u64>,
-        now_ms: u64,
-    ) -> TxnResult {
+    async fn txn(&mut self, compares: Vec<Compare>, ops: Vec<Op>, fence: Option<u64>, now_ms: u64) -> TxnResult {
         match self
             .apply(Command::Txn(Txn {
                 compares,
@@ -145,12 +134,7 @@ async fn puts_create_keys_and_bump_versions() {
 
     let a = f.reader.get("a").await.unwrap().unwrap();
     assert_eq!(
-        (
-            a.value.as_slice(),
-            a.version,
-            a.create_revision,
-            a.mod_revision
-        ),
+        (a.value.as_slice(), a.version, a.create_revision, a.mod_revision),
         (&b"2"[..], 2, 1, 2)
     );
     let b = f.reader.get("b").await.unwrap().unwrap();
@@ -216,9 +200,7 @@ async fn a_failed_transaction_applies_no_op_and_reports_the_first_failing_compar
 async fn a_transaction_gets_one_revision_for_all_its_ops() {
     let mut f = Fixture::new();
     f.ops(vec![put("a", "1")]).await;
-    let result = f
-        .ops(vec![put("x", "1"), put("y", "1"), put("x", "2"), del("a")])
-        .await;
+    let result = f.ops(vec![put("x", "1"), put("y", "1"), put("x", "2"), del("a")]).await;
     assert_eq!(result, committed(2, vec![1, 1, 2, 0]));
     let x = f.reader.get("x").await.unwrap().unwrap();
     assert_eq!((x.version, x.create_revision, x.mod_revision), (2, 2, 2));
@@ -252,10 +234,7 @@ async fn deletes_and_empty_transactions() {
     assert_eq!(f.reader.changes_after(2, 100).await.unwrap(), vec![]);
 
     // A transaction without ops leaves the revision unchanged.
-    assert_eq!(
-        f.txn(vec![cmp("a", 0)], vec![], None, 0).await,
-        committed(3, vec![])
-    );
+    assert_eq!(f.txn(vec![cmp("a", 0)], vec![], None, 0).await, committed(3, vec![]));
     assert_eq!(f.reader.revision().await.unwrap(), 3);
 
     // A re-created key starts again at version 1.
@@ -274,11 +253,7 @@ async fn fencing_refuses_unknown_expired_superseded_and_revoked_tokens() {
     else {
         panic!("not granted")
     };
-    assert_eq!(
-        first,
-        f.next_index - 1,
-        "the token is the entry's log index"
-    );
+    assert_eq!(first, f.next_index - 1, "the token is the entry's log index");
     assert_eq!(expires_at_ms, 1_100);
 
     // Live and current: accepted (expiry is inclusive).
@@ -288,8 +263,7 @@ async fn fencing_refuses_unknown_expired_superseded_and_revoked_tokens() {
     );
     // Expired.
     assert_eq!(
-        f.txn(vec![], vec![put("k", "late")], Some(first), 1_101)
-            .await,
+        f.txn(vec![], vec![put("k", "late")], Some(first), 1_101).await,
         TxnResult::Fenced(FenceError::Expired {
             token: first,
             expired_at_ms: 1_100
@@ -301,14 +275,12 @@ async fn fencing_refuses_unknown_expired_superseded_and_revoked_tokens() {
         TxnResult::Fenced(FenceError::Unknown { token: 9_999 })
     );
     // A newer lease of the name supersedes the first, even judged by a clock that is behind.
-    let LeaseResult::Granted { token: second, .. } = f.grant("primary", "node-b", 100, 1_200).await
-    else {
+    let LeaseResult::Granted { token: second, .. } = f.grant("primary", "node-b", 100, 1_200).await else {
         panic!("not granted")
     };
     assert!(second > first);
     assert_eq!(
-        f.txn(vec![], vec![put("k", "stale")], Some(first), 1_050)
-            .await,
+        f.txn(vec![], vec![put("k", "stale")], Some(first), 1_050).await,
         TxnResult::Fenced(FenceError::Superseded {
             token: first,
             current: second,
@@ -316,8 +288,7 @@ async fn fencing_refuses_unknown_expired_superseded_and_revoked_tokens() {
         })
     );
     assert_eq!(
-        f.txn(vec![], vec![put("k", "b")], Some(second), 1_250)
-            .await,
+        f.txn(vec![], vec![put("k", "b")], Some(second), 1_250).await,
         committed(2, vec![2])
     );
     // Revoked.
@@ -326,8 +297,7 @@ async fn fencing_refuses_unknown_expired_superseded_and_revoked_tokens() {
         LeaseResult::Revoked { token: second }
     );
     assert_eq!(
-        f.txn(vec![], vec![put("k", "after revoke")], Some(second), 1_250)
-            .await,
+        f.txn(vec![], vec![put("k", "after revoke")], Some(second), 1_250).await,
         TxnResult::Fenced(FenceError::Unknown { token: second })
     );
     // A fenced transaction checks the fence before its compares, and applies nothing.
@@ -378,16 +348,12 @@ async fn leases_are_exclusive_and_kept_alive() {
         ),
         ("primary", "node-a", 100, 190)
     );
-    assert_eq!(
-        f.reader.lease_by_name("primary").await.unwrap(),
-        Some(lease)
-    );
+    assert_eq!(f.reader.lease_by_name("primary").await.unwrap(), Some(lease));
     assert_eq!(f.reader.leases().await.unwrap().len(), 2);
 
     // Too late: the lease expired.
     assert_eq!(
-        f.lease(Command::LeaseKeepAlive { token, now_ms: 191 })
-            .await,
+        f.lease(Command::LeaseKeepAlive { token, now_ms: 191 }).await,
         LeaseResult::NotFound { token }
     );
     // The name is free again; the old token cannot be revived.
@@ -400,19 +366,10 @@ async fn leases_are_exclusive_and_kept_alive() {
     };
     assert_eq!(expires_at_ms, 400);
     assert_eq!(
-        f.lease(Command::LeaseKeepAlive { token, now_ms: 150 })
-            .await,
+        f.lease(Command::LeaseKeepAlive { token, now_ms: 150 }).await,
         LeaseResult::NotFound { token }
     );
-    assert_eq!(
-        f.reader
-            .lease_by_name("primary")
-            .await
-            .unwrap()
-            .unwrap()
-            .token,
-        next
-    );
+    assert_eq!(f.reader.lease_by_name("primary").await.unwrap().unwrap().token, next);
 
     // Revoking frees the name at once.
     assert_eq!(
@@ -489,8 +446,7 @@ async fn history_is_retained_for_the_configured_number_of_revisions() {
 #[tokio::test]
 async fn changes_after_never_splits_a_revision() {
     let mut f = Fixture::new();
-    f.ops(vec![put("a", "1"), put("b", "1"), put("c", "1")])
-        .await;
+    f.ops(vec![put("a", "1"), put("b", "1"), put("c", "1")]).await;
     f.ops(vec![put("d", "1")]).await;
     let changes = f.reader.changes_after(0, 2).await.unwrap();
     assert_eq!(changes.len(), 3);
@@ -498,10 +454,7 @@ async fn changes_after_never_splits_a_revision() {
     let changes = f.reader.changes_after(0, 4).await.unwrap();
     assert_eq!(changes.len(), 4);
     let changes = f.reader.changes_after(1, 1).await.unwrap();
-    assert_eq!(
-        changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
-        vec!["d"]
-    );
+    assert_eq!(changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), vec!["d"]);
     assert_eq!(f.reader.changes_after(0, 0).await.unwrap(), vec![]);
 }
 
@@ -518,8 +471,7 @@ async fn range_lists_a_prefix_in_byte_order_with_paging() {
         put("other", "no"),
     ])
     .await;
-    let keys =
-        |kvs: Vec<tandem_store::KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    let keys = |kvs: Vec<tandem_store::KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
     assert_eq!(
         keys(f.reader.range("app/", None, 100).await.unwrap()),
         vec!["app/Z", "app/a", "app/b", "app/\u{e9}"]
@@ -529,12 +481,7 @@ async fn range_lists_a_prefix_in_byte_order_with_paging() {
         vec!["app/Z", "app/a"]
     );
     assert_eq!(
-        keys(
-            f.reader
-                .range("app/", Some("app/a".into()), 2)
-                .await
-                .unwrap()
-        ),
+        keys(f.reader.range("app/", Some("app/a".into()), 2).await.unwrap()),
         vec!["app/b", "app/\u{e9}"]
     );
     assert_eq!(
@@ -550,8 +497,7 @@ async fn committed_changes_are_published_in_order() {
     let mut f = Fixture::new();
     let mut rx = f.reader.subscribe();
     f.ops(vec![put("a", "1")]).await;
-    f.txn(vec![cmp("a", 5)], vec![put("a", "no")], None, 0)
-        .await; // fails: nothing published
+    f.txn(vec![cmp("a", 5)], vec![put("a", "no")], None, 0).await; // fails: nothing published
     f.ops(vec![del("missing")]).await; // no change: nothing published
     f.ops(vec![put("a", "2"), del("a")]).await;
 
@@ -669,17 +615,8 @@ async fn fill(f: &mut Fixture) {
 async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
     let mut leader = Fixture::with_history(2);
     fill(&mut leader).await;
-    let snapshot = leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    assert_eq!(
-        snapshot.meta.last_log_id,
-        leader.reader.applied().await.unwrap()
-    );
+    let snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, leader.reader.applied().await.unwrap());
 
     // The follower has diverging state of its own, which the snapshot replaces.
     let dir = tempfile::tempdir().unwrap();
@@ -696,24 +633,14 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
 
     let mut data = follower.sm.begin_receiving_snapshot().await.unwrap();
     *data = Cursor::new(snapshot.snapshot.get_ref().clone());
-    follower
-        .sm
-        .install_snapshot(&snapshot.meta, data)
-        .await
-        .unwrap();
+    follower.sm.install_snapshot(&snapshot.meta, data).await.unwrap();
 
-    assert_eq!(
-        everything(&follower.reader).await,
-        everything(&leader.reader).await
-    );
+    assert_eq!(everything(&follower.reader).await, everything(&leader.reader).await);
     assert_eq!(follower.reader.get("stale").await.unwrap(), None);
     let current = follower.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
     assert_eq!(current.snapshot.get_ref(), snapshot.snapshot.get_ref());
-    assert_eq!(
-        follower.sm.applied_state().await.unwrap().0,
-        snapshot.meta.last_log_id
-    );
+    assert_eq!(follower.sm.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
     // The retained changes newer than the follower's old state were published.
     let published: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
         .map(|batch| batch[0].revision)
@@ -725,16 +652,10 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
         .filter(|n| !n.starts_with("state.db"))
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        vec!["snapshot.current"],
-        "no temporary files are left behind"
-    );
+    assert_eq!(names, vec!["snapshot.current"], "no temporary files are left behind");
 
     // Survives a restart, and the follower's own replica id is kept.
-    let Fixture {
-        dir, sm, reader, ..
-    } = follower;
+    let Fixture { dir, sm, reader, .. } = follower;
     drop((sm, reader));
     let (mut reopened, reader) = StateMachine::open(dir.path(), CLUSTER, 2, 1000).unwrap();
     assert_eq!(everything(&reader).await, everything(&leader.reader).await);
@@ -748,27 +669,14 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
 async fn a_snapshot_of_another_cluster_is_refused() {
     let mut leader = Fixture::new();
     fill(&mut leader).await;
-    let snapshot = leader
-        .sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut follower, reader) =
-        StateMachine::open(dir.path(), "another-cluster", 2, 1000).unwrap();
+    let (mut follower, reader) = StateMachine::open(dir.path(), "another-cluster", 2, 1000).unwrap();
     let data = Box::new(Cursor::new(snapshot.snapshot.get_ref().clone()));
-    assert!(follower
-        .install_snapshot(&snapshot.meta, data)
-        .await
-        .is_err());
+    assert!(follower.install_snapshot(&snapshot.meta, data).await.is_err());
     let garbage = Box::new(Cursor::new(b"not a database at all".repeat(100)));
-    assert!(follower
-        .install_snapshot(&snapshot.meta, garbage)
-        .await
-        .is_err());
+    assert!(follower.install_snapshot(&snapshot.meta, garbage).await.is_err());
     assert_eq!(reader.key_count().await.unwrap(), 0);
     assert_eq!(reader.applied().await.unwrap(), None);
     assert!(follower.get_current_snapshot().await.unwrap().is_none());
@@ -785,33 +693,16 @@ async fn a_snapshot_of_another_cluster_is_refused() {
 async fn snapshot_ids_are_unique() {
     let mut f = Fixture::new();
     f.ops(vec![put("a", "1")]).await;
-    let first =
-        f.sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-    let second =
-        f.sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+    let first = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let second = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
     assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
 
     // Also across a restart.
-    let Fixture {
-        dir, sm, reader, ..
-    } = f;
+    let Fixture { dir, sm, reader, .. } = f;
     drop((sm, reader));
     let (mut sm, _reader) = StateMachine::open(dir.path(), CLUSTER, 1, 1000).unwrap();
-    let third = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let third = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_ne!(third.meta.snapshot_id, first.meta.snapshot_id);
     assert_ne!(third.meta.snapshot_id, second.meta.snapshot_id);
 }
@@ -822,12 +713,7 @@ async fn reopening_after_drop_keeps_everything() {
     fill(&mut f).await;
     let before = everything(&f.reader).await;
     let applied_before = f.sm.applied_state().await.unwrap();
-    let snapshot =
-        f.sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+    let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let Fixture {
         dir,
         sm,
@@ -849,10 +735,7 @@ async fn reopening_after_drop_keeps_everything() {
     };
     assert_eq!(everything(&f.reader).await, before);
     assert_eq!(f.sm.applied_state().await.unwrap(), applied_before);
-    assert_eq!(
-        f.sm.get_current_snapshot().await.unwrap().unwrap().meta,
-        snapshot.meta
-    );
+    assert_eq!(f.sm.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
     // And carries on from where it was.
     assert_eq!(f.ops(vec![put("e", "5")]).await, committed(4, vec![1]));
 }
@@ -931,12 +814,7 @@ async fn snapshots_and_reads_run_alongside_applies() {
     }
     reads.await.unwrap();
     snapshots.await.unwrap();
-    let snapshot =
-        f.sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+    let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(200)));
     let current = f.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);

@@ -141,7 +141,16 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         id: core.config.id,
         addr: core.config.advertise.clone(),
         cluster: core.config.cluster.clone(),
-        role: if fence.is_some() { "fenced" } else { role(&metrics) }.to_owned(),
+        role: if fence.is_some() {
+            "fenced"
+        } else if !engine.is_ready() {
+            // openraft may already call itself primary (it restores a leader as leader); until the
+            // start probe is done this replica acts as nothing.
+            "starting"
+        } else {
+            role(&metrics)
+        }
+        .to_owned(),
         kind: core.own_kind(&metrics).map(|k| k.to_string()).unwrap_or_default(),
         term: metrics.current_term,
         epoch: core.identity.epoch(),
@@ -151,10 +160,11 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
         purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
         revision,
-        primary_id: metrics.current_leader.filter(|_| fence.is_none()),
+        primary_id: metrics.current_leader.filter(|_| fence.is_none() && engine.is_ready()),
         primary_addr: match &fence {
             Some(fence) => fence.primary_addr.clone(),
-            None => core.primary_addr(&metrics).unwrap_or_default(),
+            None if engine.is_ready() => core.primary_addr(&metrics).unwrap_or_default(),
+            None => String::new(),
         },
         sync_mode: engine.progress.mode().as_str().to_owned(),
         sync_timeout_ms: engine.progress.sync_timeout().as_millis() as u64,

@@ -2,7 +2,7 @@
 //! Tandem needs nothing but cargo.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/db.proto"];
+    let protos = ["proto/db.proto", "proto/confserv.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".tandem.db.v1.Event", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.RecoverResponse", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.RejoinResponse", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.confserv.v1.StatusResponse", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.confserv.v1.Notification", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.confserv.v1.ObjectKey", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)?;
     Ok(())
 }

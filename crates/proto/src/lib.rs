@@ -2,6 +2,7 @@
 //!
 //! - [`db`]: the configuration database — the client `Kv` service, the operator `Admin` service,
 //!   and the replica-to-replica `Raft` service.
+//! - [`confserv`]: the master Configuration Server's client service `ConfServ`.
 //!
 //! Architecture invariant: generated code only, plus the names of the metadata keys that carry
 //! structured error details. No behaviour lives here.
@@ -17,7 +18,8 @@ pub mod db {
     /// Metadata key carrying the oldest revision still in the change history on a `compacted`
     /// refusal.
     pub const OLDEST_REVISION_KEY: &str = "tandem-oldest-revision";
-    /// Metadata key carrying the refusing replica's epoch (on `wrong-cluster` and `fenced`).
+    /// Metadata key carrying an epoch: on `wrong-cluster` the refusing replica's own, on `fenced`
+    /// the newest it knows (so that an old-epoch peer learns it is superseded too).
     pub const EPOCH_KEY: &str = "tandem-epoch";
 
     /// Stable error codes carried in [`ERROR_CODE_KEY`].
@@ -37,5 +39,52 @@ pub mod db {
         /// This replica's epoch was superseded by a forced recovery elsewhere; it refuses to act
         /// until it rejoins. `tandem-primary` names the new primary when known.
         pub const FENCED: &str = "fenced";
+    }
+}
+
+pub mod confserv {
+    tonic::include_proto!("tandem.confserv.v1");
+
+    /// Metadata key naming the kind of a refusal (values in [`error_kind`]).
+    pub const ERROR_KIND_KEY: &str = "tandem-cfg-error";
+    /// Metadata key carrying the configuration model's stable code of a validation refusal
+    /// (e.g. `duplicate_name`).
+    pub const ERROR_CODE_KEY: &str = "tandem-cfg-code";
+    /// Metadata key naming the field a refusal is about.
+    pub const ERROR_FIELD_KEY: &str = "tandem-cfg-field";
+    /// Metadata key carrying the primary's address on a `not-primary` refusal, when known.
+    pub const PRIMARY_ADDR_KEY: &str = "tandem-cfg-primary";
+    /// Metadata key carrying the server's last notification number on `reload-required`.
+    pub const SEQ_KEY: &str = "tandem-cfg-seq";
+    /// Metadata key of the session token (`Bearer TOKEN`).
+    pub const AUTHORIZATION_KEY: &str = "authorization";
+
+    /// Stable kinds of refusal carried in [`ERROR_KIND_KEY`].
+    pub mod error_kind {
+        /// The object or change is invalid (schema, references, unique names, cascade rules).
+        pub const VALIDATION: &str = "validation";
+        /// No such object (or not visible to the caller).
+        pub const NOT_FOUND: &str = "not-found";
+        /// The caller lacks the right.
+        pub const PERMISSION: &str = "permission";
+        /// No valid session token, or a bad user name or password.
+        pub const UNAUTHENTICATED: &str = "unauthenticated";
+        /// This server is not the primary; nothing was applied. Retry at `tandem-cfg-primary`.
+        pub const NOT_PRIMARY: &str = "not-primary";
+        /// The configuration is in read-only mode (or emergency mode and the caller is not a
+        /// Super Administrator); nothing was applied.
+        pub const READ_ONLY: &str = "read-only";
+        /// The notification history no longer covers the number given: read everything again.
+        pub const RELOAD_REQUIRED: &str = "reload-required";
+        /// The object changed since the version the caller gave; nothing was applied.
+        pub const CONFLICT: &str = "conflict";
+        /// A malformed request (bad JSON, unknown type, …).
+        pub const BAD_REQUEST: &str = "bad-request";
+        /// The request or the change it makes exceeds a limit.
+        pub const TOO_LARGE: &str = "too-large";
+        /// The database could not be reached; nothing was applied.
+        pub const UNAVAILABLE: &str = "unavailable";
+        /// The write was sent to the database and its fate is not known.
+        pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
     }
 }

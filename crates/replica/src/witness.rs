@@ -39,13 +39,12 @@ pub async fn run(core: Arc<Core>, raft: Raft<TypeConfig>) {
     let election_max = Duration::from_millis(timers.election_max_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(timers.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut primary_seen = Instant::now();
+    let started = Instant::now();
     let mut campaigning = false;
     loop {
         tick.tick().await;
         let m = raft.metrics().borrow().clone();
         if !is_witness(&core, &m) || core.identity.fence().is_some() {
-            primary_seen = Instant::now();
             continue;
         }
         if m.state == ServerState::Leader {
@@ -54,20 +53,25 @@ pub async fn run(core: Arc<Core>, raft: Raft<TypeConfig>) {
                 campaigning = false;
             }
             hand_over(&core, &raft, &m, election_max).await;
-            primary_seen = Instant::now();
             continue;
         }
-        if m.current_leader.is_some() {
-            primary_seen = Instant::now();
+        // openraft keeps naming the last primary after it died; what tells that a primary is alive
+        // is hearing from it (every AppendEntries, heartbeats included).
+        let silent = {
+            let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner());
+            heard.at.unwrap_or(started).max(started).elapsed()
+        };
+        let patience = election_max * PATIENCE_ELECTIONS;
+        if silent <= patience {
             if campaigning {
                 raft.runtime_config().elect(false);
                 campaigning = false;
             }
-        } else if !campaigning && primary_seen.elapsed() > election_max * PATIENCE_ELECTIONS {
+        } else if !campaigning {
             tracing::warn!(
-                silent_ms = primary_seen.elapsed().as_millis() as u64,
-                "witness: no primary for {PATIENCE_ELECTIONS} election timeouts; campaigning in case its log is the \
-                 longest (it will hand the role to a data replica)"
+                silent_ms = silent.as_millis() as u64,
+                "witness: no primary heard for {PATIENCE_ELECTIONS} election timeouts; campaigning in case its log is \
+                 the longest (it will hand the role to a data replica)"
             );
             raft.runtime_config().elect(true);
             campaigning = true;

@@ -3,11 +3,15 @@
 //! - `tandem db …`: a replica of the configuration database and the operator commands against
 //!   the replica set ([`db`]).
 //! - `tandem demo`: a three-replica database on loopback, written to and read back ([`demo`]).
+//! - `tandem confserv --mode master`: a master Configuration Server ([`confserv`]).
+//! - `tandem cfg …`: the configuration server's client commands ([`cfg`]).
 //!
 //! Architecture invariant: this crate is thin. It parses arguments, sets up logging, calls the
 //! libraries and reports their typed errors with context (anyhow); behaviour lives in the
 //! libraries.
 
+mod cfg;
+mod confserv;
 mod db;
 mod demo;
 
@@ -34,6 +38,11 @@ enum Command {
     Db(db::DbCommand),
     /// Start a three-replica database on loopback, write to it, read back, show who is primary.
     Demo(demo::DemoArgs),
+    /// Run a configuration server (`--mode master`: one of the primary/backup pair).
+    Confserv(confserv::ConfservArgs),
+    /// The configuration: log in, read, write, watch, export/import, audit, mode, status.
+    #[command(subcommand)]
+    Cfg(cfg::CfgCommand),
 }
 
 fn init_logging() {
@@ -58,6 +67,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Db(command) => db::run(command).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Confserv(args) => confserv::run(args).await,
+            Command::Cfg(command) => cfg::run(command).await,
         }
     });
     match result {

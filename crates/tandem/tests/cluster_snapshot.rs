@@ -49,27 +49,12 @@ async fn added_replica_catches_up_from_a_snapshot_and_restart_keeps_everything()
     let after_writes = cluster
         .must_wait_status(primary, "a snapshot", |s| s.snapshot_index > 0)
         .await;
-    // FIXME(product): a replica keeps 1000 entries behind its latest snapshot whatever
-    // --snapshot-every says (openraft's max_in_snapshot_log_to_keep is fixed at 1000, and
-    // purge_batch_size at 256), so 1000 writes purge nothing. The spec is
-    // `after_writes.purged_index > 0` here; until the product does that, write on until a
-    // prefix is purged, so that the phases below still test catching up from a snapshot.
-    if after_writes.purged_index == 0 {
-        tracing::warn!(
-            snapshot_index = after_writes.snapshot_index,
-            last_log_index = after_writes.last_log_index,
-            "FIXME: nothing purged after {WRITES} writes; writing on until a prefix is purged"
-        );
-    }
-    let status = match cluster
-        .wait_status(primary, "a purged log prefix", EVENT_TIMEOUT * 2, |s| {
-            s.purged_index > 0
-        })
-        .await
-    {
-        Ok(status) => status,
-        Err(e) => panic!("{e}"),
-    };
+    // The log behind a snapshot is kept for at most one --snapshot-every interval, so 1000
+    // writes with --snapshot-every 100 must have compacted a prefix.
+    assert!(after_writes.snapshot_index > 0, "{after_writes:?}");
+    let status = cluster
+        .must_wait_status(primary, "a purged log prefix", |s| s.purged_index > 0)
+        .await;
     let report = writers.stop().await;
     info!(
         %report,

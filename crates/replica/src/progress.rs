@@ -31,6 +31,10 @@ use crate::network::PrimaryStamp;
 
 /// How many appended-entry timestamps are kept for the lag-in-ms figure.
 const APPEND_TIMES_MAX: usize = 65_536;
+/// How long a new primary waits for a sync replica's first answer before it stops waiting for
+/// that replica (available mode). A live replica answers the first AppendEntries within a round
+/// trip and an fsync.
+const NEW_PRIMARY_GRACE: Duration = Duration::from_millis(500);
 /// A demoted replica is re-admitted once it is at most this many entries behind.
 const READMIT_LAG_ENTRIES: u64 = 64;
 
@@ -57,6 +61,8 @@ struct ReplicaView {
     last_progress: Instant,
     /// Set while a sync replica is demoted (Available mode only).
     demoted_since: Option<Instant>,
+    /// Whether the replica has answered this primary at all (in this term).
+    answered: bool,
 }
 
 /// One replica's figures for status.
@@ -74,6 +80,8 @@ pub struct ReplicaProgress {
 struct ProgressState {
     /// The term of the leadership this view belongs to; a new term starts a fresh view.
     term: Option<u64>,
+    /// When this replica became primary (of `term`).
+    term_started: Option<Instant>,
     /// The primary's last log index.
     last_index: u64,
     /// (index, when this primary first saw its last log reach that index), ascending.
@@ -147,6 +155,7 @@ impl Progress {
             };
             if state.term != Some(metrics.current_term) {
                 state.term = Some(metrics.current_term);
+                state.term_started = Some(now);
                 state.replicas.clear();
                 state.append_times.clear();
             }
@@ -162,13 +171,17 @@ impl Progress {
             let membership = metrics.membership_config.membership();
             let voters: Vec<ReplicaId> = membership.voter_ids().collect();
             state.replicas.retain(|id, _| replication.contains_key(id));
+            let in_office = state.term_started.map(|t| now.duration_since(t)).unwrap_or_default();
             for (&id, matched) in replication {
+                let answered = matched.is_some();
                 let matched = matched.map(|log_id| log_id.index).unwrap_or(0);
                 let view = state.replicas.entry(id).or_insert(ReplicaView {
                     matched,
                     last_progress: now,
                     demoted_since: None,
+                    answered,
                 });
+                view.answered |= answered;
                 if matched > view.matched || matched >= last_index {
                     view.last_progress = now;
                 }
@@ -183,7 +196,13 @@ impl Progress {
                 }
                 let behind = last_index.saturating_sub(matched);
                 match view.demoted_since {
-                    None if behind > 0 && now.duration_since(view.last_progress) > self.sync_timeout => {
+                    // A replica that has not answered a new primary within the grace (a replica
+                    // that died with the old primary, typically) is not waited for the whole sync
+                    // timeout: that would stall every write after a failover.
+                    None if behind > 0
+                        && (now.duration_since(view.last_progress) > self.sync_timeout
+                            || (!view.answered && in_office > NEW_PRIMARY_GRACE)) =>
+                    {
                         view.demoted_since = Some(now);
                         self.demotions.fetch_add(1, Ordering::Relaxed);
                         let addr = membership.get_node(&id).map(|n| n.addr.as_str()).unwrap_or("?");
@@ -193,10 +212,13 @@ impl Progress {
                             matched,
                             last_index,
                             silent_ms = now.duration_since(view.last_progress).as_millis() as u64,
+                            answered_this_primary = view.answered,
                             "sync replica demoted to async: it confirmed nothing for longer than the sync \
-                             timeout ({} ms); writes are acknowledged without it until it catches up \
-                             (sync mode available). Acknowledged writes from now on may be missing on it",
-                            self.sync_timeout.as_millis()
+                             timeout ({} ms), or did not answer this new primary within {} ms; writes are \
+                             acknowledged without it until it catches up (sync mode available). Acknowledged \
+                             writes from now on may be missing on it",
+                            self.sync_timeout.as_millis(),
+                            NEW_PRIMARY_GRACE.as_millis()
                         );
                     }
                     Some(since)

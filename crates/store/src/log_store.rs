@@ -3,8 +3,10 @@
 //!
 //! [`LogStore`] implements openraft's [`RaftLogStorage`] and [`RaftLogReader`]. Every batch of
 //! entries openraft hands to [`RaftLogStorage::append`] is written in one transaction, so one
-//! fsync covers the whole batch (group commit), and openraft is told the entries are durable
-//! only after that transaction commits. All SQLite work runs on tokio's blocking pool.
+//! fsync covers the whole batch, and openraft is told the entries are durable only after that
+//! transaction commits. (Followers receive large batches; a primary under openraft 0.9 appends
+//! each client write on its own, so batching has to happen before proposing.) All SQLite work
+//! runs on tokio's blocking pool.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

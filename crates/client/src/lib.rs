@@ -12,7 +12,6 @@
 //!   so: the write may or may not be applied, and only an idempotent retry (compare-and-set) is
 //!   safe.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,8 @@ use tandem_proto::db as pb;
 use tandem_proto::db::admin_client::AdminClient;
 use tandem_proto::db::kv_client::KvClient;
 use tandem_proto::db::{error_code, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
-use tandem_tls::TlsFiles;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tandem_tls::{ChannelCache, TlsFiles};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, RecoverResponse, RejoinResponse, StatusResponse};
@@ -270,10 +269,8 @@ struct Inner {
     /// Every replica's `host:port`, as given.
     endpoints: Vec<String>,
     options: ClientOptions,
-    scheme: &'static str,
-    tls: Option<ClientTlsConfig>,
-    /// Open channels by address.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels by address.
+    channels: ChannelCache,
     /// The primary as last found.
     primary: Mutex<Option<String>>,
 }
@@ -287,13 +284,10 @@ impl Client {
             });
         }
         let tls = options.tls.client()?;
-        let scheme = options.tls.scheme();
         let inner = Inner {
             endpoints,
             options,
-            scheme,
-            tls,
-            channels: Mutex::default(),
+            channels: ChannelCache::new(tls),
             primary: Mutex::default(),
         };
         Ok(Client { inner: Arc::new(inner) })
@@ -304,26 +298,10 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let bad = |reason: String| ClientError::Endpoint {
+        self.inner.channels.channel(addr).map_err(|e| ClientError::Endpoint {
             endpoint: addr.to_owned(),
-            reason,
-        };
-        let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", self.inner.scheme))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3));
-        if let Some(tls) = &self.inner.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
-        }
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+            reason: e.to_string(),
+        })
     }
 
     fn kv(&self, addr: &str) -> Result<KvClient<Channel>, ClientError> {

@@ -9,16 +9,15 @@
 //! - a [`Subscription`] resumes on either server after the last number it delivered, so a
 //!   takeover neither loses nor repeats a notification.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_config::document::Document;
 use tandem_config::{ConfigObject, Delta, ObjectType, Page, Query};
 use tandem_proto::confserv::{self as pb, conf_serv_client::ConfServClient, error_kind};
-use tandem_tls::TlsFiles;
+use tandem_tls::{ChannelCache, TlsFiles};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::record::{LogRecord, Mode};
@@ -244,9 +243,8 @@ pub struct ConfClient {
 struct Inner {
     servers: Vec<String>,
     config: ClientConfig,
-    scheme: &'static str,
-    tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels by address.
+    channels: ChannelCache,
     token: Mutex<Option<String>>,
     /// The primary as last seen.
     primary: Mutex<Option<String>>,
@@ -267,14 +265,11 @@ impl ConfClient {
             .tls
             .client()
             .map_err(|e| ConfError::new(error_kind::BAD_REQUEST, e.to_string()))?;
-        let scheme = config.tls.scheme();
         Ok(ConfClient {
             inner: Arc::new(Inner {
                 servers,
                 config,
-                scheme,
-                tls,
-                channels: Mutex::default(),
+                channels: ChannelCache::new(tls),
                 token: Mutex::default(),
                 primary: Mutex::default(),
                 preferred: Mutex::default(),
@@ -298,23 +293,10 @@ impl ConfClient {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, ConfError> {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let bad = |e: String| ConfError::new(error_kind::BAD_REQUEST, format!("bad server address {addr:?}: {e}"));
-        let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", self.inner.scheme))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3));
-        if let Some(tls) = &self.inner.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
-        }
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        self.inner
+            .channels
+            .channel(addr)
+            .map_err(|e| ConfError::new(error_kind::BAD_REQUEST, format!("bad server address {addr:?}: {e}")))
     }
 
     fn stub(&self, addr: &str) -> Result<ConfServClient<Channel>, ConfError> {

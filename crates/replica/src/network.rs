@@ -4,7 +4,6 @@
 //! cluster, the epoch and both ends; the receiver ([`crate::raft_service`]) checks the envelope
 //! before anything reaches Raft. Connections are lazy and shared per address.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +22,8 @@ use tandem_store::{Fence, Replica, ReplicaId, TypeConfig};
 use tokio::sync::watch;
 
 use crate::progress::Progress;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tandem_tls::ChannelCache;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// Largest replica-to-replica message (a batch of log entries or a snapshot chunk).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
@@ -109,44 +109,22 @@ impl PeerIdentity {
     }
 }
 
-/// Shared gRPC channels to peers, one per address, created on first use.
+/// Shared gRPC channels to peers (see [`ChannelCache`]).
 #[derive(Clone)]
 pub struct PeerChannels {
-    /// How every replica connects out.
-    scheme: &'static str,
-    /// TLS settings of outgoing links (mutual TLS between replicas when set).
-    tls: Option<ClientTlsConfig>,
-    /// Open channels by `host:port`.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: ChannelCache,
 }
 
 impl PeerChannels {
     pub fn new(tls: Option<ClientTlsConfig>) -> Self {
-        let scheme = if tls.is_some() { "https" } else { "http" };
         PeerChannels {
-            scheme,
-            tls,
-            channels: Arc::default(),
+            channels: ChannelCache::new(tls),
         }
     }
 
     /// The channel to `addr`, created lazily (no connection is made here).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
-        }
-        let mut endpoint = Endpoint::from_shared(format!("{}://{addr}", self.scheme))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3));
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        self.channels.channel(addr)
     }
 
     /// A Raft-service client for `addr`.

@@ -102,3 +102,44 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
         source,
     })
 }
+
+/// Lazy gRPC channels to peers, one per address, shared by every link of a process (replica to
+/// replica, client to server). Every channel has the same settings: a short connect timeout, no
+/// Nagle, and HTTP/2 keep-alives so that a dead peer is noticed without waiting on TCP.
+#[derive(Clone, Default)]
+pub struct ChannelCache {
+    /// TLS settings of outgoing links (`None`: plain `http`).
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Open channels by `host:port`.
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
+}
+
+impl ChannelCache {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        ChannelCache {
+            tls,
+            channels: Default::default(),
+        }
+    }
+
+    /// The channel to `addr`, created on first use (no connection is made here).
+    pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use std::time::Duration;
+        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}

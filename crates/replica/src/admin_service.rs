@@ -137,6 +137,8 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
     let (own_lag_entries, own_lag_ms, heard_ago) = core.own_lag(&metrics);
     let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let epoch_start_index = engine.log.epoch_start().ok().flatten().map(|id| id.index).unwrap_or(0);
+    let appended = engine.log.append_counts();
+    let proposed = engine.proposer.counts();
     Ok(pb::StatusResponse {
         id: core.config.id,
         addr: core.config.advertise.clone(),
@@ -177,6 +179,10 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         heard_primary_last_index: heard.primary_last_index,
         heard_primary_ms_ago: heard_ago.map(|d| d.as_millis() as u64).unwrap_or(0),
         in_sync_set: heard.in_sync_set,
+        log_writes: appended.appends,
+        log_entries_written: appended.entries,
+        txns_proposed: proposed.txns,
+        txn_entries_proposed: proposed.entries,
     })
 }
 

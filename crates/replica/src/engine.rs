@@ -17,6 +17,7 @@ use crate::config::ReplicaConfig;
 use crate::network::PeerNetwork;
 use crate::node::{Core, StartError};
 use crate::progress::Progress;
+use crate::proposer::Proposer;
 
 pub struct Engine {
     pub raft: Raft<TypeConfig>,
@@ -26,6 +27,8 @@ pub struct Engine {
     pub log: LogStore,
     /// The primary's view of every replica and the sync gate.
     pub progress: Arc<Progress>,
+    /// Group commit: client transactions are proposed through it, many to an entry.
+    pub proposer: Proposer,
     /// Flips to true when the engine stops, ending its watch streams.
     stopped: watch::Sender<bool>,
     /// False until the start probe found no newer epoch (see [`crate::epoch::probe_then_elect`]);
@@ -128,17 +131,20 @@ impl Engine {
             store.state,
         )
         .await?;
+        let (proposer, proposer_task) = Proposer::start(raft.clone(), config.write_timeout);
         let engine = Arc::new(Engine {
             raft: raft.clone(),
             reader: store.reader,
             log: store.log,
             progress: progress.clone(),
+            proposer,
             stopped: watch::channel(false).0,
             ready,
             tasks: std::sync::Mutex::default(),
         });
         let tick = Duration::from_millis(config.timers.heartbeat_ms);
         let mut tasks = vec![
+            proposer_task,
             tokio::spawn({
                 let metrics = raft.metrics();
                 async move { progress.run(metrics, tick).await }

@@ -9,6 +9,8 @@
 //! - [`raft_service`]: the server side of it; checks each message's cluster/epoch envelope.
 //! - [`kv_service`]: the client API (reads, transactions, change feed, leases).
 //! - [`admin_service`]: status, membership, switchover, snapshots.
+//! - [`proposer`]: group commit on the primary: concurrent client transactions proposed as one
+//!   log entry.
 //! - [`progress`]: the primary's view of each replica (lag in entries and ms, health) and the
 //!   sync gate that holds a write's acknowledgement until every healthy sync replica has it.
 //! - [`witness`]: a witness that became primary hands the role to a caught-up data replica.
@@ -28,6 +30,7 @@ pub mod metrics_http;
 pub mod network;
 pub mod node;
 pub mod progress;
+pub mod proposer;
 pub mod raft_service;
 pub mod refusal;
 pub mod witness;

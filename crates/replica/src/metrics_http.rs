@@ -37,6 +37,12 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, g);
 }
 
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
 /// The metrics text of this replica now.
 pub async fn render(core: &Core) -> Result<String, String> {
     let s = status(core).await.map_err(|e| e.message().to_owned())?;
@@ -85,6 +91,30 @@ pub async fn render(core: &Core) -> Result<String, String> {
         "sync_demotions",
         "Sync replicas demoted to async by this primary",
         demotions,
+    );
+    counter(
+        &mut registry,
+        "log_writes",
+        "Log write transactions (one fsync each) since the replica started or changed epoch",
+        s.log_writes,
+    );
+    counter(
+        &mut registry,
+        "log_entries_written",
+        "Log entries those writes held",
+        s.log_entries_written,
+    );
+    counter(
+        &mut registry,
+        "txns_proposed",
+        "Client transactions this replica proposed as primary",
+        s.txns_proposed,
+    );
+    counter(
+        &mut registry,
+        "txn_entries_proposed",
+        "Log entries that carried them (group commit)",
+        s.txn_entries_proposed,
     );
     let lag_entries: Family<ReplicaLabels, Gauge> = Family::default();
     let lag_ms: Family<ReplicaLabels, Gauge> = Family::default();

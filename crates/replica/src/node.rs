@@ -23,6 +23,7 @@ use crate::engine::{Engine, OpenedStore};
 use crate::kv_service::KvService;
 use crate::network::{PeerChannels, PeerIdentity, MAX_PEER_MESSAGE_BYTES};
 use crate::progress::{Metrics, SyncWaitError};
+use crate::proposer::ProposeError;
 use crate::raft_service::RaftService;
 use crate::refusal;
 
@@ -164,6 +165,10 @@ impl Core {
 
     /// Proposes `command`, waits for its commit and for every healthy sync replica, and returns
     /// what the state machine answered.
+    ///
+    /// A transaction goes through the engine's [`crate::proposer::Proposer`], which proposes
+    /// the transactions waiting at the same time as one entry (group commit); lease commands are
+    /// proposed alone (a lease's fencing token is its entry's index).
     pub async fn write(&self, command: Command) -> Result<CommandResult, Status> {
         let deadline = Instant::now() + self.config.write_timeout;
         let _shared = self.write_fence.read().await;
@@ -171,6 +176,31 @@ impl Core {
         if metrics.state != ServerState::Leader {
             return Err(refusal::not_primary(self.primary_addr(&metrics).as_deref()));
         }
+        let (index, data) = match command {
+            Command::Txn(txn) => match tokio::time::timeout_at(deadline.into(), engine.proposer.propose(txn)).await {
+                Err(_) => return Err(refusal::outcome_unknown("no commit before the write deadline")),
+                Ok(Err(e)) => return Err(propose_error(e)),
+                Ok(Ok(proposed)) => (proposed.log_id.index, CommandResult::Txn(proposed.result)),
+            },
+            other => self.propose_alone(&engine, other, deadline).await?,
+        };
+        let metrics_rx = engine.raft.metrics();
+        match engine.progress.wait_synced(index, &metrics_rx, deadline).await {
+            Ok(()) => Ok(data),
+            Err(e @ SyncWaitError::LostPrimary) | Err(e @ SyncWaitError::Timeout { .. }) => {
+                Err(refusal::outcome_unknown(format!("committed at index {index}, but {e}")))
+            }
+        }
+    }
+
+    /// Proposes one command as an entry of its own; returns the entry's index and what the state
+    /// machine answered.
+    async fn propose_alone(
+        &self,
+        engine: &Engine,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<(u64, CommandResult), Status> {
         let proposed = tokio::time::timeout_at(deadline.into(), engine.raft.client_write(command)).await;
         let response = match proposed {
             Err(_) => return Err(refusal::outcome_unknown("no commit before the write deadline")),
@@ -187,17 +217,7 @@ impl Core {
             Ok(Err(RaftError::Fatal(fatal))) => return Err(refusal::outcome_unknown(fatal)),
             Ok(Ok(response)) => response,
         };
-        let metrics_rx = engine.raft.metrics();
-        match engine
-            .progress
-            .wait_synced(response.log_id.index, &metrics_rx, deadline)
-            .await
-        {
-            Ok(()) => Ok(response.data),
-            Err(e @ SyncWaitError::LostPrimary) | Err(e @ SyncWaitError::Timeout { .. }) => Err(
-                refusal::outcome_unknown(format!("committed at index {}, but {e}", response.log_id.index)),
-            ),
-        }
+        Ok((response.log_id.index, response.data))
     }
 
     /// The highest commit index this replica knows of.
@@ -239,6 +259,16 @@ impl Core {
             (_, Some(since)) => since.elapsed().as_millis() as u64,
         };
         (entries, ms, heard.at.map(|at| at.elapsed()))
+    }
+}
+
+/// The refusal a failed proposal is answered with.
+fn propose_error(e: ProposeError) -> Status {
+    match e {
+        ProposeError::NotPrimary { primary_addr } => refusal::not_primary(primary_addr.as_deref()),
+        ProposeError::OutcomeUnknown(reason) => refusal::outcome_unknown(reason),
+        ProposeError::Stopped => Status::unavailable("this replica is stopping; retry shortly"),
+        ProposeError::Internal(reason) => Status::internal(reason),
     }
 }
 

@@ -20,6 +20,29 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 /// How long a connection waits for a lock held by another connection before failing.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepared statements each connection keeps (rusqlite's default of 16 is fewer than the
+/// statements one apply or append runs, which would then be prepared again on every call).
+const STATEMENT_CACHE: usize = 64;
+
+/// When a committed SQLite transaction is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// `synchronous=FULL`: every commit syncs the write-ahead log before it returns.
+    EveryCommit,
+    /// `synchronous=NORMAL`: commits are ordered and atomic but reach the disk at the next sync
+    /// (a checkpoint, or a commit on a `FULL` connection); a power loss may undo the latest ones.
+    Deferred,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::EveryCommit => "FULL",
+            Durability::Deferred => "NORMAL",
+        }
+    }
+}
+
 /// The shape of one kind of database file.
 pub(crate) struct DbSpec {
     /// The schema, run once in the transaction that creates the file.
@@ -29,6 +52,8 @@ pub(crate) struct DbSpec {
     /// Metadata rows written when the file is created, besides format version, cluster and
     /// replica id.
     pub initial_meta: fn(&Connection) -> rusqlite::Result<()>,
+    /// When the writer's commits reach the disk.
+    pub durability: Durability,
 }
 
 /// Runs blocking (SQLite or file) work on tokio's blocking pool.
@@ -51,7 +76,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError>
 
 /// Opens `path`, creating and initialising it if it does not exist, or validating it (format
 /// version, cluster, replica id, `quick_check`, tables) if it does. The returned connection is
-/// the writer: WAL mode, `synchronous=FULL`.
+/// the writer: WAL mode, synchronous as `spec.durability` says.
 pub(crate) fn open_writer(path: &Path, spec: &DbSpec, cluster: &str, replica_id: u64) -> Result<Connection, OpenError> {
     let io_err = |file: &Path, source| OpenError::Io {
         file: file.to_owned(),
@@ -85,7 +110,19 @@ pub(crate) fn open_writer(path: &Path, spec: &DbSpec, cluster: &str, replica_id:
     .map_err(sqlite_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err)?;
     validate(&conn, path, spec.tables, cluster, Some(replica_id))?;
-    configure_writer(&conn).map_err(sqlite_err)?;
+    configure_writer(&conn, spec.durability).map_err(sqlite_err)?;
+    Ok(conn)
+}
+
+/// Opens another writer connection to a database [`open_writer`] has already opened (and
+/// validated), with its own synchronous setting.
+pub(crate) fn open_second_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    configure_writer(&conn, durability)?;
     Ok(conn)
 }
 
@@ -97,11 +134,12 @@ pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
-/// Puts a writer connection in WAL mode with fully synchronous commits.
-fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
+/// Puts a writer connection in WAL mode with the given synchronous setting.
+fn configure_writer(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::SqliteFailure(
@@ -109,8 +147,50 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
             Some(format!("could not switch to WAL mode (journal mode is {mode})")),
         ));
     }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
+}
+
+/// Makes every transaction committed so far on `conn`'s database durable, whatever the
+/// connection's synchronous setting: commits one metadata write (`sync_seq`, a counter, so the
+/// write is never empty) with `synchronous=FULL`. The write-ahead log is one file written in
+/// order, so syncing it for this commit puts every earlier commit on disk too.
+///
+/// One fsync: for rare events (snapshots, installs), never per write.
+pub(crate) fn sync_now(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
+    if durability == Durability::EveryCommit {
+        return Ok(());
+    }
+    conn.pragma_update(None, "synchronous", Durability::EveryCommit.pragma())?;
+    let written = (|| {
+        let seq = meta_get::<u64>(conn, "sync_seq")?.unwrap_or(0);
+        meta_set(conn, "sync_seq", seq.wrapping_add(1))
+    })();
+    let restored = conn.pragma_update(None, "synchronous", durability.pragma());
+    written?;
+    restored?;
+    Ok(())
+}
+
+/// Runs `work` in one write transaction on `conn` (`BEGIN IMMEDIATE`: the write lock is taken
+/// at once), committing when it succeeds and rolling back when it fails. The statements are
+/// cached, so the hot paths (append, apply) prepare nothing per call.
+pub(crate) fn write_transaction<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let result = work(conn).and_then(|value| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(value)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        // The transaction is still open (the work or the commit failed): undo it. A failure here
+        // leaves nothing more to undo; the original error is the one that matters.
+        let _ = conn.prepare_cached("ROLLBACK").and_then(|mut stmt| stmt.execute([]));
+    }
+    result
 }
 
 /// Creates a new database at `path`: built under a temporary name and renamed into place once
@@ -134,7 +214,7 @@ fn create(path: &Path, spec: &DbSpec, cluster: &str, replica_id: u64) -> Result<
         }
     }
     let mut conn = Connection::open(&tmp).map_err(sqlite_err)?;
-    configure_writer(&conn).map_err(sqlite_err)?;
+    configure_writer(&conn, Durability::EveryCommit).map_err(sqlite_err)?;
     let tx = conn.transaction().map_err(sqlite_err)?;
     tx.execute_batch(META_SCHEMA).map_err(sqlite_err)?;
     tx.execute_batch(spec.schema).map_err(sqlite_err)?;
@@ -268,17 +348,18 @@ fn meta_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<Value>> {
 
 /// Writes one metadata value.
 pub(crate) fn meta_set(conn: &Connection, key: &str, value: impl ToSql) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
 /// Reads one metadata value, `None` when absent.
 pub(crate) fn meta_get<T: FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0))
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |row| row.get(0))
         .optional()
 }
 

@@ -5,8 +5,11 @@
 //! entries openraft hands to [`RaftLogStorage::append`] is written in one transaction, so one
 //! fsync covers the whole batch, and openraft is told the entries are durable only after that
 //! transaction commits. (Followers receive large batches; a primary under openraft 0.9 appends
-//! each client write on its own, so batching has to happen before proposing.) All SQLite work
-//! runs on tokio's blocking pool.
+//! each proposal on its own, so the replica batches client transactions into one entry before
+//! proposing.) All SQLite work runs on tokio's blocking pool.
+//!
+//! The committed log id is only a hint, written through a second connection without a sync of
+//! its own (see [`RaftLogStorage::save_committed`] below).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -18,7 +21,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db::{self, DbSpec};
+use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
 use crate::types::{Fence, ReplicaId, TypeConfig};
 
@@ -32,6 +35,7 @@ const LOG_SPEC: DbSpec = DbSpec {
     schema: "CREATE TABLE log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, payload BLOB NOT NULL);",
     tables: &["log"],
     initial_meta: |conn| db::meta_set(conn, "epoch", INITIAL_EPOCH),
+    durability: Durability::EveryCommit,
 };
 
 /// The Raft log of one replica. Cloning it gives another handle on the same connection (that
@@ -44,8 +48,17 @@ pub struct LogStore {
 
 /// What every [`LogStore`] handle shares.
 struct Shared {
-    /// The single connection to `log.db`; every read and write goes through it, in order.
+    /// The connection to `log.db` every read and every durable write goes through, in order
+    /// (`synchronous=FULL`).
     conn: Mutex<Connection>,
+    /// A second connection, `synchronous=NORMAL`, for the committed log id alone: a hint whose
+    /// latest value may be lost in a power cut, so it is not worth an fsync. Its writes reach
+    /// the disk with the next commit on `conn` (one write-ahead log, written in order).
+    hints: Mutex<Connection>,
+    /// Write transactions of `append` since the store was opened: one log fsync each.
+    appends: AtomicU64,
+    /// Entries those transactions wrote.
+    entries_appended: AtomicU64,
     /// Path of `log.db`, for messages.
     path: PathBuf,
     /// The cluster name recorded in the file.
@@ -96,9 +109,16 @@ impl LogStore {
                 })
             }
         };
+        let hints = db::open_second_writer(&path, Durability::Deferred).map_err(|source| OpenError::Sqlite {
+            file: path.clone(),
+            source,
+        })?;
         Ok(LogStore {
             shared: Arc::new(Shared {
                 conn: Mutex::new(conn),
+                hints: Mutex::new(hints),
+                appends: AtomicU64::new(0),
+                entries_appended: AtomicU64::new(0),
                 path,
                 cluster: cluster.to_owned(),
                 replica_id,
@@ -205,6 +225,15 @@ impl LogStore {
         Ok(())
     }
 
+    /// Since the store was opened: how many write transactions `append` committed (each one log
+    /// fsync) and how many entries they held.
+    pub fn append_counts(&self) -> AppendCounts {
+        AppendCounts {
+            appends: self.shared.appends.load(Ordering::Relaxed),
+            entries: self.shared.entries_appended.load(Ordering::Relaxed),
+        }
+    }
+
     /// The cluster name the log belongs to.
     pub fn cluster(&self) -> &str {
         &self.shared.cluster
@@ -233,6 +262,15 @@ impl LogStore {
         })
         .await
     }
+}
+
+/// How much the log store has written (see [`LogStore::append_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendCounts {
+    /// Write transactions committed by `append`: one log fsync each.
+    pub appends: u64,
+    /// Entries they wrote.
+    pub entries: u64,
 }
 
 /// Converts a log index to SQLite's integer, saturating (no real log reaches `i64::MAX`).
@@ -336,13 +374,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<ReplicaId>>) -> Result<(), StorageError<ReplicaId>> {
         // The committed log id is a hint (openraft re-applies up to it at start-up); losing the
-        // latest value in a power cut is harmless, so it is written without its own fsync. It
-        // becomes durable with the next fully synchronous commit (WAL frames are ordered).
-        self.with_conn(move |conn| {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let written = db::meta_set_blob(conn, "committed", &committed);
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            written
+        // latest value in a power cut is harmless, so it is written through the second
+        // connection, without an fsync of its own. It becomes durable with the next fully
+        // synchronous commit (WAL frames are ordered).
+        let shared = self.shared.clone();
+        db::blocking(move || {
+            let hints = db::lock(&shared.hints)?;
+            db::meta_set_blob(&hints, "committed", &committed)
         })
         .await
         .map_err(StoreError::into_write_logs)
@@ -368,17 +406,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(StoreError::into_write_logs)?;
+        let count = rows.len() as u64;
+        let shared = self.shared.clone();
         let written = self
             .with_conn(move |conn| {
-                let tx = conn.transaction()?;
-                {
+                db::write_transaction(conn, |tx| {
                     let mut stmt =
                         tx.prepare_cached("INSERT OR REPLACE INTO log (idx, term, payload) VALUES (?1, ?2, ?3)")?;
                     for (idx, term, payload) in &rows {
                         stmt.execute(params![idx, term, payload])?;
                     }
-                }
-                tx.commit()?;
+                    Ok(())
+                })?;
+                shared.appends.fetch_add(1, Ordering::Relaxed);
+                shared.entries_appended.fetch_add(count, Ordering::Relaxed);
                 Ok(())
             })
             .await;

@@ -1,9 +1,16 @@
 //! The replicated state: keys with versions, leases with fencing tokens, and a bounded change
-//! history, kept in `DIR/state.db` (SQLite, WAL mode, `synchronous=FULL`).
+//! history, kept in `DIR/state.db` (SQLite, WAL mode, `synchronous=NORMAL`).
 //!
 //! [`StateMachine`] implements openraft's [`RaftStateMachine`]: every batch of committed entries
 //! is applied in one SQLite transaction, and each committed transaction's changes are then
-//! published on a broadcast channel. Snapshots are consistent copies of `state.db` made with
+//! published on a broadcast channel.
+//!
+//! Applies are not synced one by one: a power loss may undo the latest applies (never part of
+//! one: SQLite commits stay atomic and ordered), and openraft applies those entries again from
+//! the log at start-up or once it learns the commit index. That is safe because the state is
+//! made durable before the log may lose those entries: a snapshot syncs `state.db` before it is
+//! reported to openraft (which purges the log only up to a snapshot), and an installed snapshot
+//! and the end of every lease (forced recovery) are synced before they return. Snapshots are consistent copies of `state.db` made with
 //! `VACUUM INTO`; the current one is kept on disk (`snapshot.current`) so it survives a restart.
 //! Installing a snapshot swaps the contents of every table inside one transaction, so readers
 //! see the switch atomically. [`StateReader`] is the read side the services use: its own
@@ -23,10 +30,10 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
     StoredMembership,
 };
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::broadcast;
 
-use crate::db::{self, DbSpec};
+use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
 use crate::types::{
     Change, ChangeKind, Command, CommandResult, FenceError, KeyValue, Lease, LeaseResult, Op, Replica, ReplicaId, Txn,
@@ -101,6 +108,9 @@ const STATE_SPEC: DbSpec = DbSpec {
         db::meta_set(conn, "revision", 0)?;
         db::meta_set(conn, "compacted_revision", 0)
     },
+    // See the module documentation: durability comes from the log, and from `db::sync_now`
+    // before the log may be purged.
+    durability: Durability::Deferred,
 };
 
 /// The state machine of one replica (the writer side). Open it with [`StateMachine::open`].
@@ -240,6 +250,7 @@ impl StateMachine {
             let ended = tx.execute("DELETE FROM leases", [])?;
             tx.execute("DELETE FROM lease_names", [])?;
             tx.commit()?;
+            db::sync_now(&conn, STATE_SPEC.durability)?;
             Ok(ended as u64)
         })
         .await
@@ -321,35 +332,36 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl Shared {
     /// Applies a batch of committed entries in one transaction, then publishes the changes.
     fn apply(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<CommandResult>, StoreError> {
-        let mut conn = db::lock(&self.writer)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut revision: u64 = db::meta_require(&tx, "revision")?;
-        let mut last_applied = None;
-        let mut membership = None;
+        let conn = db::lock(&self.writer)?;
         let mut published = Vec::new();
-        let mut results = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let log_id = entry.log_id;
-            last_applied = Some(log_id);
-            let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(log_id), m));
-                    CommandResult::None
-                }
-                EntryPayload::Normal(command) => {
-                    apply_command(&tx, command, log_id.index, &mut revision, &mut published)?
-                }
-            };
-            results.push(result);
-        }
-        db::meta_set_blob(&tx, "last_applied", &last_applied)?;
-        if let Some(membership) = &membership {
-            db::meta_set_blob(&tx, "last_membership", membership)?;
-        }
-        db::meta_set(&tx, "revision", revision)?;
-        compact_history(&tx, revision, self.history_limit)?;
-        tx.commit()?;
+        let results = db::write_transaction(&conn, |tx| {
+            let mut revision: u64 = db::meta_require(tx, "revision")?;
+            let mut last_applied = None;
+            let mut membership = None;
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let log_id = entry.log_id;
+                last_applied = Some(log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(log_id), m));
+                        CommandResult::None
+                    }
+                    EntryPayload::Normal(command) => {
+                        apply_command(tx, command, log_id.index, &mut revision, &mut published)?
+                    }
+                };
+                results.push(result);
+            }
+            db::meta_set_blob(tx, "last_applied", &last_applied)?;
+            if let Some(membership) = &membership {
+                db::meta_set_blob(tx, "last_membership", membership)?;
+            }
+            db::meta_set(tx, "revision", revision)?;
+            compact_history(tx, revision, self.history_limit)?;
+            Ok(results)
+        })?;
         // Published while the writer lock is held, so subscribers see commit order.
         for changes in published {
             // An error only means nobody is subscribed.
@@ -373,6 +385,9 @@ impl Shared {
             conn.busy_timeout(db::BUSY_TIMEOUT)?;
             conn.execute("VACUUM INTO ?1", [utf8(&tmp)?])?;
             drop(conn);
+            // Everything the copy holds must be on disk in `state.db` before openraft hears of
+            // the snapshot: it then purges the log up to it.
+            db::sync_now(&*db::lock(&self.writer)?, STATE_SPEC.durability)?;
             let copy = open_plain(&tmp)?;
             let applied = read_applied_state(&copy)?;
             drop(copy);
@@ -450,6 +465,8 @@ impl Shared {
         let detached = conn.execute("DETACH DATABASE snap", []);
         let new_revision = copied?;
         detached?;
+        // openraft purges the log up to an installed snapshot: the state must be on disk first.
+        db::sync_now(&conn, STATE_SPEC.durability)?;
 
         // Publish the retained changes the subscribers have not seen. Changes older than the
         // snapshot's history are gone; see `StateReader::subscribe`.
@@ -600,7 +617,7 @@ fn clamp(value: u64) -> u64 {
 
 /// Applies one command inside the batch's transaction.
 fn apply_command(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     command: Command,
     index: u64,
     revision: &mut u64,
@@ -608,6 +625,11 @@ fn apply_command(
 ) -> Result<CommandResult, StoreError> {
     Ok(match command {
         Command::Txn(txn) => CommandResult::Txn(apply_txn(tx, txn, revision, published)?),
+        Command::Batch(txns) => CommandResult::Batch(
+            txns.into_iter()
+                .map(|txn| apply_txn(tx, txn, revision, published))
+                .collect::<Result<_, _>>()?,
+        ),
         Command::LeaseGrant {
             name,
             holder,
@@ -621,7 +643,7 @@ fn apply_command(
 
 /// Applies a transaction: fence, compares, then every op under one new revision.
 fn apply_txn(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     txn: Txn,
     revision: &mut u64,
     published: &mut Vec<Vec<Change>>,
@@ -753,7 +775,7 @@ fn check_fence(conn: &Connection, token: u64, now_ms: u64) -> Result<Result<(), 
 /// Grants the lease `name` with fencing token `token` (the entry's log index) unless a live
 /// lease holds the name.
 fn lease_grant(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     token: u64,
     name: String,
     holder: String,
@@ -773,21 +795,21 @@ fn lease_grant(
     }
     let ttl_ms = clamp(ttl_ms);
     let expires_at_ms = clamp(now_ms.saturating_add(ttl_ms));
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO leases (token, name, holder, ttl_ms, expires_at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![sql_int(token), name, holder, ttl_ms, expires_at_ms],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![sql_int(token), name, holder, ttl_ms, expires_at_ms])?;
+    tx.prepare_cached(
         "INSERT INTO lease_names (name, token, holder) VALUES (?1, ?2, ?3) \
          ON CONFLICT (name) DO UPDATE SET token = excluded.token, holder = excluded.holder",
-        params![name, sql_int(token), holder],
-    )?;
+    )?
+    .execute(params![name, sql_int(token), holder])?;
     Ok(LeaseResult::Granted { token, expires_at_ms })
 }
 
 /// Extends a live, current lease by its TTL from `now_ms`.
-fn lease_keep_alive(tx: &Transaction<'_>, token: u64, now_ms: u64) -> Result<LeaseResult, StoreError> {
+fn lease_keep_alive(tx: &Connection, token: u64, now_ms: u64) -> Result<LeaseResult, StoreError> {
     let Some(lease) = lease_by_token(tx, token)? else {
         return Ok(LeaseResult::NotFound { token });
     };
@@ -796,35 +818,36 @@ fn lease_keep_alive(tx: &Transaction<'_>, token: u64, now_ms: u64) -> Result<Lea
         return Ok(LeaseResult::NotFound { token });
     }
     let expires_at_ms = clamp(now_ms.saturating_add(lease.ttl_ms));
-    tx.execute(
-        "UPDATE leases SET expires_at_ms = ?1 WHERE token = ?2",
-        params![expires_at_ms, sql_int(token)],
-    )?;
+    tx.prepare_cached("UPDATE leases SET expires_at_ms = ?1 WHERE token = ?2")?
+        .execute(params![expires_at_ms, sql_int(token)])?;
     Ok(LeaseResult::Granted { token, expires_at_ms })
 }
 
 /// Ends a lease at once, freeing its name.
-fn lease_revoke(tx: &Transaction<'_>, token: u64) -> Result<LeaseResult, StoreError> {
+fn lease_revoke(tx: &Connection, token: u64) -> Result<LeaseResult, StoreError> {
     if let Some(lease) = lease_by_token(tx, token)? {
-        tx.execute("DELETE FROM leases WHERE token = ?1", [sql_int(token)])?;
+        tx.prepare_cached("DELETE FROM leases WHERE token = ?1")?
+            .execute([sql_int(token)])?;
         // Forget the name once no lease of it remains (older, superseded ones are kept until
         // swept so that their tokens are still refused as superseded).
-        tx.execute(
+        tx.prepare_cached(
             "DELETE FROM lease_names WHERE name = ?1 \
              AND NOT EXISTS (SELECT 1 FROM leases WHERE name = ?1)",
-            [&lease.name],
-        )?;
+        )?
+        .execute([&lease.name])?;
     }
     Ok(LeaseResult::Revoked { token })
 }
 
 /// Deletes leases expired for longer than [`LEASE_RETENTION_MS`], and the names no lease
 /// refers to any more.
-fn sweep_leases(tx: &Transaction<'_>, now_ms: u64) -> Result<(), StoreError> {
+fn sweep_leases(tx: &Connection, now_ms: u64) -> Result<(), StoreError> {
     let Some(cutoff) = now_ms.checked_sub(LEASE_RETENTION_MS) else {
         return Ok(());
     };
-    let swept = tx.execute("DELETE FROM leases WHERE expires_at_ms < ?1", [sql_int(cutoff)])?;
+    let swept = tx
+        .prepare_cached("DELETE FROM leases WHERE expires_at_ms < ?1")?
+        .execute([sql_int(cutoff)])?;
     if swept > 0 {
         tx.execute(
             "DELETE FROM lease_names WHERE name NOT IN (SELECT name FROM leases)",
@@ -835,11 +858,12 @@ fn sweep_leases(tx: &Transaction<'_>, now_ms: u64) -> Result<(), StoreError> {
 }
 
 /// Drops change history older than the last `history_limit` revisions.
-fn compact_history(tx: &Transaction<'_>, revision: u64, history_limit: u64) -> Result<(), StoreError> {
+fn compact_history(tx: &Connection, revision: u64, history_limit: u64) -> Result<(), StoreError> {
     let compacted: u64 = db::meta_require(tx, "compacted_revision")?;
     let target = revision.saturating_sub(history_limit);
     if target > compacted {
-        tx.execute("DELETE FROM changes WHERE revision <= ?1", [target])?;
+        tx.prepare_cached("DELETE FROM changes WHERE revision <= ?1")?
+            .execute([target])?;
         db::meta_set(tx, "compacted_revision", target)?;
     }
     Ok(())

@@ -108,6 +108,14 @@ pub enum Command {
     LeaseKeepAlive { token: u64, now_ms: u64 },
     /// End a lease at once (a graceful stop of its holder).
     LeaseRevoke { token: u64 },
+    /// Client transactions proposed together (group commit on the primary): applied in order,
+    /// each exactly as if it were an entry of its own — its own revision, its own compares and
+    /// fence, its own result ([`CommandResult::Batch`], in the same order). A failed compare or
+    /// fence of one transaction does not affect the others.
+    ///
+    /// Added after the other variants: the log stores a command's variant index, so existing
+    /// entries keep their meaning.
+    Batch(Vec<Txn>),
 }
 
 /// A multi-key transaction with compare-and-set conditions.
@@ -154,6 +162,8 @@ pub enum CommandResult {
     None,
     Txn(TxnResult),
     Lease(LeaseResult),
+    /// The result of each transaction of a [`Command::Batch`], in order.
+    Batch(Vec<TxnResult>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -588,6 +588,132 @@ async fn one_apply_call_is_one_transaction_with_many_results() {
     assert_eq!(f.reader.membership().await.unwrap(), stored);
 }
 
+/// The transactions of `a_batch_applies_each_transaction_as_if_proposed_alone`, given the
+/// token of a live lease.
+fn mixed_txns(token: u64) -> Vec<Txn> {
+    let txn = |compares, ops, fence| Txn {
+        compares,
+        ops,
+        fence,
+        now_ms: 20,
+    };
+    vec![
+        txn(vec![], vec![put("a", "1")], None),
+        // Sees the first transaction of the same batch: "a" is at version 1 by now.
+        txn(vec![cmp("a", 5)], vec![put("a", "no")], None),
+        txn(vec![cmp("a", 1)], vec![put("a", "2"), put("b", "1")], None),
+        txn(vec![], vec![put("c", "no")], Some(token + 1000)),
+        txn(vec![], vec![put("c", "1")], Some(token)),
+        txn(vec![cmp("c", 1)], vec![], None),
+        txn(vec![], vec![del("a")], None),
+    ]
+}
+
+#[tokio::test]
+async fn a_batch_applies_each_transaction_as_if_proposed_alone() {
+    // The same transactions: all in one batch entry on one store, one entry each on another.
+    let mut batched = Fixture::new();
+    let mut alone = Fixture::new();
+    let mut token = 0;
+    for f in [&mut batched, &mut alone] {
+        f.ops(vec![put("k", "0")]).await;
+        match f.grant("writer", "node-a", 1_000, 10).await {
+            LeaseResult::Granted { token: t, .. } => token = t,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut feed = batched.reader.subscribe();
+
+    let results = match batched.apply(Command::Batch(mixed_txns(token))).await {
+        CommandResult::Batch(results) => results,
+        other => panic!("unexpected result {other:?}"),
+    };
+    let expected = vec![
+        committed(2, vec![1]),
+        TxnResult::CompareFailed {
+            key: "a".into(),
+            expected: 5,
+            actual: 1,
+        },
+        committed(3, vec![2, 1]),
+        TxnResult::Fenced(FenceError::Unknown { token: token + 1000 }),
+        committed(4, vec![1]),
+        // No ops: no new revision.
+        committed(4, vec![]),
+        committed(5, vec![0]),
+    ];
+    assert_eq!(results, expected);
+
+    let mut one_by_one = Vec::new();
+    for txn in mixed_txns(token) {
+        match alone.apply(Command::Txn(txn)).await {
+            CommandResult::Txn(result) => one_by_one.push(result),
+            other => panic!("unexpected result {other:?}"),
+        }
+    }
+    assert_eq!(one_by_one, expected);
+
+    // One change message per revision, in order, never a revision split or merged.
+    let revisions: Vec<Vec<u64>> = std::iter::from_fn(|| feed.try_recv().ok())
+        .map(|changes| changes.iter().map(|c| c.revision).collect())
+        .collect();
+    assert_eq!(revisions, vec![vec![2], vec![3, 3], vec![4], vec![5]]);
+
+    // Identical state and history (only the applied log index differs: one entry against seven).
+    for reader in [&batched.reader, &alone.reader] {
+        assert_eq!(reader.revision().await.unwrap(), 5);
+    }
+    assert_eq!(
+        batched.reader.range("", None, 100).await.unwrap(),
+        alone.reader.range("", None, 100).await.unwrap()
+    );
+    assert_eq!(
+        batched.reader.changes_after(0, 100).await.unwrap(),
+        alone.reader.changes_after(0, 100).await.unwrap()
+    );
+    assert_eq!(
+        batched.reader.leases().await.unwrap(),
+        alone.reader.leases().await.unwrap()
+    );
+    assert_eq!(batched.value("a").await, None);
+    assert_eq!(batched.value("b").await, Some(b"1".to_vec()));
+    assert_eq!(batched.value("c").await, Some(b"1".to_vec()));
+}
+
+#[test]
+fn a_log_entry_keeps_its_encoding() {
+    // Entries written before `Command::Batch` existed must still decode: the variant index of a
+    // command is part of the stored payload.
+    let txn = Txn {
+        compares: vec![],
+        ops: vec![put("k", "v")],
+        fence: None,
+        now_ms: 7,
+    };
+    let stored: Vec<u8> = [
+        &[0u8, 0, 0, 0][..],             // Command::Txn
+        &[0, 0, 0, 0, 0, 0, 0, 0],       // no compares
+        &[1, 0, 0, 0, 0, 0, 0, 0],       // one op
+        &[0, 0, 0, 0],                   // Op::Put
+        &[1, 0, 0, 0, 0, 0, 0, 0, b'k'], // key
+        &[1, 0, 0, 0, 0, 0, 0, 0, b'v'], // value
+        &[0],                            // no fence
+        &[7, 0, 0, 0, 0, 0, 0, 0],       // now_ms
+    ]
+    .concat();
+    assert_eq!(
+        bincode::deserialize::<Command>(&stored).unwrap(),
+        Command::Txn(txn.clone())
+    );
+    assert_eq!(bincode::serialize(&Command::Txn(txn.clone())).unwrap(), stored);
+    let batch = bincode::serialize(&Command::Batch(vec![txn])).unwrap();
+    assert_eq!(
+        batch[..4],
+        [4, 0, 0, 0],
+        "Command::Batch comes after every older variant"
+    );
+}
+
 /// Everything a reader can see, for comparing two stores.
 async fn everything(reader: &StateReader) -> impl PartialEq + std::fmt::Debug {
     (

@@ -30,6 +30,10 @@ pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, RecoverResponse, 
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause between rounds of primary discovery.
 const DISCOVERY_PAUSE: Duration = Duration::from_millis(50);
+/// How long discovery waits for the other replicas once one has said it is primary: a replica
+/// of a newer epoch or term would override that answer, but one that cannot be reached (a
+/// destroyed site, a cut link) must not hold discovery up for its whole timeout.
+const DISCOVERY_GRACE: Duration = Duration::from_millis(150);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -342,12 +346,40 @@ impl Client {
         futures::future::join_all(asks).await
     }
 
+    /// Every replica's status as it arrives, until all have answered or [`DISCOVERY_GRACE`]
+    /// after the first one that says it is primary.
+    async fn discovery_answers(&self) -> Vec<(String, Result<StatusResponse, ClientError>)> {
+        let mut pending: futures::stream::FuturesUnordered<_> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|addr| async move { (addr.clone(), self.status(addr).await) })
+            .collect();
+        let mut answers = Vec::new();
+        let mut grace_until: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace_until {
+                Some(until) => match tokio::time::timeout_at(until, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            let Some((addr, answer)) = next else { break };
+            if grace_until.is_none() && answer.as_ref().is_ok_and(|s| s.role == "primary") {
+                grace_until = Some(tokio::time::Instant::now() + DISCOVERY_GRACE);
+            }
+            answers.push((addr, answer));
+        }
+        answers
+    }
+
     /// Finds the primary: asks every replica in parallel and takes the one that says it is
     /// primary in the highest term; otherwise follows what the replicas say the primary is.
     pub async fn discover(&self) -> Result<String, ClientError> {
         let deadline = Instant::now() + self.inner.options.deadline;
         loop {
-            let answers = self.status_all().await;
+            let answers = self.discovery_answers().await;
             // Terms of different epochs are not comparable: the newest epoch wins, then the
             // highest term within it.
             let mut best: Option<((u64, u64), String)> = None;

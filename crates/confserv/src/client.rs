@@ -1,11 +1,14 @@
-//! [`ConfClient`]: the client library of a master Configuration Server pair, for the command
-//! line, tests and (later) proxies. It holds both servers' addresses:
+//! [`ConfClient`]: the client library of a pair of Configuration Servers — the master pair, or a
+//! site's proxy pair, which answer alike — for the command line and tests. It holds both
+//! servers' addresses:
 //!
 //! - reads go to the primary when it is known, else to whichever server answers (both serve
 //!   reads; the backup may be a moment behind);
-//! - writes go to the primary, following `not-primary` answers (and the primary they name) and
-//!   retrying only while nothing can have been written: a refusal that says so, or a connection
-//!   that was refused. Any other failure of a write is [`ConfError::is_outcome_unknown`];
+//! - writes go to the primary, following `not-primary` answers (and the primary they name, if it
+//!   is one of the servers given: a proxy's client never chases a master) and retrying only
+//!   while nothing can have been written: a refusal that says so, or a connection that was
+//!   refused. Any other failure of a write is [`ConfError::is_outcome_unknown`]; a proxy accepts
+//!   writes itself and forwards them;
 //! - a [`Subscription`] resumes on either server after the last number it delivered, so a
 //!   takeover neither loses nor repeats a notification.
 
@@ -380,6 +383,18 @@ impl ConfClient {
         let deadline = Instant::now() + self.inner.config.deadline;
         let mut pause = Duration::from_millis(20);
         let mut next_index = 0usize;
+        // The first attempt whose outcome is unknown: from then on, a later refusal does not
+        // prove the write was not applied (the refusing server may not know of that attempt).
+        let mut uncertain: Option<ConfError> = None;
+        let settle = |e: ConfError, uncertain: &Option<ConfError>| {
+            match uncertain {
+            Some(first) if !e.is_outcome_unknown() => ConfError::new(
+                error_kind::OUTCOME_UNKNOWN,
+                format!("the outcome of the write is unknown: an earlier attempt failed with `{first}` and may have been applied; the last attempt was refused: {e}"),
+            ),
+            _ => e,
+        }
+        };
         loop {
             let known = self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let addr = known.unwrap_or_else(|| {
@@ -394,10 +409,16 @@ impl ConfClient {
                 }
                 Err(status) => ConfError::from_status(&status),
             };
-            if !(e.retryable() || e.is_outcome_unknown()) {
-                return Err(e);
+            if e.is_outcome_unknown() && uncertain.is_none() {
+                uncertain = Some(e.clone());
             }
-            let hint = e.primary.clone().filter(|h| *h != addr);
+            if !(e.retryable() || e.is_outcome_unknown()) {
+                return Err(settle(e, &uncertain));
+            }
+            let hint = e
+                .primary
+                .clone()
+                .filter(|h| *h != addr && self.inner.servers.contains(h));
             let followed = hint.is_some();
             if !followed {
                 // Try the next server first: this one may be gone or frozen.
@@ -406,7 +427,7 @@ impl ConfClient {
             }
             *self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()) = hint;
             if Instant::now() + pause >= deadline {
-                return Err(e);
+                return Err(settle(e, &uncertain));
             }
             if !followed {
                 tokio::time::sleep(pause).await;
@@ -633,6 +654,7 @@ impl ConfClient {
             client: self.clone(),
             filter,
             last: after,
+            epoch: 0,
             stream: None,
             server: None,
         }
@@ -646,6 +668,10 @@ pub struct Subscription {
     filter: SubscribeFilter,
     /// The last number delivered (or covered by a `live` marker).
     last: Option<u64>,
+    /// The epoch of the history `last` belongs to (0 = not known yet), sent on every resume: a
+    /// server whose history is of another epoch answers `reload-required` rather than continue
+    /// a history that may have diverged from what was delivered.
+    epoch: u64,
     stream: Option<tonic::Streaming<pb::Notification>>,
     /// The server of the current stream.
     server: Option<String>,
@@ -662,12 +688,25 @@ impl Subscription {
         self.server.as_deref()
     }
 
+    /// The epoch of the history the last number delivered belongs to (0 = none received yet).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Resumes in the history of `epoch` (the [`Subscription::epoch`] of an earlier
+    /// subscription whose last number is the `after` given to [`ConfClient::subscribe`]).
+    pub fn in_epoch(mut self, epoch: u64) -> Subscription {
+        self.epoch = epoch;
+        self
+    }
+
     async fn connect(&mut self) -> Result<(), ConfError> {
         let message = pb::SubscribeRequest {
             object_types: self.filter.object_types.iter().map(|t| t.name().to_owned()).collect(),
             tenant: self.filter.tenant,
             dbid: self.filter.dbid,
             after_seq: self.last,
+            epoch: self.epoch,
         };
         let client = self.client.clone();
         let stream = client
@@ -683,9 +722,10 @@ impl Subscription {
         Ok(())
     }
 
-    /// The next notification (or `live` marker). Reconnects by itself; fails on
-    /// `reload-required` (read everything again, then subscribe after the number it gives) and
-    /// when no server answers before the client's deadline.
+    /// The next notification (or `live` marker, or a proxy's `proxy_mode` event). Reconnects by
+    /// itself, resuming after the last number in its epoch; fails on `reload-required` (read
+    /// everything again, then subscribe after the number it gives — also when the server's
+    /// history changed epoch) and when no server answers before the client's deadline.
     pub async fn next(&mut self) -> Result<pb::Notification, ConfError> {
         loop {
             if self.stream.is_none() {
@@ -694,7 +734,10 @@ impl Subscription {
             let Some(stream) = self.stream.as_mut() else { continue };
             match stream.message().await {
                 Ok(Some(n)) => {
-                    if n.kind == "live" {
+                    if n.epoch != 0 {
+                        self.epoch = n.epoch;
+                    }
+                    if n.kind == pb::notification_kind::LIVE || n.kind == pb::notification_kind::PROXY_MODE {
                         self.last = Some(self.last.unwrap_or(0).max(n.seq));
                         return Ok(n);
                     }

@@ -57,6 +57,25 @@ pub enum CfgError {
     /// The write may or may not have been applied.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// A proxy without a master refuses writes; nothing was applied.
+    #[error(
+        "limited mode since {since_ms} (ms since the epoch): {reason}; writes are refused until this proxy reaches \
+         the master again"
+    )]
+    LimitedMode {
+        /// Why the proxy has no master.
+        reason: String,
+        /// Since when, in ms since the epoch.
+        since_ms: u64,
+    },
+    /// A proxy of some tenants was asked for what it does not hold.
+    #[error("not held by this proxy: {what}; it holds only {held}: ask a server that holds it")]
+    NotHeld {
+        /// What was asked for.
+        what: String,
+        /// What the proxy holds (`tenants "a" and the environment`).
+        held: String,
+    },
 }
 
 fn primary_text(primary: &Option<String>) -> String {
@@ -85,16 +104,18 @@ impl CfgError {
             CfgError::TooLarge(_) => error_kind::TOO_LARGE,
             CfgError::Unavailable(_) => error_kind::UNAVAILABLE,
             CfgError::OutcomeUnknown(_) => error_kind::OUTCOME_UNKNOWN,
+            CfgError::LimitedMode { .. } => error_kind::LIMITED_MODE,
+            CfgError::NotHeld { .. } => error_kind::NOT_HELD,
         }
     }
 
     fn code(&self) -> Code {
         match self {
-            CfgError::Config(ConfigError::NotFound { .. }) => Code::NotFound,
+            CfgError::Config(ConfigError::NotFound { .. }) | CfgError::NotHeld { .. } => Code::NotFound,
             CfgError::Config(ConfigError::AccessDenied { .. }) | CfgError::Permission(_) => Code::PermissionDenied,
             CfgError::Config(ConfigError::UnknownObjectType { .. }) | CfgError::BadRequest(_) => Code::InvalidArgument,
             CfgError::Config(_) => Code::FailedPrecondition,
-            CfgError::NotPrimary { .. } | CfgError::Unavailable(_) => Code::Unavailable,
+            CfgError::NotPrimary { .. } | CfgError::Unavailable(_) | CfgError::LimitedMode { .. } => Code::Unavailable,
             CfgError::ReadOnly { .. } => Code::FailedPrecondition,
             CfgError::Unauthenticated(_) => Code::Unauthenticated,
             CfgError::ReloadRequired { .. } => Code::OutOfRange,

@@ -1,8 +1,10 @@
-//! Tandem's master Configuration Server (`tandem confserv --mode master`): the one component that
-//! writes the configuration database. It holds the whole configuration in memory, validates
-//! every change with the object model of `tandem-config`, writes it through the database in one
-//! fenced transaction, and notifies its clients — numbered notifications with a history, so a
-//! client that reconnects gets exactly what it missed.
+//! Tandem's Configuration Servers. The master (`tandem confserv --mode master`) is the one
+//! component that writes the configuration database. It holds the whole configuration in
+//! memory, validates every change with the object model of `tandem-config`, writes it through
+//! the database in one fenced transaction, and notifies its clients — numbered notifications
+//! with a history, so a client that reconnects gets exactly what it missed. The proxy
+//! (`tandem confserv --mode proxy`) serves a site's clients from a copy it keeps current from
+//! the primary master, and keeps serving them, in limited mode, while no master is reachable.
 //!
 //! Layout:
 //! - [`keys`]: the database keys and their encoding.
@@ -14,10 +16,14 @@
 //! - [`plan`]: what a write would change — validation, permissions, mode — without effects.
 //! - [`node`]: one server — its role in the primary/backup pair (the fenced lease), the write
 //!   path, and the background tasks (following, lease, retention).
-//! - [`auth`]: session tokens valid on both servers.
-//! - [`service`]: the `ConfServ` gRPC service.
-//! - [`server`]: [`serve`], with listener and shutdown injected.
-//! - [`client`]: [`client::ConfClient`], the client library of both servers (CLI and tests).
+//! - [`proxy`]: a Configuration Server Proxy — a copy of the configuration loaded from the
+//!   primary master and kept current over a heartbeated link, serving the same API, with
+//!   writes forwarded, and a limited mode while no master is reachable.
+//! - [`auth`]: session tokens valid on every server.
+//! - [`service`]: the `ConfServ` gRPC service, of masters and proxies alike.
+//! - [`server`]: [`serve`] and [`serve_proxy`], with listeners and shutdown injected.
+//! - [`metrics`]: Prometheus metrics over HTTP, read from the status and activity counters.
+//! - [`client`]: [`client::ConfClient`], the client library of a pair of masters or proxies.
 //! - [`error`]: [`CfgError`] and its wire form.
 //!
 //! Architecture invariants:
@@ -35,8 +41,10 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod plan;
+pub mod proxy;
 pub mod record;
 pub mod server;
 pub mod service;
@@ -45,4 +53,5 @@ pub mod store;
 
 pub use error::CfgError;
 pub use node::{Bootstrap, Node, Role, ServerConfig};
-pub use server::{serve, ServeError};
+pub use proxy::{Proxy, ProxyConfig};
+pub use server::{serve, serve_proxy, Listeners, ServeError};

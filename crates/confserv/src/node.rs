@@ -13,7 +13,10 @@
 //!   never write (the database refuses its token) and two writes can never take the same
 //!   notification number. A batch whose answer is lost is settled by a fenced barrier
 //!   transaction before anything else is written.
-//! - **Following.** [`Node::follow`] loads the configuration and applies the change feed.
+//! - **Following.** [`Node::follow`] loads the configuration and applies the change feed. The
+//!   state is of one database epoch: when the database changes epoch (a forced recovery, after
+//!   which a replica of the old epoch may have served a tail the new epoch dropped), the whole
+//!   configuration is loaded again — never resumed by a revision of the older epoch.
 //! - **Retention.** [`Node::retain`] removes the records the history no longer keeps.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -137,6 +140,10 @@ const TXN_BYTES_MAX: usize = 3 * 1024 * 1024 + 512 * 1024;
 const TXN_ITEMS_MAX: usize = 1024;
 /// How often a write of unknown outcome is probed before giving up.
 const SETTLE_ATTEMPTS: usize = 20;
+/// How often a follower asks the database for its epoch while the change feed runs.
+const EPOCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one ask for the database's epoch may take.
+const EPOCH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The wall clock in ms since the epoch.
 pub fn now_ms() -> u64 {
@@ -350,7 +357,7 @@ impl Node {
         self.role_changed.send_replace(Role::Backup);
     }
 
-    fn not_primary(&self) -> CfgError {
+    pub(crate) fn not_primary(&self) -> CfgError {
         CfgError::NotPrimary {
             primary: self.primary_addr(),
         }
@@ -502,6 +509,7 @@ impl Node {
 
         let write_id: u64 = rand::thread_rng().gen();
         let when_ms = now_ms();
+        let writer = format!("{}#{token}", self.config.name);
         let mut records: Vec<LogRecord> = Vec::new();
         let mut spans: Vec<(Job, usize, usize)> = Vec::new();
         for (job, whats) in accepted {
@@ -522,6 +530,7 @@ impl Node {
                     op: job.op.clone(),
                     write_id,
                     request_id: job.request_id.clone(),
+                    writer: writer.clone(),
                     what,
                 });
             }
@@ -768,10 +777,13 @@ impl Node {
                 }
             };
             pause = Duration::from_millis(100);
+            let mut loaded = loaded;
+            self.link_epochs(&mut loaded.state).await;
             info!(
                 seq = loaded.state.seq,
                 objects = loaded.state.set.len(),
                 revision = loaded.state.revision,
+                epoch = loaded.state.epoch,
                 "configuration loaded"
             );
             if let Err(e) = loaded.state.set.check_all() {
@@ -786,9 +798,28 @@ impl Node {
                 warn!(error = %e, "cannot apply the change feed; reloading");
                 continue;
             }
+            let mut epoch_check = tokio::time::interval(EPOCH_CHECK_INTERVAL);
+            epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            epoch_check.tick().await;
             loop {
                 let next = tokio::select! {
                     next = watch.next() => next,
+                    _ = epoch_check.tick() => {
+                        // A replica of an older epoch may keep its feed open (and quiet) while a
+                        // newer epoch has begun elsewhere.
+                        let followed = self.shared.read().epoch;
+                        if let Ok(Ok(now)) = tokio::time::timeout(EPOCH_CHECK_TIMEOUT, self.db_epoch()).await {
+                            if now > followed {
+                                warn!(
+                                    followed_epoch = followed,
+                                    database_epoch = now,
+                                    "the database changed epoch under this server: reloading the whole configuration"
+                                );
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => return,
                 };
                 match next {
@@ -817,11 +848,106 @@ impl Node {
         }
     }
 
-    /// Opens the change feed again after the revision followed so far. `None` on shutdown,
-    /// `Some(Err)` when the state must be reloaded.
+    /// Before a state loaded in a new database epoch replaces the one held: whether the new
+    /// history continues the old one (the record at the old last number is the same write), in
+    /// which case numbers of the old epoch up to there keep their meaning
+    /// ([`State::continued`]); otherwise subscribers and proxies of the old history must reload.
+    async fn link_epochs(&self, loaded: &mut State) {
+        let (previous_epoch, previous_seq, previous_last, mut continued) = {
+            let state = self.shared.read();
+            (
+                state.epoch,
+                state.seq,
+                state.ring.back().cloned(),
+                state.continued.clone(),
+            )
+        };
+        if previous_epoch == 0 || previous_epoch == loaded.epoch {
+            return;
+        }
+        let same_write = |r: &LogRecord| {
+            previous_last
+                .as_ref()
+                .is_some_and(|p| p.seq == r.seq && p.write_id == r.write_id)
+        };
+        let continues = if previous_seq == 0 {
+            true
+        } else if loaded.seq < previous_seq {
+            false
+        } else if let Some(found) = loaded.ring.iter().find(|r| r.seq == previous_seq) {
+            same_write(found)
+        } else {
+            matches!(store::read_record(&self.db, previous_seq).await, Ok(Some(r)) if same_write(&r))
+        };
+        if continues {
+            for upto in continued.values_mut() {
+                *upto = (*upto).min(previous_seq);
+            }
+            continued.insert(previous_epoch, previous_seq);
+            loaded.continued = continued;
+            warn!(
+                previous_epoch,
+                epoch = loaded.epoch,
+                previous_seq,
+                seq = loaded.seq,
+                "configuration reloaded in a new database epoch whose history continues this server's: subscribers \
+                 and proxies go on"
+            );
+        } else {
+            warn!(
+                previous_epoch,
+                epoch = loaded.epoch,
+                previous_seq,
+                seq = loaded.seq,
+                objects = loaded.set.len(),
+                "configuration reloaded in a new database epoch whose history replaced this server's (a forced \
+                 recovery dropped what it served): subscribers and proxies of the old history must reload"
+            );
+        }
+    }
+
+    /// The epoch of the database's primary now.
+    async fn db_epoch(&self) -> Result<u64, ClientError> {
+        let primary = self.db.discover().await?;
+        Ok(self.db.status(&primary).await?.epoch)
+    }
+
+    /// Opens the change feed again after the revision followed so far, once the database is
+    /// known to be in the epoch that revision belongs to. `None` on shutdown, `Some(Err)` when
+    /// the state must be reloaded: the feed no longer reaches back, or the database changed
+    /// epoch (a revision of the older epoch may lie in a tail the new epoch dropped, or be
+    /// beyond where the new epoch started: it says nothing in the new one).
     async fn resume_watch(&self, shutdown: &mut watch::Receiver<bool>) -> Option<Result<tandem_client::Watch, ()>> {
         loop {
-            let revision = self.shared.read().revision;
+            let (revision, followed) = {
+                let state = self.shared.read();
+                (state.revision, state.epoch)
+            };
+            let epoch = tokio::select! {
+                epoch = self.db_epoch() => epoch,
+                _ = shutdown.changed() => return None,
+            };
+            match epoch {
+                Ok(now) if now != followed => {
+                    warn!(
+                        followed_epoch = followed,
+                        database_epoch = now,
+                        revision,
+                        "the database changed epoch under this server: reloading the whole configuration instead of \
+                         resuming the change feed by revision"
+                    );
+                    return Some(Err(()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    info!(error = %e, "cannot learn the database's epoch yet; the change feed resumes once it is known");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                    continue;
+                }
+            }
             let attempt = tokio::select! {
                 attempt = self.db.watch(keys::PREFIX, revision) => attempt,
                 _ = shutdown.changed() => return None,

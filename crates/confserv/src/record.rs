@@ -115,6 +115,10 @@ pub struct LogRecord {
     /// answered from the record instead of applied twice.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// The master that committed it and the fencing token of its lease (`NAME#TOKEN`): the
+    /// history shows one writer at a time, each token's records after the previous one's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub writer: String,
     /// What happened.
     pub what: What,
 }
@@ -249,6 +253,7 @@ mod tests {
             op: "test".into(),
             write_id: 9,
             request_id: String::new(),
+            writer: String::new(),
             what,
         }
     }

@@ -1,6 +1,8 @@
-//! The `ConfServ` gRPC service: authentication, reads from the state in memory (filtered by the
-//! caller's rights, secrets removed), writes through [`Node::commit`], and subscriptions
-//! (history from the ring, then live records from the broadcast channel).
+//! The `ConfServ` gRPC service of both kinds of server: authentication, reads from the state in
+//! memory (filtered by the caller's rights, secrets removed), and subscriptions (history from the
+//! ring, then live records from the broadcast channel) are the same on a master and a proxy;
+//! writes go through [`Node::commit`] on a master and are forwarded by [`Proxy::forward`] on a
+//! proxy. A master also serves `Replicate`, the feed proxies load and follow.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,9 +20,11 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::error::CfgError;
-use crate::node::{now_ms, Caller, Committed, Node};
+use crate::node::{now_ms, Caller, Committed, Node, Role};
 use crate::plan::{self, ImportReport};
+use crate::proxy::Proxy;
 use crate::record::{to_json, LogRecord, Mode, What};
+use crate::state::{resumable_in, Link, Opened, Scope, Shared, State};
 use crate::store;
 use crate::{auth, keys};
 
@@ -36,9 +40,29 @@ const AUDIT_LIMIT_MAX: usize = 1000;
 /// Most log blocks one audit request reads.
 const AUDIT_BLOCKS_MAX: u64 = 10;
 
+/// Bounds of the heartbeat interval a proxy may ask for.
+const HEARTBEAT_MS_MIN: u64 = 50;
+/// See [`HEARTBEAT_MS_MIN`].
+const HEARTBEAT_MS_MAX: u64 = 60_000;
+
+/// What a server is: what its writes and status come from.
+#[derive(Clone)]
+pub enum Backend {
+    /// A master: writes through the database.
+    Master(Arc<Node>),
+    /// A proxy: writes forwarded to the primary master.
+    Proxy(Arc<Proxy>),
+}
+
 /// The service of one server.
 pub struct Service {
-    node: Arc<Node>,
+    /// The configuration in memory.
+    shared: Arc<Shared>,
+    backend: Backend,
+    /// How long a session token issued here is valid.
+    session_ttl_ms: u64,
+    /// Age beyond which records no longer serve a catch-up.
+    history_max_age_ms: u64,
     /// Bounds concurrent password checks.
     logins: Semaphore,
     /// Ends subscriptions at shutdown.
@@ -46,13 +70,37 @@ pub struct Service {
 }
 
 impl Service {
-    /// The service of `node`; subscriptions end when `stop` turns true.
+    /// The service of a master's `node`; subscriptions end when `stop` turns true.
     pub fn new(node: Arc<Node>, stop: watch::Receiver<bool>) -> Self {
         Service {
-            node,
+            shared: node.shared.clone(),
+            session_ttl_ms: node.config.session_ttl_ms,
+            history_max_age_ms: node.config.history_max_age_ms,
+            backend: Backend::Master(node),
             logins: Semaphore::new(LOGINS_AT_ONCE),
             stop,
         }
+    }
+
+    /// The service of a proxy; subscriptions end when `stop` turns true.
+    pub fn proxy(proxy: Arc<Proxy>, stop: watch::Receiver<bool>) -> Self {
+        Service {
+            shared: proxy.shared.clone(),
+            session_ttl_ms: proxy.config.session_ttl_ms,
+            history_max_age_ms: proxy.config.history_max_age_ms,
+            backend: Backend::Proxy(proxy),
+            logins: Semaphore::new(LOGINS_AT_ONCE),
+            stop,
+        }
+    }
+
+    /// What the metrics of this server read.
+    pub fn metrics_source(&self) -> crate::metrics::Source {
+        crate::metrics::Source::new(self.shared.clone(), self.backend.clone())
+    }
+
+    fn is_proxy(&self) -> bool {
+        matches!(self.backend, Backend::Proxy(_))
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, CfgError> {
@@ -62,21 +110,63 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned())
             .ok_or_else(|| CfgError::Unauthenticated("no session token: log in first".into()))?;
-        let state = self.node.shared.read();
+        let state = self.shared.read();
         let key = state
             .session_key
             .as_ref()
             .ok_or_else(|| CfgError::Unavailable("this server does not know the session key yet".into()))?;
         let person = auth::verify(key, &token, now_ms()).map_err(|e| CfgError::Unauthenticated(e.into()))?;
-        match state.set.get(ObjectType::Person, person) {
-            Some(p) if p.state == ObjState::Enabled => Ok(Caller {
+        match (state.set.get(ObjectType::Person, person), &state.scope) {
+            (Some(p), _) if p.state == ObjState::Enabled => Ok(Caller {
                 person: Principal(person),
                 user: p.str_field("user_name").unwrap_or(&p.name).to_owned(),
             }),
+            (None, Some(scope)) => Err(not_held(scope, format!("person {person}, whose session this is"))),
             _ => Err(CfgError::Unauthenticated(
                 "the session's person no longer exists or is disabled".into(),
             )),
         }
+    }
+}
+
+/// A proxy's refusal of `what`, outside the tenants it holds.
+fn not_held(scope: &Scope, what: String) -> CfgError {
+    CfgError::NotHeld {
+        what,
+        held: scope.describe(),
+    }
+}
+
+/// On a proxy of some tenants, refuses a get of what it does not hold: a tenant not held, an
+/// object of one (which the proxy cannot tell from an object that does not exist).
+fn check_held_get(state: &State, t: ObjectType, request: &pb::GetRequest) -> Result<(), CfgError> {
+    let Some(scope) = &state.scope else {
+        return Ok(());
+    };
+    let outside = if request.dbid != 0 {
+        state
+            .set
+            .get(t, request.dbid)
+            .is_none()
+            .then(|| format!("{t} {} (no tenant held has it)", request.dbid))
+    } else if t == ObjectType::Tenant {
+        (!scope.holds_tenant_named(&request.name)).then(|| format!("tenant {:?}", request.name))
+    } else {
+        (!scope.holds_tenant(request.tenant.max(1))).then(|| format!("the objects of tenant {}", request.tenant))
+    };
+    match outside {
+        Some(what) => Err(not_held(scope, what)),
+        None => Ok(()),
+    }
+}
+
+/// On a proxy of some tenants, refuses a query or a subscription limited to a tenant not held.
+fn check_held_tenant(state: &State, tenant: Option<u64>) -> Result<(), CfgError> {
+    match (&state.scope, tenant) {
+        (Some(scope), Some(t)) if t != 0 && !scope.holds_tenant(t) => {
+            Err(not_held(scope, format!("the objects of tenant {t}")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -160,21 +250,65 @@ impl Filter {
     }
 }
 
-/// The records after `after` a subscriber must replay, and the number they reach; or why the
-/// history does not cover them.
-async fn history_after(node: &Node, after: u64) -> Result<(Vec<Arc<LogRecord>>, u64), CfgError> {
-    if after > node.shared.read().seq {
-        let mut applied = node.shared.applied();
+/// The records after `after` (a number of the history of `epoch`) a subscriber must replay, and
+/// the number they reach; or why the history does not cover them.
+async fn history_after(
+    shared: &Shared,
+    history_max_age_ms: u64,
+    after: u64,
+    epoch: u64,
+) -> Result<(Vec<Arc<LogRecord>>, u64), CfgError> {
+    let broken = other_epoch(&shared.read(), after, epoch);
+    if let Some(e) = broken {
+        return Err(e);
+    }
+    if after > shared.read().seq {
+        let mut applied = shared.applied();
         let reached = tokio::time::timeout(AHEAD_WAIT, applied.wait_for(|seq| *seq >= after)).await;
         if !matches!(reached, Ok(Ok(_))) {
-            let seq = node.shared.read().seq;
+            let seq = shared.read().seq;
             return Err(CfgError::ReloadRequired {
                 reason: format!("notification {after} is ahead of this server's history (it is at {seq})"),
                 seq,
             });
         }
     }
-    let state = node.shared.read();
+    history_in(&shared.read(), history_max_age_ms, after, epoch)
+}
+
+/// `reload-required` when `after`, a number of the history of `epoch`, cannot be resumed in the
+/// history held now because that is of another epoch (see [`resumable_in`]).
+fn other_epoch(state: &State, after: u64, epoch: u64) -> Option<CfgError> {
+    (!resumable_in(state, after, epoch)).then(|| CfgError::ReloadRequired {
+        reason: format!(
+            "notification {after} is of the history of epoch {epoch}, this server's is of epoch {} (a forced recovery \
+             of the database replaced the history; the same numbers may carry other changes): read everything again",
+            state.epoch
+        ),
+        seq: state.seq,
+    })
+}
+
+/// The records after `after` (a number of the history of `epoch`) in the history held now, and
+/// the number they reach; or why the history does not cover them.
+fn history_in(
+    state: &State,
+    history_max_age_ms: u64,
+    after: u64,
+    epoch: u64,
+) -> Result<(Vec<Arc<LogRecord>>, u64), CfgError> {
+    if let Some(e) = other_epoch(state, after, epoch) {
+        return Err(e);
+    }
+    if after > state.seq {
+        return Err(CfgError::ReloadRequired {
+            reason: format!(
+                "notification {after} is ahead of this server's history (it is at {})",
+                state.seq
+            ),
+            seq: state.seq,
+        });
+    }
     if after >= state.seq {
         return Ok((Vec::new(), state.seq));
     }
@@ -190,7 +324,7 @@ async fn history_after(node: &Node, after: u64) -> Result<(Vec<Arc<LogRecord>>, 
         });
     }
     let records: Vec<Arc<LogRecord>> = state.ring.iter().filter(|r| r.seq > after).cloned().collect();
-    let cutoff_ms = now_ms().saturating_sub(node.config.history_max_age_ms);
+    let cutoff_ms = now_ms().saturating_sub(history_max_age_ms);
     if records.first().is_some_and(|r| r.when_ms < cutoff_ms) {
         return Err(CfgError::ReloadRequired {
             reason: format!("the history after notification {after} is older than the history keeps"),
@@ -203,12 +337,20 @@ async fn history_after(node: &Node, after: u64) -> Result<(Vec<Arc<LogRecord>>, 
 /// One subscriber's task: replays, then follows; ends when the client goes away or the server
 /// stops.
 struct Feed {
-    node: Arc<Node>,
+    shared: Arc<Shared>,
+    history_max_age_ms: u64,
+    /// Whether this server is a proxy (its markers and events carry the proxy's mode).
+    proxy: bool,
     caller: Caller,
     filter: Filter,
     tx: mpsc::Sender<Result<pb::Notification, Status>>,
     /// The last number covered (sent or filtered out).
     last: u64,
+    /// The epoch of the history `last` belongs to: the subscription ends with `reload-required`
+    /// when the server's history changes epoch.
+    epoch: u64,
+    /// Counts this subscription among the open ones while it runs.
+    _open: Opened,
 }
 
 impl Feed {
@@ -218,12 +360,15 @@ impl Feed {
         if record.seq <= self.last {
             return true;
         }
+        if !self.follow_epoch().await {
+            return false;
+        }
         self.last = record.seq;
         let visible = match record.object() {
             None => true,
             Some(obj) => {
                 self.filter.matches(obj) && {
-                    let state = self.node.shared.read();
+                    let state = self.shared.read();
                     access::allowed(&state.set, self.caller.person, Right::Read, obj)
                 }
             }
@@ -231,7 +376,70 @@ impl Feed {
         if !visible {
             return true;
         }
-        self.tx.send(Ok(record.notification())).await.is_ok()
+        let mut notification = record.notification();
+        notification.epoch = self.epoch;
+        self.tx.send(Ok(notification)).await.is_ok()
+    }
+
+    /// Follows the server's history into a new epoch when it continues this subscription's up to
+    /// the last number covered; otherwise tells the client `reload-required` and answers `false`.
+    async fn follow_epoch(&mut self) -> bool {
+        let broken = {
+            let state = self.shared.read();
+            match other_epoch(&state, self.last, self.epoch) {
+                None => {
+                    self.epoch = state.epoch;
+                    None
+                }
+                broken => broken,
+            }
+        };
+        match broken {
+            None => true,
+            Some(e) => {
+                let _ = self.tx.send(Err(e.to_status())).await;
+                false
+            }
+        }
+    }
+
+    /// A notification of the proxy's mode (`kind` live or proxy_mode), or a plain one on a
+    /// master.
+    fn marker(&self, kind: &str, link: &Link) -> pb::Notification {
+        let mut n = pb::Notification {
+            seq: self.last,
+            kind: kind.into(),
+            mode: self.shared.read().mode.name().into(),
+            epoch: self.epoch,
+            ..Default::default()
+        };
+        if self.proxy {
+            n.proxy_mode = link.mode.name().into();
+            n.proxy_mode_reason = link.reason.clone();
+            n.proxy_mode_since_ms = link.since_ms;
+        }
+        n
+    }
+
+    /// Replays what the history holds after the last number covered; `false` when the
+    /// subscription ends (the client is gone, or the history does not cover the gap: the client
+    /// is told `reload-required`).
+    async fn catch_up(&mut self) -> bool {
+        match history_after(&self.shared, self.history_max_age_ms, self.last, self.epoch).await {
+            Ok((records, reached)) => {
+                for record in records {
+                    if !self.deliver(&record).await {
+                        return false;
+                    }
+                }
+                self.last = self.last.max(reached);
+                true
+            }
+            Err(e) => {
+                let _ = self.tx.send(Err(e.to_status())).await;
+                false
+            }
+        }
     }
 
     async fn run(
@@ -239,6 +447,8 @@ impl Feed {
         replay: Vec<Arc<LogRecord>>,
         reached: u64,
         mut live: broadcast::Receiver<Arc<LogRecord>>,
+        mut link: watch::Receiver<Link>,
+        mut epochs: watch::Receiver<u64>,
         mut stop: watch::Receiver<bool>,
     ) {
         for record in replay {
@@ -247,52 +457,91 @@ impl Feed {
             }
         }
         self.last = self.last.max(reached);
-        let marker = pb::Notification {
-            seq: self.last,
-            kind: "live".into(),
-            mode: self.node.shared.read().mode.name().into(),
-            ..Default::default()
-        };
-        if self.tx.send(Ok(marker)).await.is_err() {
+        let mut mode = link.borrow_and_update().clone();
+        if self
+            .tx
+            .send(Ok(self.marker(pb::notification_kind::LIVE, &mode)))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
-            let received = tokio::select! {
-                received = live.recv() => received,
-                _ = self.tx.closed() => return,
-                _ = stopped(&mut stop) => {
-                    let _ = self.tx.send(Err(CfgError::Unavailable("the server is stopping".into()).to_status())).await;
-                    return;
-                }
-            };
-            let gap = match received {
-                Ok(record) if record.seq <= self.last + 1 => {
-                    if !self.deliver(&record).await {
+            let next = tokio::select! {
+                next = next_records(&mut live, &self.shared, self.history_max_age_ms, self.last, self.epoch) => next,
+                changed = epochs.changed() => {
+                    // The server reloaded a history of another epoch (possibly at the same
+                    // numbers): this subscriber's copy may have diverged.
+                    if changed.is_err() {
                         return;
                     }
-                    false
+                    if !self.follow_epoch().await {
+                        return;
+                    }
+                    continue;
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if gap {
-                match history_after(&self.node, self.last).await {
-                    Ok((records, reached)) => {
-                        for record in records {
-                            if !self.deliver(&record).await {
-                                return;
-                            }
+                changed = link.changed() => {
+                    // A proxy attached (possibly after a reload that jumped the numbers) or lost
+                    // its master: deliver what the history holds first, then the mode.
+                    if changed.is_err() || !self.catch_up().await {
+                        return;
+                    }
+                    let now = link.borrow_and_update().clone();
+                    if now.mode != mode.mode {
+                        mode = now;
+                        let event = self.marker(pb::notification_kind::PROXY_MODE, &mode);
+                        if self.tx.send(Ok(event)).await.is_err() {
+                            return;
                         }
-                        self.last = self.last.max(reached);
                     }
-                    Err(e) => {
-                        let _ = self.tx.send(Err(e.to_status())).await;
-                        return;
+                    continue;
+                }
+                _ = self.tx.closed() => return,
+                _ = stopped(&mut stop) => return say_stopping(&self.tx).await,
+            };
+            match next {
+                Ok(Some(records)) => {
+                    for record in records {
+                        if !self.deliver(&record).await {
+                            return;
+                        }
                     }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.to_status())).await;
+                    return;
                 }
             }
         }
     }
+}
+
+/// The records after `last` to send next: the next live one, or — after a jump or a lag — what
+/// the history holds after `last`. `Ok(None)` when the state is gone.
+async fn next_records(
+    live: &mut broadcast::Receiver<Arc<LogRecord>>,
+    shared: &Shared,
+    history_max_age_ms: u64,
+    last: u64,
+    epoch: u64,
+) -> Result<Option<Vec<Arc<LogRecord>>>, CfgError> {
+    match live.recv().await {
+        Ok(record) if record.seq <= last => Ok(Some(Vec::new())),
+        Ok(record) if record.seq == last + 1 => Ok(Some(vec![record])),
+        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            let (records, _) = history_after(shared, history_max_age_ms, last, epoch).await?;
+            Ok(Some(records))
+        }
+        Err(broadcast::error::RecvError::Closed) => Ok(None),
+    }
+}
+
+/// Ends a stream because the server stops.
+async fn say_stopping<T>(tx: &mpsc::Sender<Result<T, Status>>) {
+    let _ = tx
+        .send(Err(CfgError::Unavailable("the server is stopping".into()).to_status()))
+        .await;
 }
 
 /// Completes when `stop` turns true.
@@ -335,7 +584,7 @@ impl ConfServ for Service {
         let request = request.into_inner();
         let refused = || CfgError::Unauthenticated("bad user name or password".into());
         let (person, hash, key, super_admin) = {
-            let state = self.node.shared.read();
+            let state = self.shared.read();
             let key = state
                 .session_key
                 .clone()
@@ -345,6 +594,9 @@ impl ConfServ for Service {
             } else {
                 request.tenant.as_str()
             };
+            if let Some(scope) = state.scope.as_ref().filter(|s| !s.holds_tenant_named(tenant_name)) {
+                return Err(not_held(scope, format!("the logins of tenant {tenant_name:?}")).into());
+            }
             let tenant = state
                 .set
                 .by_name(ObjectType::Tenant, 0, tenant_name)
@@ -372,7 +624,7 @@ impl ConfServ for Service {
             info!(user = request.user, "login refused: bad user name or password");
             return Err(refused().into());
         }
-        let expires_at_ms = now_ms() + self.node.config.session_ttl_ms;
+        let expires_at_ms = now_ms() + self.session_ttl_ms;
         let token = auth::issue(&key, person, expires_at_ms)
             .ok_or_else(|| CfgError::Unavailable("cannot sign a session token".into()))?;
         info!(user = request.user, person, "login");
@@ -388,7 +640,8 @@ impl ConfServ for Service {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
         let t = object_type(&request.object_type)?;
-        let state = self.node.shared.read();
+        let state = self.shared.read();
+        check_held_get(&state, t, &request)?;
         let dbid = if request.dbid != 0 {
             request.dbid
         } else {
@@ -415,7 +668,8 @@ impl ConfServ for Service {
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         let caller = self.caller(&request)?;
         let query: Query = serde_json::from_str(&request.get_ref().query_json).map_err(|e| bad("query", e))?;
-        let state = self.node.shared.read();
+        let state = self.shared.read();
+        check_held_tenant(&state, query.tenant)?;
         let mut page = access::query_as(&state.set, caller.person, &query);
         if let PageItems::Full(objects) = &mut page.items {
             for obj in objects.iter_mut() {
@@ -430,6 +684,14 @@ impl ConfServ for Service {
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request)?;
+        let node = match &self.backend {
+            Backend::Master(node) => node,
+            Backend::Proxy(proxy) => {
+                return proxy
+                    .forward(request, |mut stub, r| async move { stub.create(r).await })
+                    .await
+            }
+        };
         let request = request.into_inner();
         let mut obj: ConfigObject = serde_json::from_str(&request.object_json).map_err(|e| bad("object", e))?;
         if !request.password.is_empty() {
@@ -441,8 +703,7 @@ impl ConfServ for Service {
         }
         let op = format!("create {} {:?}", obj.object_type, obj.name);
         let person = caller.person;
-        let committed = self
-            .node
+        let committed = node
             .commit(&caller, &request.request_id, op, move |state, dbids| {
                 plan::create(state, dbids, person, obj.clone())
             })
@@ -456,6 +717,14 @@ impl ConfServ for Service {
 
     async fn update(&self, request: Request<pb::UpdateRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request)?;
+        let node = match &self.backend {
+            Backend::Master(node) => node,
+            Backend::Proxy(proxy) => {
+                return proxy
+                    .forward(request, |mut stub, r| async move { stub.update(r).await })
+                    .await
+            }
+        };
         let request = request.into_inner();
         let t = object_type(&request.object_type)?;
         let mut delta: Delta = if request.delta_json.trim().is_empty() {
@@ -473,28 +742,34 @@ impl ConfServ for Service {
         let (dbid, expected) = (request.dbid, request.expected_version);
         let op = format!("update {t} {dbid}");
         let person = caller.person;
-        let committed = self
-            .node
+        let committed = node
             .commit(&caller, &request.request_id, op, move |state, _| {
                 plan::update(state, person, t, dbid, &delta, expected)
             })
             .await?;
         let object = match &committed {
             Some(c) => c.records.first().and_then(|r| r.object().cloned()),
-            None => self.node.shared.read().set.get(t, dbid).cloned(),
+            None => self.shared.read().set.get(t, dbid).cloned(),
         };
         Ok(Response::new(write_response(committed, object)))
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request)?;
+        let node = match &self.backend {
+            Backend::Master(node) => node,
+            Backend::Proxy(proxy) => {
+                return proxy
+                    .forward(request, |mut stub, r| async move { stub.delete(r).await })
+                    .await
+            }
+        };
         let request = request.into_inner();
         let t = object_type(&request.object_type)?;
         let (dbid, cascade, expected) = (request.dbid, request.cascade, request.expected_version);
         let op = format!("delete {t} {dbid}{}", if cascade { " with cascade" } else { "" });
         let person = caller.person;
-        let committed = self
-            .node
+        let committed = node
             .commit(&caller, &request.request_id, op, move |state, _| {
                 plan::delete(state, person, t, dbid, cascade, expected)
             })
@@ -511,30 +786,57 @@ impl ConfServ for Service {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
         let filter = Filter::from_request(&request)?;
+        check_held_tenant(&self.shared.read(), filter.tenant)?;
         // Subscribe before reading the history, so that nothing falls between the two.
-        let live = self.node.shared.subscribe();
+        let live = self.shared.subscribe();
+        let link = self.shared.link();
+        let mut epochs = self.shared.epochs();
+        let epoch = *epochs.borrow_and_update();
         let (replay, reached) = match request.after_seq {
-            Some(after) => history_after(&self.node, after).await?,
-            None => (Vec::new(), self.node.shared.read().seq),
+            Some(after) => {
+                let broken = other_epoch(&self.shared.read(), after, request.epoch);
+                if let Some(e) = broken {
+                    info!(
+                        after,
+                        asked = request.epoch,
+                        epoch,
+                        "a subscriber resumed in another epoch: reload required"
+                    );
+                    return Err(e.into());
+                }
+                history_after(&self.shared, self.history_max_age_ms, after, epoch).await?
+            }
+            None => (Vec::new(), self.shared.read().seq),
         };
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let feed = Feed {
-            node: self.node.clone(),
+            shared: self.shared.clone(),
+            history_max_age_ms: self.history_max_age_ms,
+            proxy: self.is_proxy(),
             caller,
             filter,
             tx,
             last: request.after_seq.unwrap_or(reached),
+            epoch,
+            _open: self.shared.activity.subscribers.open(),
         };
-        tokio::spawn(feed.run(replay, reached, live, self.stop.clone()));
+        tokio::spawn(feed.run(replay, reached, live, link, epochs, self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn set_mode(&self, request: Request<pb::SetModeRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request)?;
+        let node = match &self.backend {
+            Backend::Master(node) => node,
+            Backend::Proxy(proxy) => {
+                return proxy
+                    .forward(request, |mut stub, r| async move { stub.set_mode(r).await })
+                    .await
+            }
+        };
         let mode: Mode = request.get_ref().mode.parse().map_err(CfgError::BadRequest)?;
         let person = caller.person;
-        let committed = self
-            .node
+        let committed = node
             .commit(
                 &caller,
                 &request.get_ref().request_id,
@@ -550,6 +852,15 @@ impl ConfServ for Service {
 
     async fn audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
         let caller = self.caller(&request)?;
+        let node = match &self.backend {
+            Backend::Master(node) => node,
+            // The audit trail is in the database, which only masters read.
+            Backend::Proxy(proxy) => {
+                return proxy
+                    .forward(request, |mut stub, r| async move { stub.audit(r).await })
+                    .await
+            }
+        };
         let request = request.into_inner();
         let limit = match request.limit as usize {
             0 => 100,
@@ -560,7 +871,7 @@ impl ConfServ for Service {
             t => Some(object_type(t)?),
         };
         let (seq, log_first) = {
-            let state = self.node.shared.read();
+            let state = self.shared.read();
             (state.seq, state.log_first)
         };
         let mut next = request.after_seq.max(log_first.saturating_sub(1)) + 1;
@@ -568,11 +879,11 @@ impl ConfServ for Service {
         let mut blocks = 0;
         while next <= seq && found.len() < limit && blocks < AUDIT_BLOCKS_MAX {
             let block_end = (next / keys::LOG_BLOCK + 1) * keys::LOG_BLOCK - 1;
-            let records = store::read_records(self.node.db(), next, block_end.min(seq))
+            let records = store::read_records(node.db(), next, block_end.min(seq))
                 .await
                 .map_err(|e| CfgError::Unavailable(e.to_string()))?;
             blocks += 1;
-            let state = self.node.shared.read();
+            let state = self.shared.read();
             let super_admin = access::is_super_admin(&state.set, caller.person);
             let mut scanned_to = block_end.min(seq);
             for record in records {
@@ -607,7 +918,22 @@ impl ConfServ for Service {
             0 => None,
             f => Some(f),
         };
-        let state = self.node.shared.read();
+        let state = self.shared.read();
+        if let Some(scope) = &state.scope {
+            match folder {
+                None => {
+                    return Err(not_held(
+                        scope,
+                        "the whole configuration (export a folder, or from a master)".into(),
+                    )
+                    .into())
+                }
+                Some(f) if state.set.get(ObjectType::Folder, f).is_none() => {
+                    return Err(not_held(scope, format!("folder {f}")).into())
+                }
+                Some(_) => {}
+            }
+        }
         let super_admin = access::is_super_admin(&state.set, caller.person);
         if !super_admin {
             if let Some(hidden) = state
@@ -635,27 +961,41 @@ impl ConfServ for Service {
 
     async fn import(&self, request: Request<pb::ImportRequest>) -> Result<Response<pb::ImportResponse>, Status> {
         let caller = self.caller(&request)?;
+        // A dry run plans on the state in memory, which must then be the whole configuration.
+        let whole = self.shared.read().scope.is_none();
+        let node = match &self.backend {
+            Backend::Proxy(proxy) if !request.get_ref().dry_run || !whole => {
+                return proxy
+                    .forward(request, |mut stub, r| async move { stub.import(r).await })
+                    .await
+            }
+            Backend::Master(node) => Some(node),
+            // A dry run only plans, on the state in memory.
+            Backend::Proxy(_) => None,
+        };
         let request = request.into_inner();
         let doc = Document::from_json(&request.document_json).map_err(CfgError::from)?;
-        if request.dry_run {
-            let state = self.node.shared.read();
-            let mut dbids = state.last_dbid.clone();
-            let (whats, report) = plan::import(&state, &mut dbids, caller.person, &doc)?;
-            return Ok(Response::new(pb::ImportResponse {
-                created: import_keys(&state, &report.created, &whats),
-                changed: import_keys(&state, &report.changed, &whats),
-                skipped: import_keys(&state, &report.skipped, &whats),
-                first_seq: 0,
-                last_seq: 0,
-            }));
-        }
+        let node = match node {
+            Some(node) if !request.dry_run => node,
+            _ => {
+                let state = self.shared.read();
+                let mut dbids = state.last_dbid.clone();
+                let (whats, report) = plan::import(&state, &mut dbids, caller.person, &doc)?;
+                return Ok(Response::new(pb::ImportResponse {
+                    created: import_keys(&state, &report.created, &whats),
+                    changed: import_keys(&state, &report.changed, &whats),
+                    skipped: import_keys(&state, &report.skipped, &whats),
+                    first_seq: 0,
+                    last_seq: 0,
+                }));
+            }
+        };
         let found: Arc<std::sync::Mutex<Option<(Vec<What>, ImportReport)>>> = Arc::default();
         let op = format!("import of {} objects", doc.objects.len());
         let person = caller.person;
         let doc = Arc::new(doc);
         let planned = found.clone();
-        let committed = self
-            .node
+        let committed = node
             .commit(&caller, &request.request_id, op, move |state, dbids| {
                 let (whats, report) = plan::import(state, dbids, person, &doc)?;
                 *planned.lock().unwrap_or_else(|p| p.into_inner()) = Some((whats.clone(), report));
@@ -678,7 +1018,7 @@ impl ConfServ for Service {
                 }
             }
         }
-        let state = self.node.shared.read();
+        let state = self.shared.read();
         info!(
             created = report.created.len(),
             changed = report.changed.len(),
@@ -696,25 +1036,372 @@ impl ConfServ for Service {
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        let role = self.node.role();
-        let (holder, last_step_down) = self.node.lease_view();
-        let state = self.node.shared.read();
-        Ok(Response::new(pb::StatusResponse {
-            name: self.node.config.name.clone(),
-            addr: self.node.config.advertise.clone(),
-            role: role.name().into(),
-            lease_holder: holder.unwrap_or_default(),
-            primary_addr: self.node.primary_addr().unwrap_or_default(),
-            mode: state.mode.name().into(),
-            last_seq: state.seq,
-            history_oldest_seq: state.history_floor(),
-            objects: state.set.len() as u64,
-            fencing_token: match role {
-                crate::node::Role::Primary { token } => token,
+        Ok(Response::new(status_of(&self.shared, &self.backend)))
+    }
+
+    type ReplicateStream = ReceiverStream<Result<pb::ReplicateMessage, Status>>;
+
+    async fn replicate(
+        &self,
+        request: Request<pb::ReplicateRequest>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let caller = self.caller(&request)?;
+        let Backend::Master(node) = &self.backend else {
+            return Err(
+                CfgError::BadRequest("a proxy does not serve replication: ask the primary master".into()).into(),
+            );
+        };
+        if !matches!(node.role(), Role::Primary { .. }) {
+            return Err(node.not_primary().into());
+        }
+        if !access::is_super_admin(&self.shared.read().set, caller.person) {
+            return Err(
+                CfgError::Permission("replication (for proxies) needs a Super Administrator's session".into()).into(),
+            );
+        }
+        let request = request.into_inner();
+        let interval = Duration::from_millis(request.heartbeat_interval_ms.clamp(HEARTBEAT_MS_MIN, HEARTBEAT_MS_MAX));
+        // Subscribe before reading, so that nothing falls between the start and the live records.
+        let live = self.shared.subscribe();
+        let mut epochs = self.shared.epochs();
+        epochs.borrow_and_update();
+        let (first, last, epoch) = {
+            let state = self.shared.read();
+            // The same write at the same number: the proxy's history is this one's up to there,
+            // whatever epoch it was received in.
+            let continues = request.after_write_id != 0
+                && state
+                    .ring
+                    .iter()
+                    .any(|r| Some(r.seq) == request.after_seq && r.write_id == request.after_write_id);
+            let asked_epoch = if continues { state.epoch } else { request.epoch };
+            let resumed = request
+                .after_seq
+                .and_then(|after| history_in(&state, self.history_max_age_ms, after, asked_epoch).ok());
+            match resumed {
+                Some((records, reached)) => (records_message(&records, reached, state.epoch), reached, state.epoch),
+                None => (snapshot_message(&state), state.seq, state.epoch),
+            }
+        };
+        info!(
+            user = caller.user,
+            kind = first.kind,
+            seq = last,
+            epoch,
+            asked_epoch = request.epoch,
+            "a proxy attached for replication"
+        );
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let feed = Replication {
+            node: node.clone(),
+            history_max_age_ms: self.history_max_age_ms,
+            tx,
+            last,
+            epoch,
+            _open: self.shared.activity.replication_links.open(),
+        };
+        tokio::spawn(feed.run(first, live, interval, epochs, self.stop.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A server's status now: what `Status` answers and the metrics show.
+pub fn status_of(shared: &Shared, backend: &Backend) -> pb::StatusResponse {
+    let state = shared.read();
+    let mut status = pb::StatusResponse {
+        mode: state.mode.name().into(),
+        last_seq: state.seq,
+        history_oldest_seq: state.history_floor(),
+        objects: state.set.len() as u64,
+        db_revision: state.revision,
+        epoch: state.epoch,
+        ..Default::default()
+    };
+    drop(state);
+    match backend {
+        Backend::Master(node) => {
+            let role = node.role();
+            let (holder, last_step_down) = node.lease_view();
+            status.name = node.config.name.clone();
+            status.addr = node.config.advertise.clone();
+            status.role = role.name().into();
+            status.lease_holder = holder.unwrap_or_default();
+            status.primary_addr = node.primary_addr().unwrap_or_default();
+            status.fencing_token = match role {
+                Role::Primary { token } => token,
                 _ => 0,
+            };
+            status.last_step_down = last_step_down.unwrap_or_default();
+        }
+        Backend::Proxy(proxy) => {
+            let link = shared.link_now();
+            status.name = proxy.config.name.clone();
+            status.addr = proxy.config.advertise.clone();
+            status.role = "proxy".into();
+            status.proxy_mode = link.mode.name().into();
+            status.proxy_mode_reason = link.reason;
+            status.proxy_mode_since_ms = link.since_ms;
+            status.master = link.master.unwrap_or_default();
+        }
+    }
+    status
+}
+
+/// A `records` message of replication.
+fn records_message(records: &[Arc<LogRecord>], seq: u64, epoch: u64) -> pb::ReplicateMessage {
+    pb::ReplicateMessage {
+        kind: "records".into(),
+        seq,
+        epoch,
+        records_json: records.iter().map(|r| to_json(&**r)).collect(),
+        ..Default::default()
+    }
+}
+
+/// The `snapshot` message of replication: everything a proxy needs to serve, secrets included.
+fn snapshot_message(state: &State) -> pb::ReplicateMessage {
+    pb::ReplicateMessage {
+        kind: "snapshot".into(),
+        seq: state.seq,
+        records_json: state.ring.iter().map(|r| to_json(&**r)).collect(),
+        objects_json: state.set.iter().map(to_json).collect(),
+        mode: state.mode.name().into(),
+        session_key: state.session_key.clone().unwrap_or_default(),
+        epoch: state.epoch,
+    }
+}
+
+/// One proxy's replication feed on the primary master: the first message, then every record
+/// applied, and a heartbeat whenever the interval passed; ends when this server stops being the
+/// primary (the proxy then finds the new one), when the history cannot bridge a lag (the proxy
+/// reattaches and gets a snapshot), or when the proxy goes away.
+struct Replication {
+    node: Arc<Node>,
+    history_max_age_ms: u64,
+    tx: mpsc::Sender<Result<pb::ReplicateMessage, Status>>,
+    /// The last number sent.
+    last: u64,
+    /// The epoch of the history sent: the link ends with `reload-required` when the master's
+    /// history changes epoch (the proxy then takes a snapshot).
+    epoch: u64,
+    /// Counts this link among the open ones while it runs.
+    _open: Opened,
+}
+
+impl Replication {
+    /// Follows the master's history into a new epoch when it continues the one sent so far up to
+    /// the last number sent; otherwise ends the link with `reload-required` (the proxy then
+    /// takes a snapshot) and answers `false`.
+    async fn follow_epoch(&mut self, shared: &Shared) -> bool {
+        let broken = {
+            let state = shared.read();
+            match other_epoch(&state, self.last, self.epoch) {
+                None => {
+                    self.epoch = state.epoch;
+                    None
+                }
+                broken => broken,
+            }
+        };
+        match broken {
+            None => true,
+            Some(e) => {
+                warn!(error = %e, "the history changed epoch: the proxy must take a snapshot");
+                let _ = self.tx.send(Err(e.to_status())).await;
+                false
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        first: pb::ReplicateMessage,
+        mut live: broadcast::Receiver<Arc<LogRecord>>,
+        interval: Duration,
+        mut epochs: watch::Receiver<u64>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        if self.tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let mut heartbeat = tokio::time::interval(interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.node.shared.clone();
+        loop {
+            let next = tokio::select! {
+                next = next_records(&mut live, &shared, self.history_max_age_ms, self.last, self.epoch) => next,
+                changed = epochs.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !self.follow_epoch(&shared).await {
+                        return;
+                    }
+                    continue;
+                }
+                _ = heartbeat.tick() => {
+                    if !matches!(self.node.role(), Role::Primary { .. }) {
+                        let _ = self.tx.send(Err(self.node.not_primary().to_status())).await;
+                        return;
+                    }
+                    let seq = shared.read().seq;
+                    let beat = pb::ReplicateMessage {
+                        kind: "heartbeat".into(),
+                        seq,
+                        epoch: self.epoch,
+                        ..Default::default()
+                    };
+                    if self.tx.send(Ok(beat)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = self.tx.closed() => return,
+                _ = stopped(&mut stop) => return say_stopping(&self.tx).await,
+            };
+            let mut records = match next {
+                Ok(Some(records)) => records,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "a proxy's replication fell behind the history; it must reload");
+                    let _ = self.tx.send(Err(e.to_status())).await;
+                    return;
+                }
+            };
+            records.retain(|r| r.seq > self.last);
+            let Some(reached) = records.last().map(|r| r.seq) else {
+                continue;
+            };
+            if !self.follow_epoch(&shared).await {
+                return;
+            }
+            self.last = reached;
+            if self
+                .tx
+                .send(Ok(records_message(&records, reached, self.epoch)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Who;
+
+    fn created(seq: u64) -> Arc<LogRecord> {
+        let mut object = ConfigObject::new(ObjectType::Tenant, seq, format!("t{seq}"), 0);
+        object.version = 1;
+        Arc::new(LogRecord {
+            seq,
+            txn_first: seq,
+            txn_last: seq,
+            when_ms: now_ms(),
+            who: Who {
+                person: 0,
+                user: String::new(),
             },
-            db_revision: state.revision,
-            last_step_down: last_step_down.unwrap_or_default(),
-        }))
+            op: String::new(),
+            write_id: 0,
+            request_id: String::new(),
+            writer: String::new(),
+            what: What::Created { object },
+        })
+    }
+
+    fn history(epoch: u64) -> State {
+        State {
+            seq: 5,
+            epoch,
+            ring: (1..=5).map(created).collect(),
+            ring_capacity: 10,
+            ..State::default()
+        }
+    }
+
+    fn is_reload_required(answer: Result<(Vec<Arc<LogRecord>>, u64), CfgError>) -> bool {
+        matches!(answer, Err(CfgError::ReloadRequired { seq: 5, .. }))
+    }
+
+    const AGE_MS: u64 = 3_600_000;
+
+    #[test]
+    fn a_resume_in_another_epoch_is_told_to_reload() {
+        let state = history(2);
+        let (records, reached) = history_in(&state, AGE_MS, 3, 2).expect("same epoch");
+        assert_eq!((records.len(), reached), (2, 5));
+        assert!(
+            is_reload_required(history_in(&state, AGE_MS, 3, 1)),
+            "number 3 of epoch 1 says nothing in epoch 2"
+        );
+        assert!(
+            is_reload_required(history_in(&state, AGE_MS, 5, 1)),
+            "not even at the same number"
+        );
+        assert!(
+            is_reload_required(history_in(&state, AGE_MS, 3, 0)),
+            "an unknown epoch is the first one"
+        );
+        assert!(is_reload_required(history_in(&state, AGE_MS, 3, 3)), "a newer epoch");
+        let first = history(1);
+        assert!(
+            history_in(&first, AGE_MS, 3, 0).is_ok(),
+            "an older client in the first epoch"
+        );
+        assert!(history_in(&first, AGE_MS, 3, 1).is_ok());
+        let mut continued = history(2);
+        continued.continued.insert(1, 4);
+        assert!(
+            history_in(&continued, AGE_MS, 4, 1).is_ok(),
+            "epoch 2 continues epoch 1 up to 4"
+        );
+        assert!(
+            is_reload_required(history_in(&continued, AGE_MS, 5, 1)),
+            "but not beyond"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_ends_when_the_history_is_reloaded_in_another_epoch() {
+        let shared = Shared::new(10);
+        shared.replace(history(1));
+        let (tx, mut rx) = mpsc::channel(16);
+        let feed = Feed {
+            shared: shared.clone(),
+            history_max_age_ms: AGE_MS,
+            proxy: false,
+            caller: Caller::server(),
+            filter: Filter {
+                types: BTreeSet::new(),
+                tenant: None,
+                dbid: None,
+            },
+            tx,
+            last: 5,
+            epoch: 1,
+            _open: shared.activity.subscribers.open(),
+        };
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut epochs = shared.epochs();
+        epochs.borrow_and_update();
+        let task = tokio::spawn(feed.run(Vec::new(), 5, shared.subscribe(), shared.link(), epochs, stop));
+        let live = rx.recv().await.expect("live marker").expect("not an error");
+        assert_eq!((live.kind.as_str(), live.seq, live.epoch), ("live", 5, 1));
+        // The same numbers, another history.
+        shared.replace(history(2));
+        let refused = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the subscriber is told at once")
+            .expect("an answer");
+        let status = refused.expect_err("reload-required");
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the feed ends")
+            .expect("no panic");
     }
 }

@@ -68,10 +68,12 @@ fn note(latest: &mut Latest, key: String, revision: u64, value: Option<Vec<u8>>)
 }
 
 /// Loads the configuration (see the module documentation). `ring_capacity` records of history
-/// are read into the ring.
+/// are read into the ring. The state records the epoch of the database primary it was loaded
+/// from: its revisions and notification numbers mean something only in that epoch.
 pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, StoreError> {
     let primary = client.discover().await?;
-    let r0 = client.status(&primary).await?.revision;
+    let status = client.status(&primary).await?;
+    let (r0, epoch) = (status.revision, status.epoch);
     let mut latest: Latest = BTreeMap::new();
     for prefix in [keys::OBJ_PREFIX, keys::META_PREFIX] {
         for kv in client.range(prefix, None).await? {
@@ -147,6 +149,7 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
         .map(Arc::new)
         .collect::<VecDeque<_>>();
     state.revision = m.max(r0);
+    state.epoch = epoch;
     state.loaded = true;
     Ok(Loaded { state, watch, pending })
 }

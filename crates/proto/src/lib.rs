@@ -2,7 +2,7 @@
 //!
 //! - [`db`]: the configuration database — the client `Kv` service, the operator `Admin` service,
 //!   and the replica-to-replica `Raft` service.
-//! - [`confserv`]: the master Configuration Server's client service `ConfServ`.
+//! - [`confserv`]: the Configuration Server's client service `ConfServ` (masters and proxies).
 //!
 //! Architecture invariant: generated code only, plus the names of the metadata keys that carry
 //! structured error details. No behaviour lives here.
@@ -86,5 +86,18 @@ pub mod confserv {
         pub const UNAVAILABLE: &str = "unavailable";
         /// The write was sent to the database and its fate is not known.
         pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
+        /// A proxy has no master to forward the write to (limited mode); nothing was applied.
+        pub const LIMITED_MODE: &str = "limited-mode";
+        /// A proxy that holds only some tenants was asked for an object, a tenant, a login or a
+        /// subscription outside them; ask a server that holds it (a master holds everything).
+        pub const NOT_HELD: &str = "not-held";
+    }
+
+    /// Kinds of notification that are not changes of the configuration.
+    pub mod notification_kind {
+        /// The history is replayed; what follows is new.
+        pub const LIVE: &str = "live";
+        /// A proxy's mode changed (normal / limited).
+        pub const PROXY_MODE: &str = "proxy_mode";
     }
 }

@@ -1,13 +1,14 @@
 //! The master Configuration Server's client API, through real processes: CRUD, every kind of
 //! validation refusal, referential integrity and cascades, permissions (read-only users, folder
 //! rights), the audit trail, modes, notifications (order, deltas, catch-up, reload required,
-//! retention), export → import → export, and the `tandem cfg` command line.
+//! retention), export → import → export, and the `tandem cfg` command line (JSON and YAML documents).
 
 mod confserv_common;
 
 use std::time::Duration;
 
 use confserv_common::*;
+use tandem_config::document::Document;
 use tandem_config::{ConfigObject, Delta, Grant, ObjectType, PageItems, Query, Right, Value};
 use tandem_confserv::client::{ConfClient, SubscribeFilter};
 use tandem_confserv::record::{Mode, What};
@@ -876,6 +877,32 @@ async fn t50_command_line() {
     must(&["export", "--output", file.to_str().unwrap()]);
     let out = must(&["import", file.to_str().unwrap(), "--dry-run"]);
     assert!(out.contains("0 created, 0 changed"), "{out}");
+
+    info!("--- YAML: export by extension or --format, the same document; import detects .yaml");
+    let yaml_file = dir.path().join("export.yaml");
+    must(&["export", "--output", yaml_file.to_str().unwrap()]);
+    let json_doc = Document::from_json(&std::fs::read_to_string(&file).unwrap()).expect("JSON export");
+    let yaml_text = std::fs::read_to_string(&yaml_file).unwrap();
+    assert!(yaml_text.starts_with("format: 1\n"), "{yaml_text}");
+    assert_eq!(Document::from_yaml(&yaml_text).expect("YAML export"), json_doc);
+    let stdout_yaml = must(&["export", "--format", "yaml"]);
+    assert_eq!(stdout_yaml.trim_end(), yaml_text.trim_end());
+    let out = must(&["import", yaml_file.to_str().unwrap(), "--dry-run"]);
+    assert!(out.contains("0 created, 0 changed"), "{out}");
+    let plain = dir.path().join("export.txt");
+    std::fs::write(&plain, &yaml_text).unwrap();
+    let out = must(&["import", plain.to_str().unwrap(), "--format", "yaml", "--dry-run"]);
+    assert!(out.contains("0 created, 0 changed"), "{out}");
+    let broken = write_file(
+        dir.path(),
+        "broken.yml",
+        "format: 1\nobjects:\n- type: host\n  name: x\n fields: {}\n",
+    );
+    let (ok, _, err) = run(&["import", broken.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        !ok && err.contains("broken.yml") && err.contains("line 5, column 2"),
+        "{err}"
+    );
     let out = must(&["status"]);
     assert!(out.contains("primary") && out.contains("backup"), "{out}");
     let out = must(&["delete", "host", &dbid.to_string()]);

@@ -1,6 +1,6 @@
-//! Shared by the `confserv_*` tests: master Configuration Server processes (`tandem confserv
-//! --mode master`) with their own logs and signals, a database cluster with a pair of them, and
-//! the waits the tests need. The database replicas come from `tandem-testkit`; this module adds
+//! Shared by the `confserv_*` and `proxy_*` tests: master Configuration Server processes
+//! (`tandem confserv --mode master`) and proxies (`--mode proxy`) with their own logs and
+//! signals, a database cluster with a pair of masters, and the waits the tests need. The database replicas come from `tandem-testkit`; this module adds
 //! only what the configuration server needs (the harness there runs `tandem db serve` only).
 
 #![allow(dead_code)]
@@ -30,24 +30,81 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lease TTL the tests run with.
 pub const LEASE_TTL_MS: u64 = 1_500;
 
-/// One `tandem confserv --mode master` process.
+/// Heartbeat interval of the proxies the tests run.
+pub const PROXY_HEARTBEAT_INTERVAL_MS: u64 = 250;
+/// Heartbeat timeout of the proxies the tests run.
+pub const PROXY_HEARTBEAT_TIMEOUT_MS: u64 = 2_000;
+
+/// One `tandem confserv` process (a master or a proxy).
 pub struct ConfservProcess {
     pub name: String,
     dir: TempDir,
     addr: String,
+    /// Where `/metrics` is served, when started with `--metrics-listen` (the ready file's
+    /// second line).
+    metrics_addr: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
     paused: bool,
 }
 
 impl ConfservProcess {
-    /// Starts a server on a free port and waits until it has bound it.
+    /// Starts a master on a free port and waits until it has bound it.
     pub fn start(name: &str, db_endpoints: &[String], extra: &[&str]) -> ConfservProcess {
+        Self::start_on(name, db_endpoints, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a proxy of `masters` on a free port (logging in as the administrator) and waits
+    /// until it has bound it (not until it has loaded: see [`must_wait_proxy_mode`]).
+    pub fn start_proxy(name: &str, masters: &[String], extra: &[&str]) -> ConfservProcess {
+        let dir = Self::dir(name);
+        let mut args: Vec<String> = vec![
+            "confserv".into(),
+            "--mode".into(),
+            "proxy".into(),
+            "--masters".into(),
+            masters.join(","),
+            "--name".into(),
+            name.into(),
+            "--user".into(),
+            ADMIN.into(),
+            "--password-file".into(),
+            dir.path().join("admin-password").display().to_string(),
+            "--heartbeat-interval-ms".into(),
+            PROXY_HEARTBEAT_INTERVAL_MS.to_string(),
+            "--heartbeat-timeout-ms".into(),
+            PROXY_HEARTBEAT_TIMEOUT_MS.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::launch(name, dir, args, "127.0.0.1:0")
+    }
+
+    fn dir(name: &str) -> TempDir {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tandem-confserv-{name}-"))
             .tempdir()
             .expect("temporary directory");
         std::fs::write(dir.path().join("admin-password"), ADMIN_PASSWORD).expect("write the password file");
+        dir
+    }
+
+    fn launch(name: &str, dir: TempDir, args: Vec<String>, listen: &str) -> ConfservProcess {
+        let mut process = ConfservProcess {
+            name: name.to_owned(),
+            dir,
+            addr: String::new(),
+            metrics_addr: None,
+            args,
+            child: None,
+            paused: false,
+        };
+        process.addr = process.spawn(listen);
+        process
+    }
+
+    /// Starts a master listening on `listen` (`127.0.0.1:0` for a free port).
+    pub fn start_on(name: &str, db_endpoints: &[String], listen: &str, extra: &[&str]) -> ConfservProcess {
+        let dir = Self::dir(name);
         let mut args: Vec<String> = vec![
             "confserv".into(),
             "--mode".into(),
@@ -65,16 +122,7 @@ impl ConfservProcess {
             args.extend(["--lease-ttl-ms".to_owned(), LEASE_TTL_MS.to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut process = ConfservProcess {
-            name: name.to_owned(),
-            dir,
-            addr: String::new(),
-            args,
-            child: None,
-            paused: false,
-        };
-        process.addr = process.spawn("127.0.0.1:0");
-        process
+        Self::launch(name, dir, args, listen)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -115,7 +163,10 @@ impl ConfservProcess {
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 if text.ends_with('\n') {
-                    return text.trim().to_owned();
+                    let mut lines = text.lines().map(str::to_owned);
+                    let addr = lines.next().unwrap_or_default();
+                    self.metrics_addr = lines.next();
+                    return addr;
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -133,6 +184,11 @@ impl ConfservProcess {
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Where `/metrics` is served; panics unless started with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> &str {
+        self.metrics_addr.as_deref().expect("started with --metrics-listen")
     }
 
     fn note(&self, text: &str) {
@@ -351,4 +407,35 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path
+}
+
+/// A loopback address no one listens on now (for a server started later).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").to_string()
+}
+
+/// Waits until the server at `addr` is a proxy in `mode` (`normal`, `limited`); returns its
+/// status.
+pub async fn must_wait_proxy_mode(addr: &str, mode: &str) -> StatusResponse {
+    let client = client_of(vec![addr.to_owned()]);
+    must_eventually(&format!("proxy {addr} in {mode} mode"), EVENT_TIMEOUT, || {
+        let client = client.clone();
+        async move {
+            match client.status(addr).await {
+                Ok(s) if s.role == "proxy" && s.proxy_mode == mode => Ok(s),
+                Ok(s) => Err(format!("{s:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// The wall clock in ms since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

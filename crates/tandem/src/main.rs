@@ -3,8 +3,11 @@
 //! - `tandem db …`: a replica of the configuration database and the operator commands against
 //!   the replica set ([`db`]).
 //! - `tandem demo`: a three-replica database on loopback, written to and read back ([`demo`]).
-//! - `tandem confserv --mode master`: a master Configuration Server ([`confserv`]).
+//! - `tandem confserv --mode master|proxy`: a master Configuration Server or a proxy ([`confserv`]).
 //! - `tandem cfg …`: the configuration server's client commands ([`cfg`]).
+//! - `tandem up FILE`: a whole topology on this machine ([`up`]).
+//! - `tandem dr …`: disaster-recovery commands on a running topology ([`dr`]).
+//! - `tandem drill FILE`: the disaster end to end in network namespaces ([`drill`]).
 //!
 //! Architecture invariant: this crate is thin. It parses arguments, sets up logging, calls the
 //! libraries and reports their typed errors with context (anyhow); behaviour lives in the
@@ -14,6 +17,9 @@ mod cfg;
 mod confserv;
 mod db;
 mod demo;
+mod dr;
+mod drill;
+mod up;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -38,11 +44,19 @@ enum Command {
     Db(db::DbCommand),
     /// Start a three-replica database on loopback, write to it, read back, show who is primary.
     Demo(demo::DemoArgs),
-    /// Run a configuration server (`--mode master`: one of the primary/backup pair).
+    /// Run a configuration server (`--mode master`: one of the primary/backup pair; `--mode proxy`:
+    /// one of a site's proxy pair).
     Confserv(confserv::ConfservArgs),
     /// The configuration: log in, read, write, watch, export/import, audit, mode, status.
     #[command(subcommand)]
     Cfg(cfg::CfgCommand),
+    /// Start a whole topology (sites, hosts, roles) from a topology file on this machine.
+    Up(up::UpArgs),
+    /// Disaster recovery on a running topology: status, activate, deactivate, failback.
+    Dr(dr::DrArgs),
+    /// Run the disaster of a topology end to end in network namespaces (needs root): destroy
+    /// the live site, activate the other, fail back; print the timeline and the figures.
+    Drill(drill::DrillArgs),
 }
 
 fn init_logging() {
@@ -69,6 +83,9 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Confserv(args) => confserv::run(args).await,
             Command::Cfg(command) => cfg::run(command).await,
+            Command::Up(args) => up::run(args).await,
+            Command::Dr(args) => dr::run(args).await,
+            Command::Drill(args) => drill::run(args).await,
         }
     });
     match result {

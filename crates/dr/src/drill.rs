@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tandem_config::{ConfigObject, ObjectType};
 use tandem_confserv::client::{ConfClient, SubscribeFilter};
 use tandem_confserv::record::What;
-use tandem_config::{ConfigObject, ObjectType};
 use tandem_proto::confserv as pb;
 use tandem_topology::Role;
 use tokio::sync::watch;
@@ -203,11 +203,15 @@ pub async fn run(
         .map(|s| s.name.clone())
         .ok_or_else(|| DrError::Refused("the topology has no dormant site with a master pair to activate".into()))?;
     let proxies_of = |site: &str| -> Vec<String> {
-        plan.with_role(Role::Proxy, Some(site)).map(|c| c.addr.clone()).collect()
+        plan.with_role(Role::Proxy, Some(site))
+            .map(|c| c.addr.clone())
+            .collect()
     };
     let (here, there) = (proxies_of(&destroyed), proxies_of(&activated));
     if there.is_empty() {
-        return Err(DrError::Refused(format!("site {activated} has no proxy: nothing to observe there")));
+        return Err(DrError::Refused(format!(
+            "site {activated} has no proxy: nothing to observe there"
+        )));
     }
     let masters_there: Vec<String> = plan
         .with_role(Role::Master, Some(&activated))
@@ -240,8 +244,8 @@ pub async fn run(
     // Everyone in normal mode, then the load.
     let all_proxies: Vec<String> = plan.with_role(Role::Proxy, None).map(|c| c.addr.clone()).collect();
     status::wait_proxies(&all_proxies, "normal", None, Duration::from_secs(60)).await?;
-    let password = std::fs::read_to_string(plan.admin_password_file())
-        .map_err(|e| DrError::io(&plan.admin_password_file(), e))?;
+    let password =
+        std::fs::read_to_string(plan.admin_password_file()).map_err(|e| DrError::io(&plan.admin_password_file(), e))?;
     let password = password.trim().to_owned();
     let login = |servers: Vec<String>| {
         let user = plan.admin_user.clone();
@@ -272,11 +276,30 @@ pub async fn run(
     let mut load = Vec::new();
     if !here.is_empty() {
         let client = login(here.clone()).await?;
-        load.push(tokio::spawn(writer(client, format!("drill-{destroyed}-"), history.clone(), stop.clone())));
+        load.push(tokio::spawn(writer(
+            client,
+            format!("drill-{destroyed}-"),
+            history.clone(),
+            stop.clone(),
+        )));
     }
-    load.push(tokio::spawn(writer(client_there.clone(), format!("drill-{activated}-"), history.clone(), stop.clone())));
-    load.push(tokio::spawn(reader(login(there.clone()).await?, history.clone(), stop.clone())));
-    load.push(tokio::spawn(subscriber(login(there.clone()).await?, start_seq, history.clone(), stop.clone())));
+    load.push(tokio::spawn(writer(
+        client_there.clone(),
+        format!("drill-{activated}-"),
+        history.clone(),
+        stop.clone(),
+    )));
+    load.push(tokio::spawn(reader(
+        login(there.clone()).await?,
+        history.clone(),
+        stop.clone(),
+    )));
+    load.push(tokio::spawn(subscriber(
+        login(there.clone()).await?,
+        start_seq,
+        history.clone(),
+        stop.clone(),
+    )));
     note(format!("client load running: writers through the proxies of {destroyed} and {activated}, a reader and a subscriber at {activated}"));
     tokio::time::sleep(options.settle).await;
 
@@ -291,7 +314,11 @@ pub async fn run(
     for host in &hosts {
         network.cut_host(host)?;
     }
-    note(format!("t0: {destroyed} destroyed (kill -9 of {} processes, links of {} hosts cut)", doomed.len(), hosts.len()));
+    note(format!(
+        "t0: {destroyed} destroyed (kill -9 of {} processes, links of {} hosts cut)",
+        doomed.len(),
+        hosts.len()
+    ));
 
     // Limited mode at the surviving site.
     match status::wait_proxies(&there, "limited", None, Duration::from_secs(30)).await {
@@ -335,7 +362,9 @@ pub async fn run(
     let normal_since = status::wait_proxies(&there, "normal", Some(&masters_there), Duration::from_secs(60)).await?;
     report.normal_mode_ms = Some(normal_since.saturating_sub(t0_wall_ms));
     report.normal_after_activation_ms = Some(normal_since.saturating_sub(activation_wall_ms));
-    note(format!("every proxy of {activated} in normal mode on a master of {activated}"));
+    note(format!(
+        "every proxy of {activated} in normal mode on a master of {activated}"
+    ));
     tokio::time::sleep(options.settle).await;
 
     // Failback.
@@ -353,7 +382,9 @@ pub async fn run(
             .collect();
         status::wait_proxies(&all, "normal", Some(&masters_back), Duration::from_secs(60)).await?;
         report.failback_done = true;
-        note(format!("failback done: every proxy in normal mode on a master of {destroyed}"));
+        note(format!(
+            "failback done: every proxy in normal mode on a master of {destroyed}"
+        ));
         tokio::time::sleep(options.settle).await;
     }
 

@@ -258,7 +258,9 @@ fn process_alive_in(pid: u32, run_dir: &Path) -> bool {
         return false;
     };
     // The state follows the command name, which is in parentheses and may contain spaces.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     if matches!(state, Some("Z" | "X") | None) {
         return false;
     }

@@ -93,7 +93,9 @@ impl<'a> Operator<'a> {
         }
         let masters: Vec<Component> = plan.with_role(Role::Master, Some(site)).cloned().collect();
         if masters.is_empty() {
-            return Err(DrError::Refused(format!("site `{site}` has no master pair to activate")));
+            return Err(DrError::Refused(format!(
+                "site `{site}` has no master pair to activate"
+            )));
         }
         Ok(masters)
     }
@@ -149,9 +151,10 @@ impl<'a> Operator<'a> {
     async fn rejoin_superseded(&mut self) -> Result<(), DrError> {
         let plan = self.launcher.plan().clone();
         let client = db_client(&plan, MOVE_DEADLINE)?;
-        let primary = self.wait_primary(MOVE_DEADLINE).await?.ok_or_else(|| {
-            DrError::Refused("the replica set has no primary: activate a site first".to_owned())
-        })?;
+        let primary = self
+            .wait_primary(MOVE_DEADLINE)
+            .await?
+            .ok_or_else(|| DrError::Refused("the replica set has no primary: activate a site first".to_owned()))?;
         for (addr, answer) in client.status_all().await {
             let Ok(status) = answer else { continue };
             if status.epoch >= primary.epoch {
@@ -191,7 +194,13 @@ impl<'a> Operator<'a> {
                 .replicas
                 .iter()
                 .filter(|r| r.site == site && r.kind != "witness" && r.lag_entries != Some(0))
-                .map(|r| format!("{} ({} entries)", r.name, r.lag_entries.map_or("?".into(), |l| l.to_string())))
+                .map(|r| {
+                    format!(
+                        "{} ({} entries)",
+                        r.name,
+                        r.lag_entries.map_or("?".into(), |l| l.to_string())
+                    )
+                })
                 .collect();
             if behind.is_empty() {
                 self.note(format!("the replicas of {site} have caught up"));
@@ -258,7 +267,9 @@ impl<'a> Operator<'a> {
                     .await
                     .map_err(|e| DrError::Db(format!("cannot make {target_name} sync: {e}")))?;
             }
-            self.note(format!("planned switchover of the database primary: {name} → {target_name}"));
+            self.note(format!(
+                "planned switchover of the database primary: {name} → {target_name}"
+            ));
             client
                 .switchover(target.id)
                 .await
@@ -290,7 +301,11 @@ impl<'a> Operator<'a> {
             return Err(DrError::Refused(format!(
                 "the database has no primary: its quorum is lost (not answering: {}). \
                  `tandem dr activate {site} --force` would start a new epoch on {candidate_name}; {estimate}",
-                if unreachable.is_empty() { "none".to_owned() } else { unreachable.join(", ") }
+                if unreachable.is_empty() {
+                    "none".to_owned()
+                } else {
+                    unreachable.join(", ")
+                }
             )));
         }
         self.note(format!(
@@ -315,12 +330,17 @@ impl<'a> Operator<'a> {
         loop {
             if let Ok(status) = client.status(addr).await {
                 if status.role == "primary" {
-                    self.note(format!("database primary is {name} (epoch {}, term {})", status.epoch, status.term));
+                    self.note(format!(
+                        "database primary is {name} (epoch {}, term {})",
+                        status.epoch, status.term
+                    ));
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                return Err(DrError::Timeout(format!("{name} did not become primary within {MOVE_DEADLINE:?}")));
+                return Err(DrError::Timeout(format!(
+                    "{name} did not become primary within {MOVE_DEADLINE:?}"
+                )));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -398,9 +418,13 @@ fn loss_estimate(candidate: &StatusResponse) -> (String, bool) {
             true,
         )
     } else {
-        let behind = candidate.heard_primary_last_index.saturating_sub(candidate.last_log_index);
+        let behind = candidate
+            .heard_primary_last_index
+            .saturating_sub(candidate.last_log_index);
         (
-            format!("it was outside the sync set; up to {behind} entries the primary had {silent_ms} ms ago may be lost"),
+            format!(
+                "it was outside the sync set; up to {behind} entries the primary had {silent_ms} ms ago may be lost"
+            ),
             true,
         )
     }

@@ -44,7 +44,10 @@ pub async fn claim_run_dir(run_dir: &Path, exe: &Path) -> Result<(), DrError> {
         Err(e) => return Err(DrError::io(run_dir, e)),
     }
     std::fs::create_dir_all(run_dir).map_err(|e| DrError::io(run_dir, e))?;
-    crate::write_atomically(&run_dir.join(OWNER_FILE), format!("{}\n", std::process::id()).as_bytes())
+    crate::write_atomically(
+        &run_dir.join(OWNER_FILE),
+        format!("{}\n", std::process::id()).as_bytes(),
+    )
 }
 
 /// Starts every component of `plan` that runs at start (dormant master pairs stay stopped),
@@ -101,7 +104,10 @@ pub async fn start(launcher: &Launcher, progress: impl Fn(&Step) + Send + Sync) 
     if !addrs.is_empty() {
         crate::status::wait_proxies(&addrs, "normal", None, std::time::Duration::from_secs(60)).await?;
     }
-    crate::write_atomically(&plan.run_dir.join(ACTIVE_SITE_FILE), format!("{live_site}\n").as_bytes())?;
+    crate::write_atomically(
+        &plan.run_dir.join(ACTIVE_SITE_FILE),
+        format!("{live_site}\n").as_bytes(),
+    )?;
     crate::write_atomically(&plan.run_dir.join(READY_FILE), b"up\n")
 }
 

@@ -65,10 +65,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
         println!("--- drill of {} (run directory {})", topology.name, run_dir.display());
     }
     let outcome = crate::up::in_reach(launcher.plan(), async {
-        let started = up::start(&launcher, |step| print(&TimedStep {
-            at_ms: -1,
-            what: format!("setup: {}", step.what),
-        }))
+        let started = up::start(&launcher, |step| {
+            print(&TimedStep {
+                at_ms: -1,
+                what: format!("setup: {}", step.what),
+            })
+        })
         .await;
         let report = match started {
             Ok(()) => drill::run(&launcher, &netns::LabNetwork(&lab), &options, &print).await,
@@ -130,8 +132,16 @@ fn figures(r: &DrillReport, auto: bool) -> String {
             },
             "≥ lost".to_owned(),
         ),
-        ("writes refused / unknown", format!("{} / {}", w.refused, w.unknown), "-".to_owned()),
-        ("writes duplicated / phantom", format!("{} / {}", w.duplicated, w.phantom), "0 / 0".to_owned()),
+        (
+            "writes refused / unknown",
+            format!("{} / {}", w.refused, w.unknown),
+            "-".to_owned(),
+        ),
+        (
+            "writes duplicated / phantom",
+            format!("{} / {}", w.duplicated, w.phantom),
+            "0 / 0".to_owned(),
+        ),
         (
             &*format!("reads answered at {}", r.activated_site),
             reads,
@@ -150,7 +160,11 @@ fn figures(r: &DrillReport, auto: bool) -> String {
             if r.two_writers { "YES" } else { "never" }.to_owned(),
             "never".to_owned(),
         ),
-        ("failback", if r.failback_done { "done" } else { "not done" }.to_owned(), "-".to_owned()),
+        (
+            "failback",
+            if r.failback_done { "done" } else { "not done" }.to_owned(),
+            "-".to_owned(),
+        ),
     ]
     .map(|(a, b, c)| (a.to_owned(), b, c));
     let mut out = format!(

@@ -49,7 +49,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         topology.name,
         args.file.display(),
         run_dir.display(),
-        if args.netns { ", a network namespace per host" } else { "" }
+        if args.netns {
+            ", a network namespace per host"
+        } else {
+            ""
+        }
     );
     if args.netns {
         let (lab, plan) = tandem_dr::netns::build(&topology, &run_dir)?;
@@ -73,7 +77,9 @@ where
     match &plan.router_netns {
         Some(router) => {
             let router = router.clone();
-            Ok(tokio::task::block_in_place(|| tandem_netlab::block_on_in(&router, future))?)
+            Ok(tokio::task::block_in_place(|| {
+                tandem_netlab::block_on_in(&router, future)
+            })?)
         }
         None => Ok(future.await),
     }

@@ -36,7 +36,8 @@ fn number(report: &Value, path: &[&str]) -> u64 {
     for key in path {
         v = &v[*key];
     }
-    v.as_u64().unwrap_or_else(|| panic!("{path:?} is not a number in {report:#}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {report:#}"))
 }
 
 /// What every drill must show, whatever the replica kinds: nothing acknowledged twice or out of
@@ -44,17 +45,29 @@ fn number(report: &Value, path: &[&str]) -> u64 {
 /// time, and the failback done.
 fn assert_sound(report: &Value) {
     let context = format!("{report:#}");
-    assert!(number(report, &["writes", "acknowledged"]) > 0, "the load wrote nothing: {context}");
+    assert!(
+        number(report, &["writes", "acknowledged"]) > 0,
+        "the load wrote nothing: {context}"
+    );
     assert_eq!(number(report, &["writes", "duplicated"]), 0, "{context}");
     assert_eq!(number(report, &["writes", "phantom"]), 0, "{context}");
-    let (tried, answered) = (number(report, &["reads", "tried"]), number(report, &["reads", "answered"]));
-    assert!(tried > 0 && answered == tried, "reads at site 2: {answered}/{tried}: {context}");
+    let (tried, answered) = (
+        number(report, &["reads", "tried"]),
+        number(report, &["reads", "answered"]),
+    );
+    assert!(
+        tried > 0 && answered == tried,
+        "reads at site 2: {answered}/{tried}: {context}"
+    );
     assert!(number(report, &["notifications", "received"]) > 0, "{context}");
     assert_eq!(number(report, &["notifications", "gaps"]), 0, "{context}");
     assert_eq!(number(report, &["notifications", "out_of_order"]), 0, "{context}");
     assert_eq!(report["two_writers"], false, "{context}");
     assert_eq!(report["failback_done"], true, "{context}");
-    assert!(report["limited_mode_ms"].is_u64(), "site 2's proxies entered limited mode: {context}");
+    assert!(
+        report["limited_mode_ms"].is_u64(),
+        "site 2's proxies entered limited mode: {context}"
+    );
     assert!(report["normal_mode_ms"].is_u64(), "and came back to normal: {context}");
     assert!(
         number(report, &["writes", "refused_limited"]) > 0,
@@ -70,8 +83,15 @@ async fn with_a_sync_replica_at_site2_no_acknowledged_write_is_lost() {
     let temp = tempfile::tempdir().expect("temp dir");
     let report = drill(&example(), &temp.path().join("run"), &[]).await;
     assert_sound(&report);
-    assert_eq!(number(&report, &["writes", "lost"]), 0, "RPO 0 with a sync replica: {report:#}");
-    assert!(report["possibly_lost"].is_null(), "no forced recovery was needed: {report:#}");
+    assert_eq!(
+        number(&report, &["writes", "lost"]),
+        0,
+        "RPO 0 with a sync replica: {report:#}"
+    );
+    assert!(
+        report["possibly_lost"].is_null(),
+        "no forced recovery was needed: {report:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,9 +117,15 @@ async fn a_forced_activation_onto_an_async_replica_loses_no_more_than_it_printed
     let report = drill(&file, &temp.path().join("run"), &["--force"]).await;
     assert_sound(&report);
     let printed = number(&report, &["possibly_lost"]);
-    assert!(report["loss_bounded"].is_boolean(), "the recovery said whether its figure is a bound: {report:#}");
+    assert!(
+        report["loss_bounded"].is_boolean(),
+        "the recovery said whether its figure is a bound: {report:#}"
+    );
     let lost = number(&report, &["writes", "lost"]);
-    assert!(lost <= printed, "lost {lost} acknowledged writes, but --force said at most {printed}: {report:#}");
+    assert!(
+        lost <= printed,
+        "lost {lost} acknowledged writes, but --force said at most {printed}: {report:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,7 +152,9 @@ async fn with_auto_activate_site2_activates_by_itself() {
         .filter_map(|step| step["what"].as_str())
         .collect();
     assert!(
-        timeline.iter().any(|what| what.starts_with("automatic activation of site2")),
+        timeline
+            .iter()
+            .any(|what| what.starts_with("automatic activation of site2")),
         "site 2 activated by itself: {timeline:#?}"
     );
     assert!(

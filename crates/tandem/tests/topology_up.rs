@@ -154,7 +154,13 @@ async fn the_two_site_example_starts_and_site2_is_activated() {
         site1 == ["backup", "primary"] || site1 == ["primary", "backup"],
         "site 1's pair: one primary, one backup: {masters:?}"
     );
-    assert_eq!(masters[2..], [("s2-cs1/master".into(), "stopped".into()), ("s2-cs2/master".into(), "stopped".into())]);
+    assert_eq!(
+        masters[2..],
+        [
+            ("s2-cs1/master".into(), "stopped".into()),
+            ("s2-cs2/master".into(), "stopped".into())
+        ]
+    );
 
     // Activate site 2: the primary and the masters move; the proxies follow by themselves.
     let report = dr_json(&run_dir, &["activate", "site2"]).await;
@@ -166,23 +172,27 @@ async fn the_two_site_example_starts_and_site2_is_activated() {
         .filter(|m| m["site"] == "site2")
         .filter_map(|m| m["addr"].as_str().map(str::to_owned))
         .collect();
-    let status = must_eventually("every proxy attached to a site-2 master", Duration::from_secs(30), || {
-        let run_dir = run_dir.clone();
-        let site2_masters = site2_masters.clone();
-        async move {
-            let status = dr_json(&run_dir, &["status"]).await;
-            let attached = by_name(&status, "proxies", "master");
-            let modes = by_name(&status, "proxies", "mode");
-            let all = attached.len() == 4
-                && attached.iter().all(|(_, m)| site2_masters.contains(m))
-                && modes.iter().all(|(_, mode)| mode == "normal");
-            if all {
-                Ok(status)
-            } else {
-                Err(format!("proxies: {attached:?} {modes:?}"))
+    let status = must_eventually(
+        "every proxy attached to a site-2 master",
+        Duration::from_secs(30),
+        || {
+            let run_dir = run_dir.clone();
+            let site2_masters = site2_masters.clone();
+            async move {
+                let status = dr_json(&run_dir, &["status"]).await;
+                let attached = by_name(&status, "proxies", "master");
+                let modes = by_name(&status, "proxies", "mode");
+                let all = attached.len() == 4
+                    && attached.iter().all(|(_, m)| site2_masters.contains(m))
+                    && modes.iter().all(|(_, mode)| mode == "normal");
+                if all {
+                    Ok(status)
+                } else {
+                    Err(format!("proxies: {attached:?} {modes:?}"))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(status["active_site"], "site2", "{status:#}");
     assert_eq!(status["db_primary"], "s2-db/db", "{status:#}");
@@ -229,24 +239,33 @@ async fn the_two_site_example_starts_and_site2_is_activated() {
 
     // Stopping `tandem up` stops everything and removes the run directory.
     let pid = up.child.id().expect("tandem up runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
-        .expect("signal tandem up");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal tandem up");
     let exit = tokio::time::timeout(Duration::from_secs(60), up.child.wait())
         .await
         .expect("tandem up stops within a minute")
         .expect("wait for tandem up");
     assert!(exit.success(), "tandem up exit: {exit}\n{}", up.output());
     assert!(!run_dir.exists(), "the run directory is removed");
-    assert_eq!(processes_of(&run_dir), Vec::<u32>::new(), "no component process is left");
+    assert_eq!(
+        processes_of(&run_dir),
+        Vec::<u32>::new(),
+        "no component process is left"
+    );
 }
 
 #[tokio::test]
 async fn a_bad_topology_file_is_reported_at_its_line_and_nothing_starts() {
     let temp = tempfile::tempdir().expect("temp dir");
     let file = temp.path().join("bad.toml");
-    let text = std::fs::read_to_string(example())
-        .expect("read the example")
-        .replacen("roles = [\"master\", \"proxy\"]", "roles = [\"master\", \"proxi\"]", 1);
+    let text = std::fs::read_to_string(example()).expect("read the example").replacen(
+        "roles = [\"master\", \"proxy\"]",
+        "roles = [\"master\", \"proxi\"]",
+        1,
+    );
     std::fs::write(&file, &text).expect("write the bad file");
     let line = text[..text.find("proxi\"").expect("edited")].matches('\n').count() + 1;
     let run_dir = temp.path().join("run");

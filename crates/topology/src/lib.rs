@@ -333,7 +333,9 @@ fn check_name(what: &str, name: &Spanned<String>) -> Result<String, Mistake> {
     let text = name.get_ref();
     let valid = !text.is_empty()
         && text.len() <= 32
-        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !text.starts_with('-');
     if !valid {
         return mistake(
@@ -465,12 +467,7 @@ fn check(raw: RawFile) -> Result<Topology, Mistake> {
                 "sync" => DbKind::Sync,
                 "async" => DbKind::Async,
                 "witness" => DbKind::Witness,
-                other => {
-                    return mistake(
-                        kind.span(),
-                        format!("db_kind `{other}`: use sync, async or witness"),
-                    )
-                }
+                other => return mistake(kind.span(), format!("db_kind `{other}`: use sync, async or witness")),
             }),
         };
         let address = match &host.address {

@@ -69,8 +69,16 @@ fn the_shipped_example_is_the_seeds_layout() {
     assert_eq!(topology.live_site().name, "site1");
     assert_eq!(topology.site("site2").and_then(|s| s.masters), Some(Masters::Dormant));
     for site in ["site1", "site2"] {
-        assert_eq!(topology.hosts_with(Role::Master, Some(site)).count(), 2, "{site} master pair");
-        assert_eq!(topology.hosts_with(Role::Proxy, Some(site)).count(), 2, "{site} proxy pair");
+        assert_eq!(
+            topology.hosts_with(Role::Master, Some(site)).count(),
+            2,
+            "{site} master pair"
+        );
+        assert_eq!(
+            topology.hosts_with(Role::Proxy, Some(site)).count(),
+            2,
+            "{site} proxy pair"
+        );
     }
     let replicas: Vec<(u64, &str, Option<DbKind>)> = topology
         .db_replicas()
@@ -93,7 +101,10 @@ fn a_minimal_file_gets_the_defaults() {
     assert_eq!(topology.wan.delay_ms, 0);
     assert_eq!(topology.wan.loss_percent, 0);
     assert_eq!(topology.disaster.auto_activate_after_ms, 10_000);
-    assert_eq!(topology.host("a-cs").map(|h| h.roles.clone()), Some(vec![Role::Master, Role::Proxy]));
+    assert_eq!(
+        topology.host("a-cs").map(|h| h.roles.clone()),
+        Some(vec![Role::Master, Role::Proxy])
+    );
     assert_eq!(topology.host("a-db").and_then(|h| h.db_kind), Some(DbKind::Sync));
 }
 
@@ -111,7 +122,10 @@ fn a_host_on_no_declared_site() {
     let text = edited("name = \"b-cs\"\nsite = \"b\"", "name = \"b-cs\"\nsite = \"c\"");
     let (line, _, message) = refused(&text);
     assert_eq!(line, line_of(&text, "site = \"c\""));
-    assert!(message.contains("site `c`, which is not declared (sites: a, b)"), "{message}");
+    assert!(
+        message.contains("site `c`, which is not declared (sites: a, b)"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -126,7 +140,10 @@ fn two_live_master_pairs() {
 fn no_live_master_pair() {
     let text = edited("masters = \"live\"", "masters = \"dormant\"");
     let (_, _, message) = refused(&text);
-    assert!(message.contains("exactly one site's master pair must be live"), "{message}");
+    assert!(
+        message.contains("exactly one site's master pair must be live"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -152,11 +169,19 @@ fn every_other_mistake_is_refused_with_a_reason() {
             "has a db_kind but does not run `db`",
         ),
         ("roles = [\"master\"]", "roles = []", "has no role"),
-        ("roles = [\"master\"]", "roles = [\"master\", \"master\"]", "listed twice"),
+        (
+            "roles = [\"master\"]",
+            "roles = [\"master\", \"master\"]",
+            "listed twice",
+        ),
         ("name = \"b-cs\"", "name = \"a-cs\"", "host `a-cs` is declared twice"),
         ("name = \"b\"", "name = \"a\"", "site `a` is declared twice"),
         ("name = \"a-db\"", "name = \"A DB\"", "host name `A DB`"),
-        ("masters = \"dormant\"", "masters = \"sleeping\"", "use `live` or `dormant`"),
+        (
+            "masters = \"dormant\"",
+            "masters = \"sleeping\"",
+            "use `live` or `dormant`",
+        ),
         ("masters = \"dormant\"\n", "", "has master servers but no"),
         ("db_kind = \"sync\"", "db_kind = \"async\"", "no database replica votes"),
         (
@@ -206,5 +231,8 @@ fn the_live_site_needs_a_data_replica() {
 fn a_missing_file_is_a_read_error() {
     let err = Topology::from_file(Path::new("/nonexistent/topology.toml")).expect_err("missing");
     assert!(matches!(err, TopologyError::Read { .. }), "{err}");
-    assert!(err.to_string().contains("cannot read /nonexistent/topology.toml"), "{err}");
+    assert!(
+        err.to_string().contains("cannot read /nonexistent/topology.toml"),
+        "{err}"
+    );
 }

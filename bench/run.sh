@@ -4,6 +4,9 @@
 #   bench/run.sh            # the normal run (~10 minutes once built): 100,000 keys for the RSS figure
 #   bench/run.sh --full     # 1,000,000 keys and 5 minutes of steady load
 #   bench/run.sh --idle     # instead: 10 minutes of an idle Tandem set, reporting any election
+#   bench/run.sh --confserv # instead: the master Configuration Server pair on a Tandem database
+#                           #   (100,000 objects for start-up; add --full for 1,000,000);
+#                           #   table in bench/results/confserv.md
 #
 # Further arguments go to `tandem-bench run` (see `bench/target/release/tandem-bench run --help`),
 # e.g. `--level-secs 5` or `--phases puts,gets`.
@@ -25,13 +28,15 @@ args=()
 for arg in "$@"; do
     case "$arg" in
         --idle) mode=idle ;;
+        --confserv) mode=confserv ;;
         *) args+=("$arg") ;;
     esac
 done
 
 # --- what is missing
 missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# (The Configuration Server benchmark runs no etcd.)
+[[ "$mode" == confserv ]] || command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if ((${#missing[@]})); then
     echo "--- installing ${missing[*]} (Debian packages)" >&2
@@ -83,6 +88,10 @@ trap 'exit 143' TERM
 
 if [[ "$mode" == idle ]]; then
     "$bench_bin" idle --tandem-bin "$TANDEM_BIN" --work-dir "$work_dir" "${args[@]}" &
+elif [[ "$mode" == confserv ]]; then
+    mkdir -p "$bench_dir/results"
+    "$bench_bin" confserv --tandem-bin "$TANDEM_BIN" --work-dir "$work_dir" \
+        --out "$bench_dir/results/confserv.md" --command "$command_line" --tandem-rev "$rev" "${args[@]}" &
 else
     mkdir -p "$bench_dir/results"
     "$bench_bin" run --tandem-bin "$TANDEM_BIN" --etcd-bin "$(command -v etcd)" --work-dir "$work_dir" \

@@ -4,10 +4,12 @@
 //! 127.0.0.1 (default timers, fsync on, data under `--work-dir`), drives both with the same
 //! workloads through their Rust clients, one system right after the other for each figure, and
 //! prints one markdown table (also written to `--out`). `tandem-bench idle` watches an idle
-//! Tandem set for elections. `bench/run.sh` installs, builds and runs it; see `bench/README.md`.
+//! Tandem set for elections. `tandem-bench confserv` benchmarks the master Configuration Server
+//! pair on a Tandem database. `bench/run.sh` installs, builds and runs it; see `bench/README.md`.
 //!
 //! Everything started is killed when the run ends, fails, or is interrupted (SIGINT/SIGTERM).
 
+mod confserv;
 mod etcd;
 mod figures;
 mod proc;
@@ -49,6 +51,8 @@ enum Command {
     Cluster(ClusterArgs),
     /// Drive an already running replica set with one workload (for profiling).
     Load(LoadArgs),
+    /// Benchmark the master Configuration Server pair on a Tandem database (no etcd).
+    Confserv(confserv::ConfservArgs),
 }
 
 #[derive(Args)]
@@ -128,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 Command::Idle(args) => idle(args).await,
                 Command::Cluster(args) => cluster(args).await,
                 Command::Load(args) => load(args).await,
+                Command::Confserv(args) => confserv::run(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),

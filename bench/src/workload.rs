@@ -139,7 +139,7 @@ pub async fn gets<S: Store>(
 }
 
 /// A cheap deterministic hash (splitmix64) picking the key to read.
-fn mix(worker: u64, seq: u64) -> u64 {
+pub fn mix(worker: u64, seq: u64) -> u64 {
     let mut z = worker.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_add(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

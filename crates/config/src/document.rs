@@ -1,4 +1,5 @@
-//! Import and export of configuration as a portable [`Document`] (serde; JSON in practice).
+//! Import and export of configuration as a portable [`Document`] (serde), written as JSON or
+//! YAML ([`TextFormat`]).
 //!
 //! A document names everything: an object by `(type, tenant name, name)` (names are unique per
 //! type in a tenant), its folder by name in its tenant, and every reference by the target's
@@ -9,11 +10,18 @@
 //! Import matches document objects to existing ones by type, tenant and name; a matched object
 //! becomes exactly what the document says (fields, options and annex are replaced, not merged),
 //! an unmatched one is created with a DBID from the caller's allocator, and objects not in the
-//! document are left alone. [`import`] only plans: it validates the whole result on a scratch copy
-//! and returns an [`ImportPlan`] — creates, updates, skips — which [`ImportPlan::apply`] applies
-//! all or nothing, or whose [`ImportPlan::changes`] the server commits. Importing the same
-//! document twice creates and changes nothing the second time. A reference may point outside the
-//! document, to an object the target set already has.
+//! document are left alone. [`import`] only plans: it validates the whole result (on the set with
+//! the planned changes laid over it, without copying the set) and returns an [`ImportPlan`] —
+//! creates, updates, skips — which [`ImportPlan::apply`] applies all or nothing, or whose
+//! [`ImportPlan::changes`] the server commits. Importing the same document twice creates and
+//! changes nothing the second time. A reference may point outside the document, to an object the
+//! target set already has.
+//!
+//! **Text formats.** JSON is the format of the wire and of the store. YAML is the same model,
+//! mapping for mapping: a field value is a one-key mapping (`str: text`, `ref: {type, tenant,
+//! name}`), exactly as in JSON, not a YAML tag, so a document converts between the two formats
+//! with any generic tool, and JSON → YAML → JSON gives the same document. A YAML syntax error is
+//! reported with its line and column.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -24,7 +32,8 @@ use crate::access::{in_folder, Grant, Right};
 use crate::error::{ConfigError, ObjectRef};
 use crate::model::{ConfigObject, ObjectKey, ObjectType, RedactedFields, Sections, State, Value};
 use crate::schema::{self, FieldKind};
-use crate::set::{Change, ConfigSet};
+use crate::set::{links_of, unique_keys, Change, ConfigSet, Link};
+use crate::validate::View;
 
 /// The document format this crate writes and reads.
 pub const DOCUMENT_FORMAT: u32 = 1;
@@ -155,6 +164,109 @@ impl Document {
             object: ObjectRef::key(ObjectType::Tenant, 0),
             reason: format!("not a document: {e}"),
         })
+    }
+
+    /// The document as YAML (see the module documentation: field values are one-key mappings,
+    /// as in JSON).
+    pub fn to_yaml(&self) -> String {
+        let mut out = Vec::new();
+        // As for JSON, serializing these plain data types cannot fail; the emitter writes UTF-8.
+        let written =
+            yaml_serde::with::singleton_map_recursive::serialize(self, &mut yaml_serde::Serializer::new(&mut out));
+        match written {
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// A document from YAML; a syntax error or a value of the wrong shape is reported with its
+    /// line and column.
+    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
+        yaml_serde::with::singleton_map_recursive::deserialize(yaml_serde::Deserializer::from_str(yaml)).map_err(
+            |e: yaml_serde::Error| {
+                let reason = match e.location() {
+                    Some(at) => format!(
+                        "not a YAML document: line {}, column {}: {}",
+                        at.line(),
+                        at.column(),
+                        yaml_message(&e)
+                    ),
+                    None => format!("not a YAML document: {e}"),
+                };
+                ConfigError::InvalidDocument {
+                    object: ObjectRef::key(ObjectType::Tenant, 0),
+                    reason,
+                }
+            },
+        )
+    }
+
+    /// The document as text in `format`.
+    pub fn to_text(&self, format: TextFormat) -> String {
+        match format {
+            TextFormat::Json => self.to_json(),
+            TextFormat::Yaml => self.to_yaml(),
+        }
+    }
+
+    /// A document from text in `format`.
+    pub fn from_text(text: &str, format: TextFormat) -> Result<Self, ConfigError> {
+        match format {
+            TextFormat::Json => Self::from_json(text),
+            TextFormat::Yaml => Self::from_yaml(text),
+        }
+    }
+}
+
+/// The message of a YAML error without the position its `Display` appends (it is given first).
+fn yaml_message(e: &yaml_serde::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) if e.location().is_some() => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+/// The text formats of a [`Document`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TextFormat {
+    /// JSON, pretty-printed: the format of the wire and the default of the command line.
+    Json,
+    /// YAML, the same model mapping for mapping.
+    Yaml,
+}
+
+impl TextFormat {
+    /// The format a file name's extension names: `.yaml` / `.yml` → YAML, `.json` → JSON (any
+    /// case); `None` for any other name.
+    pub fn from_file_name(name: &str) -> Option<TextFormat> {
+        let (_, extension) = name.rsplit_once('.')?;
+        match extension.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => Some(TextFormat::Yaml),
+            "json" => Some(TextFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TextFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TextFormat::Json => "json",
+            TextFormat::Yaml => "yaml",
+        })
+    }
+}
+
+impl std::str::FromStr for TextFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(TextFormat::Json),
+            "yaml" | "yml" => Ok(TextFormat::Yaml),
+            other => Err(format!("unknown document format {other:?}: json or yaml")),
+        }
     }
 }
 
@@ -346,25 +458,161 @@ impl ImportPlan {
                 }
             }
         }
-        let scratch = scratch_with(set, self)?;
-        *set = scratch;
+        check_plan(set, self)?;
+        set.apply(self.changes())
+    }
+}
+
+/// Validates `plan` as if it were applied to `set`: every object it creates or changes, and the
+/// objects that depend on those it changes, on the set with the plan laid over it ([`Overlay`]).
+/// The cost grows with the plan, not with the set.
+fn check_plan(set: &ConfigSet, plan: &ImportPlan) -> Result<(), ConfigError> {
+    let overlay = Overlay::new(set, plan)?;
+    for obj in &plan.creates {
+        overlay.check_object(obj)?;
+    }
+    for (new, previous) in &plan.updates {
+        set.check_protected_update(previous, new)?;
+        overlay.check_object(new)?;
+        overlay.check_dependents(new, previous)?;
+    }
+    Ok(())
+}
+
+/// A set with a plan's creates and updates laid over it, read through [`View`] exactly as the set
+/// would read once they were applied in order (creates, then updates), without copying it.
+/// Building it refuses what applying would: a create of a taken key, an update of a missing one,
+/// a name or unique value another object holds.
+struct Overlay<'a> {
+    base: &'a ConfigSet,
+    /// The objects created or replaced.
+    objects: BTreeMap<ObjectKey, &'a ConfigObject>,
+    /// `(type, tenant, name) → dbid` of the objects in `objects`.
+    names: BTreeMap<(ObjectType, u64, String), u64>,
+    /// Unique-field entries of the objects in `objects`.
+    unique: BTreeMap<(ObjectType, u64, &'static str, String), u64>,
+    /// `target → {(referrer, link)}` of the objects in `objects`; the base's entries whose
+    /// referrer is in `objects` are stale and skipped.
+    links: BTreeMap<ObjectKey, BTreeSet<(ObjectKey, Link)>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a ConfigSet, plan: &'a ImportPlan) -> Result<Self, ConfigError> {
+        let mut overlay = Overlay {
+            base,
+            objects: BTreeMap::new(),
+            names: BTreeMap::new(),
+            unique: BTreeMap::new(),
+            links: BTreeMap::new(),
+        };
+        for obj in &plan.creates {
+            if overlay.object(obj.object_type, obj.dbid).is_some() {
+                return Err(ConfigError::DuplicateDbid {
+                    object: ObjectRef::of(obj),
+                });
+            }
+            overlay.put(obj)?;
+        }
+        for (new, _) in &plan.updates {
+            if overlay.object(new.object_type, new.dbid).is_none() {
+                return Err(ConfigError::NotFound {
+                    object_type: new.object_type,
+                    dbid: new.dbid,
+                });
+            }
+            overlay.put(new)?;
+        }
+        Ok(overlay)
+    }
+
+    /// Lays `obj` over the set (replacing the object with its key), refusing a name or unique
+    /// value another object holds, as `ConfigSet::apply` does.
+    fn put(&mut self, obj: &'a ConfigObject) -> Result<(), ConfigError> {
+        if let Some(existing) = self.named(obj.object_type, obj.tenant, &obj.name) {
+            if existing.dbid != obj.dbid {
+                return Err(ConfigError::DuplicateName {
+                    object: ObjectRef::of(obj),
+                    tenant: obj.tenant,
+                    existing: ObjectRef::of(existing),
+                });
+            }
+        }
+        let unique = unique_keys(obj);
+        for (object_type, tenant, field, value) in &unique {
+            if let Some(existing) = self.unique(*object_type, *tenant, field, value) {
+                if existing.dbid != obj.dbid {
+                    return Err(ConfigError::DuplicateValue {
+                        object: ObjectRef::of(obj),
+                        field: (*field).to_owned(),
+                        existing: ObjectRef::of(existing),
+                    });
+                }
+            }
+        }
+        if let Some(previous) = self.objects.insert(obj.key(), obj) {
+            let name = (previous.object_type, previous.tenant, previous.name.clone());
+            if self.names.get(&name) == Some(&previous.dbid) {
+                self.names.remove(&name);
+            }
+            for key in unique_keys(previous) {
+                if self.unique.get(&key) == Some(&previous.dbid) {
+                    self.unique.remove(&key);
+                }
+            }
+            for (target, link) in links_of(previous) {
+                if let Some(referrers) = self.links.get_mut(&target) {
+                    referrers.remove(&(previous.key(), link));
+                }
+            }
+        }
+        self.names
+            .insert((obj.object_type, obj.tenant, obj.name.clone()), obj.dbid);
+        for key in unique {
+            self.unique.insert(key, obj.dbid);
+        }
+        for (target, link) in links_of(obj) {
+            self.links.entry(target).or_default().insert((obj.key(), link));
+        }
         Ok(())
     }
 }
 
-/// A copy of `set` with the plan applied and the result validated.
-fn scratch_with(set: &ConfigSet, plan: &ImportPlan) -> Result<ConfigSet, ConfigError> {
-    let mut scratch = set.clone();
-    scratch.apply(plan.changes())?;
-    for obj in &plan.creates {
-        scratch.check_object(obj)?;
+impl View for Overlay<'_> {
+    fn object(&self, object_type: ObjectType, dbid: u64) -> Option<&ConfigObject> {
+        match self.objects.get(&(object_type, dbid)) {
+            Some(obj) => Some(obj),
+            None => self.base.get(object_type, dbid),
+        }
     }
-    for (new, previous) in &plan.updates {
-        scratch.check_protected_update(previous, new)?;
-        scratch.check_object(new)?;
-        scratch.check_dependents(new, previous)?;
+
+    fn named(&self, object_type: ObjectType, tenant: u64, name: &str) -> Option<&ConfigObject> {
+        if let Some(dbid) = self.names.get(&(object_type, tenant, name.to_owned())) {
+            return self.object(object_type, *dbid);
+        }
+        self.base
+            .by_name(object_type, tenant, name)
+            .filter(|o| !self.objects.contains_key(&o.key()))
     }
-    Ok(scratch)
+
+    fn unique(&self, object_type: ObjectType, tenant: u64, field: &str, value: &str) -> Option<&ConfigObject> {
+        let spec = schema::spec(object_type).field(field)?;
+        if let Some(dbid) = self.unique.get(&(object_type, tenant, spec.name, value.to_owned())) {
+            return self.object(object_type, *dbid);
+        }
+        self.base
+            .by_unique(object_type, tenant, field, value)
+            .filter(|o| !self.objects.contains_key(&o.key()))
+    }
+
+    fn links_to(&self, object_type: ObjectType, dbid: u64) -> Box<dyn Iterator<Item = (ObjectKey, Link)> + '_> {
+        let replaced = &self.objects;
+        Box::new(
+            self.base
+                .referrers(object_type, dbid)
+                .filter(move |(src, _)| !replaced.contains_key(src))
+                .chain(self.links.get(&(object_type, dbid)).into_iter().flatten().copied()),
+        )
+    }
 }
 
 /// Plans the import of `document` into `set` (see the module documentation); `allocate` gives
@@ -459,7 +707,7 @@ pub fn import(
             }
         }
     }
-    scratch_with(set, &plan)?;
+    check_plan(set, &plan)?;
     Ok(plan)
 }
 

@@ -12,7 +12,7 @@
 //! - [`validate`]: the rules an object obeys against the schema and the set.
 //! - [`access`]: rights, grants, [`access::allowed`], read filtering, [`access::bootstrap`].
 //! - [`password`]: argon2 hashing of passwords.
-//! - [`document`]: [`document::export`] and [`document::import`].
+//! - [`document`]: [`document::export`] and [`document::import`]; documents as JSON or YAML.
 //! - [`error`]: [`ConfigError`], naming the object and field of every refusal.
 //!
 //! Architecture invariants: this crate does no I/O — no networking, no async, no storage, no
@@ -35,7 +35,7 @@ pub mod validate;
 
 pub use access::{Grant, Principal, Right};
 pub use delta::{Delta, SectionsDelta};
-pub use document::{Document, ImportPlan};
+pub use document::{Document, ImportPlan, TextFormat};
 pub use error::{ConfigError, IndexInconsistency, ObjectRef};
 pub use model::{ConfigObject, ObjectKey, ObjectType, State, Value, ENVIRONMENT_TENANT, SUPER_ADMINISTRATORS};
 pub use query::{NameMatch, Page, PageItems, Query};

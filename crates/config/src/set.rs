@@ -29,6 +29,7 @@ use crate::delta::Delta;
 use crate::error::{ConfigError, IndexInconsistency, ObjectRef};
 use crate::model::{ConfigObject, ObjectKey, ObjectType, Value, ENVIRONMENT_TENANT, SUPER_ADMINISTRATORS};
 use crate::schema::{self, FieldKind, OnDelete};
+use crate::validate::View;
 
 /// How many referrers a [`ConfigError::Referenced`] lists.
 pub const REFERRERS_REPORTED_MAX: usize = 10;
@@ -121,7 +122,7 @@ pub(crate) fn links_of(obj: &ConfigObject) -> BTreeSet<(ObjectKey, Link)> {
 }
 
 /// The unique-field index keys of `obj`.
-fn unique_keys(obj: &ConfigObject) -> Vec<(ObjectType, u64, &'static str, String)> {
+pub(crate) fn unique_keys(obj: &ConfigObject) -> Vec<(ObjectType, u64, &'static str, String)> {
     schema::spec(obj.object_type)
         .fields
         .iter()

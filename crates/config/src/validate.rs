@@ -1,8 +1,9 @@
 //! Validation of one object against the schema and the rest of a [`ConfigSet`]: name, tenant,
 //! folder, every field's kind and rules, unique names and values, and references. The object is
 //! checked as if it replaced the stored object with its key (for an update) or were added (for a
-//! create); `ConfigSet::check_dependents` then re-checks the objects whose validity depends on
-//! it. Nothing here changes the set.
+//! create); `View::check_dependents` then re-checks the objects whose validity depends on
+//! it. Nothing here changes the set. The checks read the set through [`View`], so that an import
+//! validates its planned changes on the set with the changes laid over it, not on a copy.
 //!
 //! Tenants: Tenant objects have tenant 0 and folder 0; every other object belongs to an existing
 //! tenant. A reference may point into the referrer's own tenant or into the environment tenant
@@ -15,7 +16,7 @@
 
 use crate::access::Grant;
 use crate::error::{ConfigError, ObjectRef};
-use crate::model::{ConfigObject, ObjectType, Value, ENVIRONMENT_TENANT, NAME_LEN_MAX};
+use crate::model::{ConfigObject, ObjectKey, ObjectType, Value, ENVIRONMENT_TENANT, NAME_LEN_MAX};
 use crate::password;
 use crate::schema::{self, FieldKind, FieldSpec, Rule};
 use crate::set::{ConfigSet, Link};
@@ -37,15 +38,34 @@ fn name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-impl ConfigSet {
+/// What validation reads of a configuration: a [`ConfigSet`], or a set with planned changes laid
+/// over it (`document::Overlay`), which answers every question as the set would once the changes
+/// were applied, without copying it. The checks are the trait's provided methods, so both are
+/// validated by the same code.
+pub(crate) trait View {
+    /// The object with this key.
+    fn object(&self, object_type: ObjectType, dbid: u64) -> Option<&ConfigObject>;
+    /// The object of this type and tenant with this name.
+    fn named(&self, object_type: ObjectType, tenant: u64, name: &str) -> Option<&ConfigObject>;
+    /// The object of this type and tenant whose unique field `field` has value `value`.
+    fn unique(&self, object_type: ObjectType, tenant: u64, field: &str, value: &str) -> Option<&ConfigObject>;
+    /// Who refers to the object with this key, and how.
+    fn links_to(&self, object_type: ObjectType, dbid: u64) -> Box<dyn Iterator<Item = (ObjectKey, Link)> + '_>;
+    /// Names the object with this key in an error.
+    fn describe(&self, key: ObjectKey) -> ObjectRef {
+        self.object(key.0, key.1)
+            .map(ObjectRef::of)
+            .unwrap_or_else(|| ObjectRef::key(key.0, key.1))
+    }
+
     /// Validates `obj` fully against the schema and the set (see the module documentation).
-    pub(crate) fn check_object(&self, obj: &ConfigObject) -> Result<(), ConfigError> {
+    fn check_object(&self, obj: &ConfigObject) -> Result<(), ConfigError> {
         let me = || ObjectRef::of(obj);
         if let Some(reason) = name_problem(&obj.name) {
             return Err(ConfigError::InvalidName { object: me(), reason });
         }
         self.check_tenant_and_folder(obj)?;
-        if let Some(existing) = self.by_name(obj.object_type, obj.tenant, &obj.name) {
+        if let Some(existing) = self.named(obj.object_type, obj.tenant, &obj.name) {
             if existing.dbid != obj.dbid {
                 return Err(ConfigError::DuplicateName {
                     object: me(),
@@ -107,7 +127,7 @@ impl ConfigSet {
             }
             return Ok(());
         }
-        if self.get(ObjectType::Tenant, obj.tenant).is_none() {
+        if self.object(ObjectType::Tenant, obj.tenant).is_none() {
             return Err(ConfigError::InvalidTenant {
                 object: me(),
                 tenant: obj.tenant,
@@ -122,7 +142,7 @@ impl ConfigSet {
             folder: obj.folder,
             reason,
         };
-        let Some(folder) = self.get(ObjectType::Folder, obj.folder) else {
+        let Some(folder) = self.object(ObjectType::Folder, obj.folder) else {
             return Err(invalid("no such folder"));
         };
         if folder.tenant != obj.tenant {
@@ -148,7 +168,7 @@ impl ConfigSet {
                     folder: obj.folder,
                 });
             }
-            current = self.get(ObjectType::Folder, current).map_or(0, |f| f.folder);
+            current = self.object(ObjectType::Folder, current).map_or(0, |f| f.folder);
         }
         Err(invalid("folders nested deeper than 64 levels"))
     }
@@ -180,7 +200,7 @@ impl ConfigSet {
                     _ => {}
                 }
                 if field.unique_per_tenant {
-                    if let Some(existing) = self.by_unique(obj.object_type, obj.tenant, field.name, s) {
+                    if let Some(existing) = self.unique(obj.object_type, obj.tenant, field.name, s) {
                         if existing.dbid != obj.dbid {
                             return Err(ConfigError::DuplicateValue {
                                 object: me(),
@@ -258,7 +278,7 @@ impl ConfigSet {
         if (target_type, dbid) == obj.key() {
             return Err(forbidden(ObjectRef::of(obj), "an object may not refer to itself"));
         }
-        let Some(target) = self.get(target_type, dbid) else {
+        let Some(target) = self.object(target_type, dbid) else {
             return Err(ConfigError::DanglingReference {
                 object: ObjectRef::of(obj),
                 field: field.name.to_owned(),
@@ -281,7 +301,7 @@ impl ConfigSet {
             });
         }
         let Some(dbid) = grant.folder else { return Ok(()) };
-        let Some(folder) = self.get(ObjectType::Folder, dbid) else {
+        let Some(folder) = self.object(ObjectType::Folder, dbid) else {
             return Err(ConfigError::DanglingReference {
                 object: ObjectRef::of(obj),
                 field: field.name.to_owned(),
@@ -303,11 +323,11 @@ impl ConfigSet {
     /// Re-checks the objects whose validity depends on `new` replacing `old`: referrers whose
     /// field must agree with a field of `new` (an application's backup has the same `app_type`),
     /// and the contents of a folder whose `object_type` changed.
-    pub(crate) fn check_dependents(&self, new: &ConfigObject, old: &ConfigObject) -> Result<(), ConfigError> {
+    fn check_dependents(&self, new: &ConfigObject, old: &ConfigObject) -> Result<(), ConfigError> {
         if new.fields == old.fields {
             return Ok(());
         }
-        for ((src_type, src_dbid), link) in self.referrers(new.object_type, new.dbid) {
+        for ((src_type, src_dbid), link) in self.links_to(new.object_type, new.dbid) {
             let Link::Field(field_name) = link else { continue };
             let Some(field) = schema::spec(src_type).field(field_name) else {
                 continue;
@@ -315,7 +335,7 @@ impl ConfigSet {
             let Rule::SameAsTarget(other) = field.rule else {
                 continue;
             };
-            let Some(src) = self.get(src_type, src_dbid) else {
+            let Some(src) = self.object(src_type, src_dbid) else {
                 continue;
             };
             if src.fields.get(other) != new.fields.get(other) {
@@ -329,10 +349,10 @@ impl ConfigSet {
         }
         if new.object_type == ObjectType::Folder && new.fields.get("object_type") != old.fields.get("object_type") {
             if let Some(holds) = new.str_field("object_type") {
-                for ((src_type, src_dbid), link) in self.referrers(ObjectType::Folder, new.dbid) {
+                for ((src_type, src_dbid), link) in self.links_to(ObjectType::Folder, new.dbid) {
                     if link == Link::Folder && src_type != ObjectType::Folder && src_type.name() != holds {
                         return Err(ConfigError::InvalidFolder {
-                            object: self.object_ref((src_type, src_dbid)),
+                            object: self.describe((src_type, src_dbid)),
                             folder: new.dbid,
                             reason: "the folder would hold objects of another type",
                         });
@@ -341,5 +361,23 @@ impl ConfigSet {
             }
         }
         Ok(())
+    }
+}
+
+impl View for ConfigSet {
+    fn object(&self, object_type: ObjectType, dbid: u64) -> Option<&ConfigObject> {
+        self.get(object_type, dbid)
+    }
+
+    fn named(&self, object_type: ObjectType, tenant: u64, name: &str) -> Option<&ConfigObject> {
+        self.by_name(object_type, tenant, name)
+    }
+
+    fn unique(&self, object_type: ObjectType, tenant: u64, field: &str, value: &str) -> Option<&ConfigObject> {
+        self.by_unique(object_type, tenant, field, value)
+    }
+
+    fn links_to(&self, object_type: ObjectType, dbid: u64) -> Box<dyn Iterator<Item = (ObjectKey, Link)> + '_> {
+        Box::new(self.referrers(object_type, dbid))
     }
 }

@@ -1,5 +1,5 @@
 //! `tandem cfg`: the configuration server's client commands — log in, read, query, write,
-//! watch notifications, export/import, read the audit trail, switch the mode, show status.
+//! watch notifications, export/import (JSON or YAML), read the audit trail, switch the mode, show status.
 //! Tables by default, `--json` for scripts. Field values given as `NAME=VALUE` are typed by the
 //! object type's schema (`port=7000` is an integer, `host=3` a reference to host 3).
 
@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tandem_config::{schema, ConfigObject, Delta, Grant, ObjectType, PageItems, Query, State, Value};
+use tandem_config::document::{Document, TextFormat};
+use tandem_config::{schema, ConfigError, ConfigObject, Delta, Grant, ObjectType, PageItems, Query, State, Value};
 use tandem_confserv::client::{ClientConfig, ConfClient, SubscribeFilter, WriteResult};
 use tandem_confserv::record::{LogRecord, Mode, What};
 use tandem_proto::confserv as pb;
@@ -32,9 +33,9 @@ pub enum CfgCommand {
     Delete(DeleteArgs),
     /// Print notifications as they come (history first with --after).
     Watch(WatchArgs),
-    /// Write the configuration (or a folder) as a JSON document.
+    /// Write the configuration (or a folder) as a JSON or YAML document.
     Export(ExportArgs),
-    /// Apply a JSON document: objects matched by type, tenant and name.
+    /// Apply a JSON or YAML document: objects matched by type, tenant and name.
     Import(ImportArgs),
     /// Read the audit trail: who changed what, when, and the previous values.
     Audit(AuditArgs),
@@ -305,14 +306,20 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// json or yaml (default: from the --output extension, .yaml/.yml or .json; else json).
+    #[arg(long)]
+    format: Option<TextFormat>,
     #[command(flatten)]
     conn: Conn,
 }
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// The document (JSON), or - for stdin.
+    /// The document (JSON or YAML), or - for stdin.
     file: PathBuf,
+    /// json or yaml (default: from the file's extension, .yaml/.yml or .json; else json).
+    #[arg(long)]
+    format: Option<TextFormat>,
     /// Report only; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -840,14 +847,27 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The document format: the one asked for, else the one the file's extension names, else JSON.
+fn document_format(asked: Option<TextFormat>, file: Option<&std::path::Path>) -> TextFormat {
+    asked
+        .or_else(|| file.and_then(|f| TextFormat::from_file_name(&f.to_string_lossy())))
+        .unwrap_or(TextFormat::Json)
+}
+
 async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let format = document_format(args.format, args.output.as_deref());
     let client = args.conn.session().await?;
     let doc = client.export(args.folder).await?;
-    let text = doc.to_json();
+    let text = doc.to_text(format);
+    let text = text.trim_end_matches('\n');
     match &args.output {
         Some(path) => {
             std::fs::write(path, format!("{text}\n")).with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("exported {} objects to {}", doc.objects.len(), path.display());
+            eprintln!(
+                "exported {} objects to {} ({format})",
+                doc.objects.len(),
+                path.display()
+            );
         }
         None => println!("{text}"),
     }
@@ -856,6 +876,15 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let text = read_input(&args.file)?;
+    // The server takes JSON: a YAML document is read (and its syntax checked) here.
+    let text = match document_format(args.format, Some(args.file.as_path())) {
+        TextFormat::Json => text,
+        TextFormat::Yaml => match Document::from_yaml(&text) {
+            Ok(doc) => doc.to_json(),
+            Err(ConfigError::InvalidDocument { reason, .. }) => bail!("{}: {reason}", args.file.display()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", args.file.display())),
+        },
+    };
     let client = args.conn.session().await?;
     let report = client.import(&text, args.dry_run).await?;
     if args.json {
@@ -990,11 +1019,21 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 s.name.clone(),
                 s.role.clone(),
                 s.mode.clone(),
+                s.proxy_mode.clone(),
                 s.last_seq.to_string(),
                 s.history_oldest_seq.to_string(),
                 s.objects.to_string(),
-                s.lease_holder.clone(),
-                s.last_step_down.clone(),
+                // A proxy names the master it is attached to.
+                if s.role == "proxy" {
+                    s.master.clone()
+                } else {
+                    s.lease_holder.clone()
+                },
+                if s.role == "proxy" {
+                    s.proxy_mode_reason.clone()
+                } else {
+                    s.last_step_down.clone()
+                },
             ],
             Err(e) => vec![addr.clone(), "-".into(), format!("unreachable: {e}")],
         })
@@ -1005,14 +1044,25 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
             "NAME",
             "ROLE",
             "MODE",
+            "PROXY MODE",
             "LAST SEQ",
             "RESUMABLE AFTER",
             "OBJECTS",
-            "LEASE HOLDER",
-            "LAST STEP-DOWN",
+            "LEASE HOLDER / MASTER",
+            "LAST STEP-DOWN / PROXY REASON",
         ],
         &rows,
     );
+    let proxies = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().ok())
+        .filter(|s| s.role == "proxy");
+    if proxies.clone().count() > 0 {
+        if !proxies.clone().any(|s| s.proxy_mode == "normal") {
+            bail!("no proxy is in normal mode: writes are refused (limited mode)");
+        }
+        return Ok(());
+    }
     if !answers
         .iter()
         .any(|(_, a)| a.as_ref().is_ok_and(|s| s.role == "primary"))

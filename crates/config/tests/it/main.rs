@@ -9,4 +9,5 @@ mod t30_delete;
 mod t40_query;
 mod t50_access;
 mod t60_document;
+mod t61_document_yaml;
 mod t90_indexes_prop;

@@ -9,7 +9,7 @@ use crate::common::*;
 
 /// A configuration using every type, nested folders, cross-tenant references into the
 /// environment, a backup cycle, grants on folders, options, annex and a disabled object.
-fn rich() -> ConfigSet {
+pub fn rich() -> ConfigSet {
     let mut set = base();
     create_all(
         &mut set,
@@ -210,4 +210,58 @@ fn a_plan_made_before_a_change_is_stale() {
     let before = target.clone();
     assert!(matches!(plan.apply(&mut target), Err(ConfigError::StalePlan { .. })));
     assert_eq!(target, before);
+}
+
+#[test]
+fn a_plan_is_checked_as_if_applied_with_its_other_changes() {
+    let source = rich();
+    let set_field = |doc: &mut Document, name: &str, field: &str, value: DocValue| {
+        let obj = doc.objects.iter_mut().find(|o| o.name == name).unwrap();
+        obj.fields.insert(field.into(), value);
+    };
+
+    // A backup must keep its primary's type: changing one of the pair alone is refused…
+    let mut one = export(&source, None).unwrap();
+    set_field(&mut one, "cs_primary", "app_type", DocValue::Str("scs".into()));
+    let err = import(&source, &one, allocator()).unwrap_err();
+    assert!(matches!(err, ConfigError::TargetMismatch { .. }), "{err}");
+    // …changing both in the same document is not: each is checked against the other's new state.
+    let mut both = one.clone();
+    set_field(&mut both, "cs_backup", "app_type", DocValue::Str("scs".into()));
+    let plan = import(&source, &both, allocator()).unwrap();
+    assert_eq!(plan.changed(), 2);
+    let mut target = source.clone();
+    plan.apply(&mut target).unwrap();
+    assert_consistent(&target);
+    assert_eq!(export(&target, None).unwrap(), both);
+
+    // A folder may not start holding another type than its contents.
+    let mut folder = export(&source, None).unwrap();
+    set_field(&mut folder, "Site1", "object_type", DocValue::Str("host".into()));
+    let err = import(&source, &folder, allocator()).unwrap_err();
+    assert!(matches!(err, ConfigError::InvalidFolder { .. }), "{err}");
+
+    // A new person may not take a user name another person holds, in the set or in the document.
+    let mut taken = export(&source, None).unwrap();
+    let mut newcomer = taken.objects.iter().find(|o| o.name == "ops").unwrap().clone();
+    newcomer.name = "ops-2".into();
+    taken.objects.push(newcomer.clone());
+    let err = import(&source, &taken, allocator()).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::DuplicateValue { field, .. } if field == "user_name"),
+        "{err}"
+    );
+    let mut twins = Document {
+        format: taken.format,
+        objects: vec![newcomer.clone()],
+    };
+    newcomer.name = "ops-3".into();
+    twins.objects.push(newcomer);
+    set_field(&mut twins, "ops-2", "user_name", DocValue::Str("twin".into()));
+    set_field(&mut twins, "ops-3", "user_name", DocValue::Str("twin".into()));
+    let err = import(&source, &twins, allocator()).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::DuplicateValue { field, .. } if field == "user_name"),
+        "{err}"
+    );
 }

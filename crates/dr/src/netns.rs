@@ -44,25 +44,6 @@ pub fn build(topology: &Topology, run_dir: &std::path::Path) -> Result<(Lab, Pla
     Ok((lab, plan))
 }
 
-/// Runs `future` where the plan's components can be reached: in the router's namespace for a
-/// topology in namespaces, here for one on loopback.
-pub fn block_on_for<F>(plan: &Plan, future: F) -> Result<F::Output, DrError>
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    match &plan.router_netns {
-        Some(router) => Ok(tandem_netlab::block_on_in(router, future)?),
-        None => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| DrError::Lab(format!("cannot start a runtime: {e}")))?;
-            Ok(runtime.block_on(future))
-        }
-    }
-}
-
 /// The drill's hands on the lab: a host's link cut and restored.
 pub struct LabNetwork<'a>(pub &'a Lab);
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use rand::distributions::{Alphanumeric, DistString};
-use tandem_topology::{Role, Topology};
+use tandem_topology::Role;
 
 use crate::launch::Launcher;
 use crate::operate::{Operator, Step, ACTIVE_SITE_FILE};
@@ -120,11 +120,6 @@ pub async fn stop(launcher: &Launcher, keep: bool) -> Result<(), DrError> {
         return Ok(());
     }
     std::fs::remove_dir_all(&run_dir).map_err(|e| DrError::io(&run_dir, e))
-}
-
-/// Makes the plan of `topology` on loopback in `run_dir`.
-pub fn loopback_plan(topology: &Topology, run_dir: &Path) -> Result<Plan, DrError> {
-    Plan::loopback(topology, run_dir)
 }
 
 /// A fresh random password for the administrator, in a file only its owner can read.

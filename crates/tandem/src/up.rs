@@ -62,7 +62,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         drop(lab);
         result?
     } else {
-        let launcher = Launcher::new(up::loopback_plan(&topology, &run_dir)?, exe);
+        let launcher = Launcher::new(tandem_dr::Plan::loopback(&topology, &run_dir)?, exe);
         session(&launcher, &args).await
     }
 }

@@ -5,6 +5,7 @@
 //! Every object is addressed by `(ObjectType, dbid)`: DBIDs are unique per type and never reused,
 //! and the caller (the configuration server) allocates them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -332,12 +333,16 @@ impl ConfigObject {
         self.fields.get(name).and_then(Value::as_str)
     }
 
-    /// A copy without secret fields (the password hash), for readers who must not see them.
-    pub fn without_secrets(&self) -> ConfigObject {
+    /// The object without secret fields (the password hash), for readers who must not see
+    /// them: borrowed when it has none, which is every object but a person with a password.
+    pub fn without_secrets(&self) -> Cow<'_, ConfigObject> {
+        let secret = |name: &String| crate::schema::is_secret(self.object_type, name);
+        if !self.fields.keys().any(secret) {
+            return Cow::Borrowed(self);
+        }
         let mut copy = self.clone();
-        copy.fields
-            .retain(|name, _| !crate::schema::is_secret(self.object_type, name));
-        copy
+        copy.fields.retain(|name, _| !secret(name));
+        Cow::Owned(copy)
     }
 
     /// Whether `other` has the same content: everything but `dbid` and `version`.

@@ -164,6 +164,9 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// Timeout of one call.
     pub attempt_timeout: Duration,
+    /// HTTP/2 connections to each server, taken in turn by successive calls (one connection is
+    /// handled by one task at each end: a client with many calls in flight needs a few).
+    pub connections: usize,
 }
 
 impl Default for ClientConfig {
@@ -172,6 +175,7 @@ impl Default for ClientConfig {
             tls: TlsFiles::default(),
             deadline: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(10),
+            connections: 4,
         }
     }
 }
@@ -268,11 +272,12 @@ impl ConfClient {
             .tls
             .client()
             .map_err(|e| ConfError::new(error_kind::BAD_REQUEST, e.to_string()))?;
+        let channels = ChannelCache::new(tls).with_connections(config.connections);
         Ok(ConfClient {
             inner: Arc::new(Inner {
                 servers,
                 config,
-                channels: ChannelCache::new(tls),
+                channels,
                 token: Mutex::default(),
                 primary: Mutex::default(),
                 preferred: Mutex::default(),

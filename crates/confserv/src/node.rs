@@ -532,6 +532,7 @@ impl Node {
                     request_id: job.request_id.clone(),
                     writer: writer.clone(),
                     what,
+                    cached: Default::default(),
                 });
             }
             spans.push((job, from, records.len()));
@@ -1112,7 +1113,7 @@ impl Node {
             let key = crate::auth::new_session_key();
             let txn = Txn::new()
                 .compare(keys::SESSION_KEY, 0)
-                .put(keys::SESSION_KEY, crate::auth::encode_hex(&key))
+                .put(keys::SESSION_KEY, hex::encode(&key))
                 .fence(token);
             match self.db.txn(txn).await {
                 Ok(TxnOutcome::Committed { .. }) => {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use tandem_config::{schema, Change, ConfigObject, Delta, ObjectType};
@@ -121,6 +122,29 @@ pub struct LogRecord {
     pub writer: String,
     /// What happened.
     pub what: What,
+    /// Its notification, made on first use: a change committed while thousands of clients
+    /// subscribe is serialized once, not once per subscriber.
+    #[serde(skip)]
+    pub cached: CachedNotification,
+}
+
+/// A record's notification once made. Not part of the record's value: two records are equal
+/// whether or not either has made its notification yet.
+#[derive(Clone, Default)]
+pub struct CachedNotification(OnceLock<pb::Notification>);
+
+impl PartialEq for CachedNotification {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CachedNotification {}
+
+impl fmt::Debug for CachedNotification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CachedNotification")
+    }
 }
 
 impl LogRecord {
@@ -162,14 +186,14 @@ impl LogRecord {
         let mut copy = self.clone();
         copy.what = match &self.what {
             What::Created { object } => What::Created {
-                object: object.without_secrets(),
+                object: object.without_secrets().into_owned(),
             },
             What::Changed { object, previous } => What::Changed {
-                object: object.without_secrets(),
-                previous: previous.without_secrets(),
+                object: object.without_secrets().into_owned(),
+                previous: previous.without_secrets().into_owned(),
             },
             What::Deleted { previous } => What::Deleted {
-                previous: previous.without_secrets(),
+                previous: previous.without_secrets().into_owned(),
             },
             mode @ What::Mode { .. } => mode.clone(),
         };
@@ -178,6 +202,10 @@ impl LogRecord {
 
     /// The notification a client receives (secret fields removed).
     pub fn notification(&self) -> pb::Notification {
+        self.cached.0.get_or_init(|| self.make_notification()).clone()
+    }
+
+    fn make_notification(&self) -> pb::Notification {
         let mut n = pb::Notification {
             seq: self.seq,
             kind: self.kind().to_owned(),
@@ -255,6 +283,7 @@ mod tests {
             request_id: String::new(),
             writer: String::new(),
             what,
+            cached: Default::default(),
         }
     }
 

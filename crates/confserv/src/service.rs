@@ -4,6 +4,7 @@
 //! writes go through [`Node::commit`] on a master and are forwarded by [`Proxy::forward`] on a
 //! proxy. A master also serves `Replicate`, the feed proxies load and follow.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -673,7 +674,9 @@ impl ConfServ for Service {
         let mut page = access::query_as(&state.set, caller.person, &query);
         if let PageItems::Full(objects) = &mut page.items {
             for obj in objects.iter_mut() {
-                *obj = obj.without_secrets();
+                if let Cow::Owned(clean) = obj.without_secrets() {
+                    *obj = clean;
+                }
             }
         }
         Ok(Response::new(pb::QueryResponse {
@@ -1310,6 +1313,7 @@ mod tests {
             request_id: String::new(),
             writer: String::new(),
             what: What::Created { object },
+            cached: Default::default(),
         })
     }
 

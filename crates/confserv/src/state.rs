@@ -456,6 +456,7 @@ mod tests {
             request_id: String::new(),
             writer: String::new(),
             what: What::Created { object: obj },
+            cached: Default::default(),
         }
     }
 

@@ -162,7 +162,7 @@ fn parse_counter(key: &str, value: &[u8]) -> Result<u64, StoreError> {
 }
 
 fn parse_session_key(key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-    crate::auth::decode_hex(&String::from_utf8_lossy(value)).ok_or_else(|| StoreError::Corrupt {
+    hex::decode(String::from_utf8_lossy(value).trim()).map_err(|_| StoreError::Corrupt {
         key: key.to_owned(),
         reason: "not a hex key".into(),
     })

@@ -81,6 +81,8 @@ impl Conn {
             tls: self.tls.clone(),
             deadline: Duration::from_millis(self.deadline_ms),
             attempt_timeout: Duration::from_millis(self.deadline_ms.clamp(1000, 30_000)),
+            // One command, one call at a time.
+            connections: 1,
         };
         ConfClient::new(self.servers.clone(), config).context("cannot set up the client")
     }

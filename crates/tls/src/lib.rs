@@ -103,32 +103,69 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Lazy gRPC channels to peers, one per address, shared by every link of a process (replica to
-/// replica, client to server). Every channel has the same settings: a short connect timeout, no
-/// Nagle, and HTTP/2 keep-alives so that a dead peer is noticed without waiting on TCP.
-#[derive(Clone, Default)]
+/// Lazy gRPC channels to peers, shared by every link of a process (replica to replica, client to
+/// server). Every channel has the same settings: a short connect timeout, no Nagle, and HTTP/2
+/// keep-alives so that a dead peer is noticed without waiting on TCP.
+///
+/// Each address gets one connection unless [`ChannelCache::with_connections`] asks for more:
+/// one HTTP/2 connection's frames are read and written by one task at each end, so a client
+/// with hundreds of requests in flight spreads them over a few connections, round robin.
+#[derive(Clone)]
 pub struct ChannelCache {
     /// TLS settings of outgoing links (`None`: plain `http`).
     tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Open channels by `host:port`.
-    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>>,
+    /// Connections per address (at least 1).
+    connections: usize,
+    /// Open channels by `host:port`, `connections` of each.
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<tonic::transport::Channel>>>>,
+    /// Which of an address's channels the next call takes.
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Default for ChannelCache {
+    fn default() -> Self {
+        ChannelCache::new(None)
+    }
 }
 
 impl ChannelCache {
     pub fn new(tls: Option<ClientTlsConfig>) -> Self {
         ChannelCache {
             tls,
+            connections: 1,
             channels: Default::default(),
+            next: Default::default(),
         }
     }
 
-    /// The channel to `addr`, created on first use (no connection is made here).
+    /// The same, with `connections` connections per address (at least one).
+    pub fn with_connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// A channel to `addr`, created on first use (no connection is made here); successive calls
+    /// take the address's connections in turn.
     pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        use std::time::Duration;
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+        let turn = if self.connections == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections
+        };
+        if let Some(pool) = channels.get(addr) {
+            return Ok(pool[turn].clone());
         }
+        let pool = (0..self.connections)
+            .map(|_| self.connect_lazy(addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channel = pool[turn].clone();
+        channels.insert(addr.to_owned(), pool);
+        Ok(channel)
+    }
+
+    fn connect_lazy(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use std::time::Duration;
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
@@ -138,8 +175,6 @@ impl ChannelCache {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        Ok(endpoint.connect_lazy())
     }
 }

@@ -30,6 +30,10 @@ pub const UNREACHABLE: &str = "unreachable";
 /// Kind of a failure of the connection during a call (the request may have been processed).
 pub const TRANSPORT: &str = "transport";
 
+/// The longest pause between two rounds of a write looking for the primary: short, because a
+/// takeover completes in about a lease TTL and the write should land as soon as it has.
+const WRITE_RETRY_PAUSE_MAX: Duration = Duration::from_millis(50);
+
 /// A refusal or failure, with the server's stable kind (see
 /// [`tandem_proto::confserv::error_kind`], plus [`UNREACHABLE`] and [`TRANSPORT`]). Its details
 /// are boxed (and read through `Deref`) so that results stay small.
@@ -436,7 +440,7 @@ impl ConfClient {
             }
             if !followed {
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(200));
+                pause = (pause * 2).min(WRITE_RETRY_PAUSE_MAX);
             }
         }
     }

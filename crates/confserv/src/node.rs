@@ -2,9 +2,10 @@
 //! background tasks that keep it current.
 //!
 //! - **Role.** Both servers compete for the database lease `confserv/master`. The holder is the
-//!   primary: it renews the lease every quarter of its TTL and is the only one that writes. The
+//!   primary: it renews the lease every third of its TTL and is the only one that writes. The
 //!   other is a hot standby: it follows the change feed, serves reads and subscriptions, refuses
-//!   writes naming the primary, and asks for the lease again every tenth of its TTL. Before a new
+//!   writes naming the primary, and asks for the lease again every tenth of its TTL, or as the
+//!   holder's lease runs out if that is sooner. Before a new
 //!   primary writes anything it catches up with every change committed so far.
 //! - **Writes.** [`Node::commit`] hands a write to the writer task ([`Node::write_loop`]), which
 //!   plans the waiting writes on the state in memory ([`crate::plan`]) and commits them in
@@ -144,6 +145,8 @@ const SETTLE_ATTEMPTS: usize = 20;
 const EPOCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How long one ask for the database's epoch may take.
 const EPOCH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after the holder's lease runs out the backup asks for it: a few ms past its end.
+const LEASE_EXPIRY_MARGIN: Duration = Duration::from_millis(3);
 
 /// The wall clock in ms since the epoch.
 pub fn now_ms() -> u64 {
@@ -973,7 +976,9 @@ impl Node {
     /// Competes for the lease and keeps it while held, until `shutdown`; then releases it.
     pub async fn hold_office(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let ttl = Duration::from_millis(self.config.lease_ttl_ms);
-        let renew_every = ttl / 4;
+        // A kill leaves the lease running for TTL minus the time since its last renewal: a third
+        // of the TTL between renewals keeps three tries per TTL and a takeover of 2/3 to 3/3 TTL.
+        let renew_every = ttl / 3;
         let retry_every = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
         let mut last_error_logged: Option<Instant> = None;
         loop {
@@ -989,6 +994,7 @@ impl Node {
                 }
                 Role::Backup => {
                     let sent_at = Instant::now();
+                    let mut pause = retry_every;
                     match self
                         .lease_db
                         .lease_grant(keys::LEASE_NAME, &self.holder(), self.config.lease_ttl_ms)
@@ -996,6 +1002,11 @@ impl Node {
                     {
                         Ok(grant) if grant.granted => self.take_office(grant.token, sent_at).await,
                         Ok(grant) => {
+                            // Ask again as the holder's lease runs out if that comes first (by
+                            // the database's clock as this host reads its own; a wrong guess
+                            // only costs a refused request).
+                            let left = Duration::from_millis(grant.expires_at_ms.saturating_sub(now_ms()));
+                            pause = pause.min(left + LEASE_EXPIRY_MARGIN);
                             let mut role = self.role_state();
                             if role.holder.as_deref() != Some(grant.holder.as_str()) {
                                 info!(holder = grant.holder, "the master lease is held by the primary");
@@ -1011,7 +1022,7 @@ impl Node {
                     }
                     if self.role() == Role::Backup {
                         tokio::select! {
-                            _ = tokio::time::sleep(retry_every) => {}
+                            _ = tokio::time::sleep(pause) => {}
                             _ = shutdown.changed() => break,
                         }
                     }

@@ -12,6 +12,7 @@
 //! - a [`Subscription`] resumes on either server after the last number it delivered, so a
 //!   takeover neither loses nor repeats a notification.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,15 @@ pub const TRANSPORT: &str = "transport";
 /// The longest pause between two rounds of a write looking for the primary: short, because a
 /// takeover completes in about a lease TTL and the write should land as soon as it has.
 const WRITE_RETRY_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// One call counted in [`Inner::in_flight`] until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A refusal or failure, with the server's stable kind (see
 /// [`tandem_proto::confserv::error_kind`], plus [`UNREACHABLE`] and [`TRANSPORT`]). Its details
@@ -168,8 +178,8 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// Timeout of one call.
     pub attempt_timeout: Duration,
-    /// HTTP/2 connections to each server, taken in turn by successive calls (one connection is
-    /// handled by one task at each end: a client with many calls in flight needs a few).
+    /// HTTP/2 connections to each server at most: one while few calls are in flight, more (taken
+    /// in turn) as calls pile up, since one connection is handled by one task at each end.
     pub connections: usize,
 }
 
@@ -253,6 +263,8 @@ pub struct ConfClient {
 
 struct Inner {
     servers: Vec<String>,
+    /// Calls waiting for an answer (subscriptions only until they are established).
+    in_flight: AtomicUsize,
     config: ClientConfig,
     /// Channels by address.
     channels: ChannelCache,
@@ -280,6 +292,7 @@ impl ConfClient {
         Ok(ConfClient {
             inner: Arc::new(Inner {
                 servers,
+                in_flight: AtomicUsize::new(0),
                 config,
                 channels,
                 token: Mutex::default(),
@@ -304,17 +317,20 @@ impl ConfClient {
         self.inner.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, ConfError> {
-        self.inner
+    /// A stub on a connection to `addr` chosen by how many calls are in flight, and the count of
+    /// this call among them while the returned guard lives.
+    fn stub(&self, addr: &str) -> Result<(ConfServClient<Channel>, InFlight<'_>), ConfError> {
+        let in_flight = self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(&self.inner.in_flight);
+        let channel = self
+            .inner
             .channels
-            .channel(addr)
-            .map_err(|e| ConfError::new(error_kind::BAD_REQUEST, format!("bad server address {addr:?}: {e}")))
-    }
-
-    fn stub(&self, addr: &str) -> Result<ConfServClient<Channel>, ConfError> {
-        Ok(ConfServClient::new(self.channel(addr)?)
+            .channel_for_load(addr, in_flight)
+            .map_err(|e| ConfError::new(error_kind::BAD_REQUEST, format!("bad server address {addr:?}: {e}")))?;
+        let stub = ConfServClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024))
+            .max_encoding_message_size(64 * 1024 * 1024);
+        Ok((stub, guard))
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -354,7 +370,8 @@ impl ConfClient {
             let preferred = primary.or_else(|| self.inner.preferred.lock().unwrap_or_else(|p| p.into_inner()).clone());
             let mut last: Option<ConfError> = None;
             for addr in self.order(preferred) {
-                match call(self.stub(&addr)?).await {
+                let (stub, _in_flight) = self.stub(&addr)?;
+                match call(stub).await {
                     Ok(value) => {
                         *self.inner.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                         return Ok(value);
@@ -411,7 +428,8 @@ impl ConfClient {
                 next_index += 1;
                 addr
             });
-            let e = match call(self.stub(&addr)?).await {
+            let (stub, _in_flight) = self.stub(&addr)?;
+            let e = match call(stub).await {
                 Ok(value) => {
                     *self.inner.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                     return Ok(value);
@@ -640,7 +658,7 @@ impl ConfClient {
 
     /// Status of one server.
     pub async fn status(&self, addr: &str) -> Result<pb::StatusResponse, ConfError> {
-        let mut stub = self.stub(addr)?;
+        let (mut stub, _in_flight) = self.stub(addr)?;
         stub.status(self.request(pb::StatusRequest {}))
             .await
             .map(|r| r.into_inner())
@@ -818,5 +836,40 @@ mod tests {
         }
         assert_eq!(kinds.last().map(String::as_str), Some(UNREACHABLE), "{kinds:?}");
         eprintln!("{kinds:?}");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_client_keeps_one_connection_and_a_busy_one_spreads_its_calls() {
+        let node = crate::Node::new(crate::ServerConfig::new("t", "127.0.0.1:1", vec!["127.0.0.1:1".into()])).unwrap();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let incoming =
+            futures::StreamExt::inspect(tokio_stream::wrappers::TcpListenerStream::new(listener), move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::conf_serv_server::ConfServServer::new(crate::service::Service::new(
+                    node, stop,
+                )))
+                .serve_with_incoming(incoming),
+        );
+        let client = ConfClient::new(vec![addr.clone()], ClientConfig::default()).unwrap();
+        for _ in 0..20 {
+            client.status(&addr).await.expect("status");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one call at a time: one connection");
+        let calls = (0..400).map(|_| client.status(&addr));
+        for answer in futures::future::join_all(calls).await {
+            answer.expect("status");
+        }
+        let connections = accepted.load(Ordering::SeqCst);
+        assert!(
+            (2..=ClientConfig::default().connections).contains(&connections),
+            "400 calls at once: spread over the allowed connections, got {connections}"
+        );
     }
 }

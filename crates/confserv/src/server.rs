@@ -16,6 +16,11 @@ use crate::node::{Node, ServerConfig};
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::service::Service;
 
+/// How often the server pings an idle client connection, and how long it waits for the answer
+/// before closing it.
+const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -142,8 +147,10 @@ async fn run(
         .max_encoding_message_size(REPLY_BYTES_MAX);
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(1)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(3)));
+        // Clients ping every second to notice a dead server; this end only needs to free what a
+        // vanished client held, and pinging thousands of idle clients every second costs CPU.
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -107,20 +107,24 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
 /// server). Every channel has the same settings: a short connect timeout, no Nagle, and HTTP/2
 /// keep-alives so that a dead peer is noticed without waiting on TCP.
 ///
-/// Each address gets one connection unless [`ChannelCache::with_connections`] asks for more:
-/// one HTTP/2 connection's frames are read and written by one task at each end, so a client
-/// with hundreds of requests in flight spreads them over a few connections, round robin.
+/// Each address gets one connection unless [`ChannelCache::with_connections`] allows more: one
+/// HTTP/2 connection's frames are read and written by one task at each end, so a caller with
+/// many calls in flight spreads them over a few connections ([`ChannelCache::channel_for_load`]),
+/// while a quiet one keeps to one.
 #[derive(Clone)]
 pub struct ChannelCache {
     /// TLS settings of outgoing links (`None`: plain `http`).
     tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Connections per address (at least 1).
+    /// Connections per address at most (at least 1).
     connections: usize,
-    /// Open channels by `host:port`, `connections` of each.
+    /// Channels by `host:port`, `connections` of each (connected on first use).
     channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<tonic::transport::Channel>>>>,
-    /// Which of an address's channels the next call takes.
+    /// Which of an address's channels the next spread call takes.
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Calls in flight per connection before [`ChannelCache::channel_for_load`] opens the next one.
+pub const CALLS_PER_CONNECTION: usize = 32;
 
 impl Default for ChannelCache {
     fn default() -> Self {
@@ -138,24 +142,37 @@ impl ChannelCache {
         }
     }
 
-    /// The same, with `connections` connections per address (at least one).
+    /// The same, with up to `connections` connections per address (at least one).
     pub fn with_connections(mut self, connections: usize) -> Self {
         self.connections = connections.max(1);
         self
     }
 
-    /// A channel to `addr`, created on first use (no connection is made here); successive calls
-    /// take the address's connections in turn.
+    /// The channel to `addr` (its first connection), created on first use (no connection is
+    /// made here).
     pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let turn = if self.connections == 1 {
+        self.channel_for_load(addr, 0)
+    }
+
+    /// A channel to `addr` for a call made while the caller has `in_flight` calls waiting: the
+    /// first connection while fewer than [`CALLS_PER_CONNECTION`] are, then the first two in
+    /// turn, and so on up to the configured number.
+    pub fn channel_for_load(
+        &self,
+        addr: &str,
+        in_flight: usize,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let spread = self.connections.min(1 + in_flight / CALLS_PER_CONNECTION);
+        let turn = if spread == 1 {
             0
         } else {
-            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.connections
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % spread
         };
+        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(pool) = channels.get(addr) {
             return Ok(pool[turn].clone());
         }
+        // Lazy channels: only the ones calls take ever connect.
         let pool = (0..self.connections)
             .map(|_| self.connect_lazy(addr))
             .collect::<Result<Vec<_>, _>>()?;

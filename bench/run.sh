@@ -7,6 +7,9 @@
 #   bench/run.sh --confserv # instead: the master Configuration Server pair on a Tandem database
 #                           #   (100,000 objects for start-up; add --full for 1,000,000);
 #                           #   table in bench/results/confserv.md
+#   bench/run.sh --proxy    # instead: the Configuration Server Proxy (reads beside the master and
+#                           #   etcd, fan-out to 10,000 subscriptions, back to normal mode);
+#                           #   table in bench/results/proxy.md
 #
 # Further arguments go to `tandem-bench run` (see `bench/target/release/tandem-bench run --help`),
 # e.g. `--level-secs 5` or `--phases puts,gets`.
@@ -29,6 +32,7 @@ for arg in "$@"; do
     case "$arg" in
         --idle) mode=idle ;;
         --confserv) mode=confserv ;;
+        --proxy) mode=proxy ;;
         *) args+=("$arg") ;;
     esac
 done
@@ -88,6 +92,13 @@ trap 'exit 143' TERM
 
 if [[ "$mode" == idle ]]; then
     "$bench_bin" idle --tandem-bin "$TANDEM_BIN" --work-dir "$work_dir" "${args[@]}" &
+elif [[ "$mode" == proxy ]]; then
+    mkdir -p "$bench_dir/results"
+    # Thousands of subscriptions: allow as many open files as the hard limit does (the proxies,
+    # started by the load generator, inherit it).
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    "$bench_bin" proxy --tandem-bin "$TANDEM_BIN" --etcd-bin "$(command -v etcd)" --work-dir "$work_dir" \
+        --out "$bench_dir/results/proxy.md" --command "$command_line" --tandem-rev "$rev" "${args[@]}" &
 elif [[ "$mode" == confserv ]]; then
     mkdir -p "$bench_dir/results"
     "$bench_bin" confserv --tandem-bin "$TANDEM_BIN" --work-dir "$work_dir" \

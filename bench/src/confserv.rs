@@ -44,14 +44,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a master may take to load the configuration and answer with the loaded number.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// The bootstrap administrator the benchmark logs in as.
-const ADMIN: &str = "admin";
-const ADMIN_PASSWORD: &str = "tandem bench administrator";
+pub(crate) const ADMIN: &str = "admin";
+pub(crate) const ADMIN_PASSWORD: &str = "tandem bench administrator";
 /// The switch every DN refers to.
 const SWITCH: &str = "bench-switch";
 /// Objects per import document: the server's limit of changes per write.
 const IMPORT_BATCH: u64 = 400;
 /// DNs the read levels pick from.
-const READ_OBJECTS: u64 = 1_000;
+pub(crate) const READ_OBJECTS: u64 = 1_000;
 const WRITE_LEVELS: [usize; 3] = [1, 16, 256];
 const READ_LEVELS: [usize; 2] = [16, 256];
 /// The goals of the Configuration Server issue.
@@ -104,24 +104,42 @@ pub(crate) enum CsPhase {
 }
 
 /// One master process and what it needs to be restarted on the same address.
-struct Master {
+pub(crate) struct Master {
     name: String,
-    addr: String,
+    pub(crate) addr: String,
     spec: Spec,
     ready: PathBuf,
     proc: Option<Proc>,
 }
 
 /// What `tandem confserv --mode master` is started with (default settings otherwise).
-struct MasterSetup {
-    bin: PathBuf,
+pub(crate) struct MasterSetup {
+    pub(crate) bin: PathBuf,
     root: PathBuf,
     db_endpoints: String,
-    password_file: PathBuf,
-    pid_file: PathBuf,
+    /// The bootstrap administrator's password (proxies log in with it too).
+    pub(crate) password_file: PathBuf,
+    pub(crate) pid_file: PathBuf,
 }
 
 impl MasterSetup {
+    /// Masters of `db` with their files under `root/masters`, the bootstrap administrator's
+    /// password written there.
+    pub(crate) fn new(bin: &Path, root: &Path, db: &TandemCluster, pid_file: &Path) -> anyhow::Result<MasterSetup> {
+        let masters_dir = root.join("masters");
+        std::fs::create_dir_all(&masters_dir).with_context(|| format!("cannot create {}", masters_dir.display()))?;
+        let password_file = masters_dir.join("admin-password");
+        std::fs::write(&password_file, ADMIN_PASSWORD)
+            .with_context(|| format!("cannot write {}", password_file.display()))?;
+        Ok(MasterSetup {
+            bin: bin.to_owned(),
+            root: masters_dir,
+            db_endpoints: db.endpoints().join(","),
+            password_file,
+            pid_file: pid_file.to_owned(),
+        })
+    }
+
     fn spec(&self, name: &str, listen: &str, ready: &Path) -> Spec {
         let args = [
             "confserv",
@@ -180,7 +198,7 @@ impl Master {
         Ok(())
     }
 
-    async fn restart(&mut self, pid_file: &Path) -> anyhow::Result<()> {
+    pub(crate) async fn restart(&mut self, pid_file: &Path) -> anyhow::Result<()> {
         if self.proc.is_some() {
             bail!("master {} is still running", self.name);
         }
@@ -194,10 +212,15 @@ impl Master {
     fn memory(&self) -> Option<Memory> {
         self.proc.as_ref().and_then(|p| p.memory().ok())
     }
+
+    /// The pid of the running process.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
 }
 
 /// A client of `servers`; `attempt` bounds one call, `deadline` one operation with its retries.
-fn client_of(servers: Vec<String>, attempt: Duration, deadline: Duration) -> anyhow::Result<ConfClient> {
+pub(crate) fn client_of(servers: Vec<String>, attempt: Duration, deadline: Duration) -> anyhow::Result<ConfClient> {
     ConfClient::new(
         servers,
         ClientConfig {
@@ -210,13 +233,13 @@ fn client_of(servers: Vec<String>, attempt: Duration, deadline: Duration) -> any
 }
 
 /// The master pair with an administrator's client.
-struct Pair {
-    masters: Vec<Master>,
-    admin: ConfClient,
+pub(crate) struct Pair {
+    pub(crate) masters: Vec<Master>,
+    pub(crate) admin: ConfClient,
 }
 
 impl Pair {
-    async fn start(setup: &MasterSetup) -> anyhow::Result<Pair> {
+    pub(crate) async fn start(setup: &MasterSetup) -> anyhow::Result<Pair> {
         let mut masters = Vec::new();
         for name in ["m1", "m2"] {
             masters.push(setup.start(name).await?);
@@ -232,7 +255,7 @@ impl Pair {
         Ok(pair)
     }
 
-    fn addrs(&self) -> Vec<String> {
+    pub(crate) fn addrs(&self) -> Vec<String> {
         self.masters.iter().map(|m| m.addr.clone()).collect()
     }
 
@@ -265,7 +288,7 @@ impl Pair {
         Ok((index, seq))
     }
 
-    async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<(usize, u64)> {
+    pub(crate) async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<(usize, u64)> {
         let deadline = Instant::now() + timeout;
         loop {
             let why = match self.settled().await {
@@ -279,13 +302,50 @@ impl Pair {
         }
     }
 
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         for master in &mut self.masters {
             if let Err(e) = master.kill().await {
                 eprintln!("warning: master {}: {e:#}", master.name);
             }
         }
     }
+}
+
+/// Creates the switch every DN refers to; returns its DBID.
+pub(crate) async fn create_switch(client: &ConfClient) -> anyhow::Result<u64> {
+    let switch = ConfigObject::new(ObjectType::Switch, 0, SWITCH, ENVIRONMENT_TENANT);
+    Ok(client
+        .create(&switch, None)
+        .await
+        .context("cannot create the switch")?
+        .object
+        .context("the create answered no object")?
+        .dbid)
+}
+
+/// The name of the `i`-th DN the reads pick from (loaded with `load_dns(client, "r-", …)`).
+pub(crate) fn read_name(i: u64) -> String {
+    format!("r-{i:08}")
+}
+
+/// Gets by type, tenant and name of random DNs among the [`READ_OBJECTS`] loaded with prefix
+/// `r-`, `concurrency` closed loops sharing `client`.
+pub(crate) async fn reads_by_name(
+    client: &ConfClient,
+    concurrency: usize,
+    warmup: Duration,
+    level: Duration,
+) -> Summary {
+    let client = client.clone();
+    closed_loop(concurrency, warmup, level, move |worker, seq| {
+        let client = client.clone();
+        let name = read_name(mix(worker as u64, seq) % READ_OBJECTS);
+        async move {
+            client.get_by_name(ObjectType::Dn, ENVIRONMENT_TENANT, &name).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// A DN on the benchmark's switch.
@@ -327,7 +387,7 @@ fn dn_document(prefix: &str, first: u64, end: u64) -> String {
 }
 
 /// How a load of DNs through imports went.
-struct Load {
+pub(crate) struct Load {
     took: Duration,
     /// `(objects in the set before the import, latency)` of each import.
     imports: Vec<(u64, Duration)>,
@@ -335,7 +395,7 @@ struct Load {
 
 /// Imports the DNs `{prefix}00000000` … below `n`, [`IMPORT_BATCH`] per document,
 /// `concurrency` documents in flight, printing progress.
-async fn load_dns(client: &ConfClient, prefix: &str, n: u64, concurrency: usize) -> anyhow::Result<Load> {
+pub(crate) async fn load_dns(client: &ConfClient, prefix: &str, n: u64, concurrency: usize) -> anyhow::Result<Load> {
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -584,14 +644,14 @@ async fn startup(pair: &mut Pair, setup: &MasterSetup, n: u64, concurrency: usiz
 }
 
 /// One row of the table.
-struct Row {
+pub(crate) struct Row {
     figure: String,
     measured: String,
     goal: String,
     met: String,
 }
 
-fn row(figure: impl Into<String>, measured: impl Into<String>, goal: &str, met: &str) -> Row {
+pub(crate) fn row(figure: impl Into<String>, measured: impl Into<String>, goal: &str, met: &str) -> Row {
     Row {
         figure: figure.into(),
         measured: measured.into(),
@@ -600,7 +660,7 @@ fn row(figure: impl Into<String>, measured: impl Into<String>, goal: &str, met: 
     }
 }
 
-fn yes_no(met: bool) -> &'static str {
+pub(crate) fn yes_no(met: bool) -> &'static str {
     if met {
         "yes"
     } else {
@@ -608,7 +668,7 @@ fn yes_no(met: bool) -> &'static str {
     }
 }
 
-fn latency_rows(rows: &mut Vec<Row>, name: &str, s: &Summary) {
+pub(crate) fn latency_rows(rows: &mut Vec<Row>, name: &str, s: &Summary) {
     let errors = if s.errors > 0 {
         format!(" ({} errors)", s.errors)
     } else {
@@ -625,7 +685,7 @@ fn latency_rows(rows: &mut Vec<Row>, name: &str, s: &Summary) {
     rows.push(row(format!("{name}: p99 ms"), ms(s.p99_ms), "—", "—"));
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -661,35 +721,14 @@ pub(crate) async fn run(args: ConfservArgs) -> anyhow::Result<()> {
 
     eprintln!("--- starting the database (3 replicas) and the master pair on 127.0.0.1");
     let db = start_tandem(&args.common.tandem_bin, &root.join("db"), &pid_file, &[]).await?;
-    let masters_dir = root.join("masters");
-    std::fs::create_dir_all(&masters_dir).with_context(|| format!("cannot create {}", masters_dir.display()))?;
-    let password_file = masters_dir.join("admin-password");
-    std::fs::write(&password_file, ADMIN_PASSWORD)
-        .with_context(|| format!("cannot write {}", password_file.display()))?;
-    let setup = MasterSetup {
-        bin: args.common.tandem_bin.clone(),
-        root: masters_dir,
-        db_endpoints: db.endpoints().join(","),
-        password_file,
-        pid_file: pid_file.clone(),
-    };
+    let setup = MasterSetup::new(&args.common.tandem_bin, root, &db, &pid_file)?;
     let mut pair = Pair::start(&setup).await?;
     eprintln!(
         "    database: {}; masters: {}",
         db.endpoints().join(","),
         pair.addrs().join(",")
     );
-    let switch = pair
-        .admin
-        .create(
-            &ConfigObject::new(ObjectType::Switch, 0, SWITCH, ENVIRONMENT_TENANT),
-            None,
-        )
-        .await
-        .context("cannot create the switch")?
-        .object
-        .context("the create answered no object")?
-        .dbid;
+    let switch = create_switch(&pair.admin).await?;
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -714,16 +753,7 @@ pub(crate) async fn run(args: ConfservArgs) -> anyhow::Result<()> {
         load_dns(&pair.admin, "r-", READ_OBJECTS, 1).await?;
         for c in READ_LEVELS {
             eprintln!("--- reads (get DN by name), concurrency {c}");
-            let client = pair.admin.clone();
-            let summary = closed_loop(c, warmup, level, move |worker, seq| {
-                let client = client.clone();
-                let name = format!("r-{:08}", mix(worker as u64, seq) % READ_OBJECTS);
-                async move {
-                    client.get_by_name(ObjectType::Dn, ENVIRONMENT_TENANT, &name).await?;
-                    Ok(())
-                }
-            })
-            .await;
+            let summary = reads_by_name(&pair.admin, c, warmup, level).await;
             latency_rows(&mut rows, &format!("get DN by name, c={c}"), &show("master", summary));
         }
     }
@@ -832,7 +862,7 @@ pub(crate) async fn run(args: ConfservArgs) -> anyhow::Result<()> {
 }
 
 /// An error as one table cell.
-fn cell_text(e: &anyhow::Error) -> String {
+pub(crate) fn cell_text(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('|', "/").replace('\n', " ")
 }
 
@@ -883,31 +913,54 @@ async fn report(
         loadavg(),
         started.elapsed().as_secs()
     ));
-    let table = render(args, &rows, &all_notes);
+    let header = Header {
+        title: "Tandem Configuration Server",
+        tandem_bin: &args.common.tandem_bin,
+        tandem_rev: &args.tandem_rev,
+        command: &args.command,
+        versions: Vec::new(),
+    };
+    publish(&render(&header, &rows, &all_notes), args.out.as_deref())
+}
+
+/// What the report says above its table.
+pub(crate) struct Header<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) tandem_bin: &'a Path,
+    pub(crate) tandem_rev: &'a str,
+    pub(crate) command: &'a str,
+    /// Other software measured beside Tandem (`etcd --version`'s first line…).
+    pub(crate) versions: Vec<String>,
+}
+
+/// Prints the report and writes it to `out`.
+pub(crate) fn publish(table: &str, out: Option<&Path>) -> anyhow::Result<()> {
     println!("{table}");
-    if let Some(out) = &args.out {
+    if let Some(out) = out {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        std::fs::write(out, &table).with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(out, table).with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("--- written to {}", out.display());
     }
     Ok(())
 }
 
-fn render(args: &ConfservArgs, rows: &[Row], notes: &[String]) -> String {
+/// The report: header, one table of figures against goals, then the notes.
+pub(crate) fn render(header: &Header, rows: &[Row], notes: &[String]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "# Tandem Configuration Server\n");
+    let _ = writeln!(out, "# {}\n", header.title);
     let _ = writeln!(out, "- Date: {}", date());
     let _ = writeln!(out, "- Machine: {}", machine());
-    let _ = writeln!(
-        out,
-        "- Versions: tandem {} (release), {}",
-        args.tandem_rev,
-        command_output(&args.common.tandem_bin, &["--version"]).trim()
-    );
-    let _ = writeln!(out, "- Command: `{}`\n", args.command);
+    let mut versions = vec![format!(
+        "tandem {} (release), {}",
+        header.tandem_rev,
+        command_output(header.tandem_bin, &["--version"]).trim()
+    )];
+    versions.extend(header.versions.iter().cloned());
+    let _ = writeln!(out, "- Versions: {}", versions.join(", "));
+    let _ = writeln!(out, "- Command: `{}`\n", header.command);
     let _ = writeln!(out, "| Figure | Measured | Goal | Met |");
     let _ = writeln!(out, "|---|---:|---|---|");
     for r in rows {

@@ -5,7 +5,9 @@
 //! workloads through their Rust clients, one system right after the other for each figure, and
 //! prints one markdown table (also written to `--out`). `tandem-bench idle` watches an idle
 //! Tandem set for elections. `tandem-bench confserv` benchmarks the master Configuration Server
-//! pair on a Tandem database. `bench/run.sh` installs, builds and runs it; see `bench/README.md`.
+//! pair on a Tandem database; `tandem-bench proxy` the Configuration Server Proxy beside the pair
+//! (and etcd's serializable reads). `bench/run.sh` installs, builds and runs it; see
+//! `bench/README.md`.
 //!
 //! Everything started is killed when the run ends, fails, or is interrupted (SIGINT/SIGTERM).
 
@@ -13,6 +15,7 @@ mod confserv;
 mod etcd;
 mod figures;
 mod proc;
+mod proxy;
 mod report;
 mod stats;
 mod tandem;
@@ -53,6 +56,9 @@ enum Command {
     Load(LoadArgs),
     /// Benchmark the master Configuration Server pair on a Tandem database (no etcd).
     Confserv(confserv::ConfservArgs),
+    /// Benchmark the Configuration Server Proxy: reads beside the master and etcd, notification
+    /// fan-out, return to normal mode.
+    Proxy(proxy::ProxyArgs),
 }
 
 #[derive(Args)]
@@ -133,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 Command::Cluster(args) => cluster(args).await,
                 Command::Load(args) => load(args).await,
                 Command::Confserv(args) => confserv::run(args).await,
+                Command::Proxy(args) => proxy::run(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),

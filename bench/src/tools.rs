@@ -177,7 +177,7 @@ fn print_cluster(endpoints: &[String], pids: &[Option<u32>], leader: usize) {
 }
 
 /// CPU time (user + system) a process has used, from `/proc/PID/stat`, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // Fields after the command name (which may hold spaces) start after the last ')'.

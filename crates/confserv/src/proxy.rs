@@ -47,8 +47,9 @@ pub mod defaults {
     pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
     /// Silence on the link after which the master is lost.
     pub const HEARTBEAT_TIMEOUT_MS: u64 = 2_500;
-    /// Longest pause between two rounds of looking for the primary master.
-    pub const RECONNECT_PAUSE_MAX_MS: u64 = 1_000;
+    /// Longest pause between two rounds of looking for the primary master: a round is a few
+    /// cheap questions, and a master that is back should be found at once.
+    pub const RECONNECT_PAUSE_MAX_MS: u64 = 250;
     /// How long a forwarded write may take, waiting for a master included.
     pub const FORWARD_DEADLINE_MS: u64 = 10_000;
 }

@@ -5,10 +5,12 @@
 //! proxy. A master also serves `Replicate`, the feed proxies load and follow.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use tandem_config::access::{self, Principal, Right};
 use tandem_config::document::{self, Document};
 use tandem_config::{
@@ -335,8 +337,10 @@ fn history_in(
     Ok((records, state.seq))
 }
 
-/// One subscriber's task: replays, then follows; ends when the client goes away or the server
-/// stops.
+/// One subscription, as the stream its client reads: replays, then follows; ends when the
+/// client goes away (the stream is dropped) or the server stops. It has no task of its own: the
+/// connection's response task polls it, so a change reaches a subscriber without a second task
+/// and a channel between the two (this is what a fan-out to thousands of subscribers costs).
 struct Feed {
     shared: Arc<Shared>,
     history_max_age_ms: u64,
@@ -344,25 +348,113 @@ struct Feed {
     proxy: bool,
     caller: Caller,
     filter: Filter,
-    tx: mpsc::Sender<Result<pb::Notification, Status>>,
+    /// Made and not yet taken by the client's stream.
+    outbox: VecDeque<Result<pb::Notification, Status>>,
+    /// The subscription is over: the stream ends once the outbox is empty.
+    ended: bool,
     /// The last number covered (sent or filtered out).
     last: u64,
     /// The epoch of the history `last` belongs to: the subscription ends with `reload-required`
     /// when the server's history changes epoch.
     epoch: u64,
-    /// Counts this subscription among the open ones while it runs.
+    live: broadcast::Receiver<Arc<LogRecord>>,
+    link: watch::Receiver<Link>,
+    /// The proxy's mode as last told to the subscriber.
+    mode: Link,
+    epochs: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    /// Counts this subscription among the open ones while it lives.
     _open: Opened,
 }
 
+/// What woke a subscription up.
+enum Wake {
+    Records(Result<Option<Vec<Arc<LogRecord>>>, CfgError>),
+    Epoch(bool),
+    Link(bool),
+    Stop,
+}
+
 impl Feed {
-    /// Sends `record` if the filter and the caller's rights let it through; `false` when the
-    /// client is gone.
-    async fn deliver(&mut self, record: &LogRecord) -> bool {
-        if record.seq <= self.last {
-            return true;
+    /// The stream of notifications: what `replay` holds, the `live` marker, then what comes.
+    fn into_stream(
+        mut self,
+        replay: Vec<Arc<LogRecord>>,
+        reached: u64,
+    ) -> impl Stream<Item = Result<pb::Notification, Status>> + Send + 'static {
+        for record in replay {
+            self.deliver(&record);
         }
-        if !self.follow_epoch().await {
-            return false;
+        if !self.ended {
+            self.last = self.last.max(reached);
+            self.mode = self.link.borrow_and_update().clone();
+            let live = self.marker(pb::notification_kind::LIVE);
+            self.outbox.push_back(Ok(live));
+        }
+        futures::stream::unfold(self, |mut feed| async move {
+            loop {
+                if let Some(item) = feed.outbox.pop_front() {
+                    return Some((item, feed));
+                }
+                if feed.ended {
+                    return None;
+                }
+                feed.follow().await;
+            }
+        })
+    }
+
+    /// Waits for what comes next and puts what the subscriber must be told in the outbox (or
+    /// ends the subscription).
+    async fn follow(&mut self) {
+        let wake = tokio::select! {
+            next = next_records(&mut self.live, &self.shared, self.history_max_age_ms, self.last, self.epoch) => {
+                Wake::Records(next)
+            }
+            changed = self.epochs.changed() => Wake::Epoch(changed.is_ok()),
+            changed = self.link.changed() => Wake::Link(changed.is_ok()),
+            _ = stopped(&mut self.stop) => Wake::Stop,
+        };
+        match wake {
+            Wake::Records(Ok(Some(records))) => {
+                for record in records {
+                    self.deliver(&record);
+                }
+            }
+            Wake::Records(Ok(None)) | Wake::Epoch(false) | Wake::Link(false) => self.ended = true,
+            Wake::Records(Err(e)) => self.end_with(e.to_status()),
+            // The server reloaded a history of another epoch (possibly at the same numbers):
+            // this subscriber's copy may have diverged.
+            Wake::Epoch(true) => {
+                self.follow_epoch();
+            }
+            // A proxy attached (possibly after a reload that jumped the numbers) or lost its
+            // master: deliver what the history holds first, then the mode.
+            Wake::Link(true) => {
+                if !self.catch_up().await {
+                    return;
+                }
+                let now = self.link.borrow_and_update().clone();
+                if now.mode != self.mode.mode {
+                    self.mode = now;
+                    let event = self.marker(pb::notification_kind::PROXY_MODE);
+                    self.outbox.push_back(Ok(event));
+                }
+            }
+            Wake::Stop => self.end_with(CfgError::Unavailable("the server is stopping".into()).to_status()),
+        }
+    }
+
+    /// Ends the subscription with `status` once what is in the outbox has been taken.
+    fn end_with(&mut self, status: Status) {
+        self.outbox.push_back(Err(status));
+        self.ended = true;
+    }
+
+    /// Puts `record` in the outbox if the filter and the caller's rights let it through.
+    fn deliver(&mut self, record: &LogRecord) {
+        if self.ended || record.seq <= self.last || !self.follow_epoch() {
+            return;
         }
         self.last = record.seq;
         let visible = match record.object() {
@@ -374,17 +466,17 @@ impl Feed {
                 }
             }
         };
-        if !visible {
-            return true;
+        if visible {
+            let mut notification = record.notification();
+            notification.epoch = self.epoch;
+            self.outbox.push_back(Ok(notification));
         }
-        let mut notification = record.notification();
-        notification.epoch = self.epoch;
-        self.tx.send(Ok(notification)).await.is_ok()
     }
 
     /// Follows the server's history into a new epoch when it continues this subscription's up to
-    /// the last number covered; otherwise tells the client `reload-required` and answers `false`.
-    async fn follow_epoch(&mut self) -> bool {
+    /// the last number covered; otherwise tells the client `reload-required`, ends the
+    /// subscription and answers `false`.
+    fn follow_epoch(&mut self) -> bool {
         let broken = {
             let state = self.shared.read();
             match other_epoch(&state, self.last, self.epoch) {
@@ -398,7 +490,7 @@ impl Feed {
         match broken {
             None => true,
             Some(e) => {
-                let _ = self.tx.send(Err(e.to_status())).await;
+                self.end_with(e.to_status());
                 false
             }
         }
@@ -406,7 +498,7 @@ impl Feed {
 
     /// A notification of the proxy's mode (`kind` live or proxy_mode), or a plain one on a
     /// master.
-    fn marker(&self, kind: &str, link: &Link) -> pb::Notification {
+    fn marker(&self, kind: &str) -> pb::Notification {
         let mut n = pb::Notification {
             seq: self.last,
             kind: kind.into(),
@@ -415,111 +507,36 @@ impl Feed {
             ..Default::default()
         };
         if self.proxy {
-            n.proxy_mode = link.mode.name().into();
-            n.proxy_mode_reason = link.reason.clone();
-            n.proxy_mode_since_ms = link.since_ms;
+            n.proxy_mode = self.mode.mode.name().into();
+            n.proxy_mode_reason = self.mode.reason.clone();
+            n.proxy_mode_since_ms = self.mode.since_ms;
         }
         n
     }
 
     /// Replays what the history holds after the last number covered; `false` when the
-    /// subscription ends (the client is gone, or the history does not cover the gap: the client
-    /// is told `reload-required`).
+    /// subscription ends (the history does not cover the gap: the client is told
+    /// `reload-required`).
     async fn catch_up(&mut self) -> bool {
         match history_after(&self.shared, self.history_max_age_ms, self.last, self.epoch).await {
             Ok((records, reached)) => {
                 for record in records {
-                    if !self.deliver(&record).await {
-                        return false;
-                    }
+                    self.deliver(&record);
+                }
+                if self.ended {
+                    return false;
                 }
                 self.last = self.last.max(reached);
                 true
             }
             Err(e) => {
-                let _ = self.tx.send(Err(e.to_status())).await;
+                self.end_with(e.to_status());
                 false
-            }
-        }
-    }
-
-    async fn run(
-        mut self,
-        replay: Vec<Arc<LogRecord>>,
-        reached: u64,
-        mut live: broadcast::Receiver<Arc<LogRecord>>,
-        mut link: watch::Receiver<Link>,
-        mut epochs: watch::Receiver<u64>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        for record in replay {
-            if !self.deliver(&record).await {
-                return;
-            }
-        }
-        self.last = self.last.max(reached);
-        let mut mode = link.borrow_and_update().clone();
-        if self
-            .tx
-            .send(Ok(self.marker(pb::notification_kind::LIVE, &mode)))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            let next = tokio::select! {
-                next = next_records(&mut live, &self.shared, self.history_max_age_ms, self.last, self.epoch) => next,
-                changed = epochs.changed() => {
-                    // The server reloaded a history of another epoch (possibly at the same
-                    // numbers): this subscriber's copy may have diverged.
-                    if changed.is_err() {
-                        return;
-                    }
-                    if !self.follow_epoch().await {
-                        return;
-                    }
-                    continue;
-                }
-                changed = link.changed() => {
-                    // A proxy attached (possibly after a reload that jumped the numbers) or lost
-                    // its master: deliver what the history holds first, then the mode.
-                    if changed.is_err() || !self.catch_up().await {
-                        return;
-                    }
-                    let now = link.borrow_and_update().clone();
-                    if now.mode != mode.mode {
-                        mode = now;
-                        let event = self.marker(pb::notification_kind::PROXY_MODE, &mode);
-                        if self.tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                _ = self.tx.closed() => return,
-                _ = stopped(&mut stop) => return say_stopping(&self.tx).await,
-            };
-            match next {
-                Ok(Some(records)) => {
-                    for record in records {
-                        if !self.deliver(&record).await {
-                            return;
-                        }
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = self.tx.send(Err(e.to_status())).await;
-                    return;
-                }
             }
         }
     }
 }
 
-/// The records after `last` to send next: the next live one, or — after a jump or a lag — what
-/// the history holds after `last`. `Ok(None)` when the state is gone.
 async fn next_records(
     live: &mut broadcast::Receiver<Arc<LogRecord>>,
     shared: &Shared,
@@ -780,7 +797,7 @@ impl ConfServ for Service {
         Ok(Response::new(write_response(committed, None)))
     }
 
-    type SubscribeStream = ReceiverStream<Result<pb::Notification, Status>>;
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -811,20 +828,25 @@ impl ConfServ for Service {
             }
             None => (Vec::new(), self.shared.read().seq),
         };
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let mode = link.borrow().clone();
         let feed = Feed {
             shared: self.shared.clone(),
             history_max_age_ms: self.history_max_age_ms,
             proxy: self.is_proxy(),
             caller,
             filter,
-            tx,
+            outbox: VecDeque::new(),
+            ended: false,
             last: request.after_seq.unwrap_or(reached),
             epoch,
+            live,
+            mode,
+            link,
+            epochs,
+            stop: self.stop.clone(),
             _open: self.shared.activity.subscribers.open(),
         };
-        tokio::spawn(feed.run(replay, reached, live, link, epochs, self.stop.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(feed.into_stream(replay, reached))))
     }
 
     async fn set_mode(&self, request: Request<pb::SetModeRequest>) -> Result<Response<pb::WriteResponse>, Status> {
@@ -1295,6 +1317,7 @@ impl Replication {
 mod tests {
     use super::*;
     use crate::record::Who;
+    use futures::StreamExt;
 
     fn created(seq: u64) -> Arc<LogRecord> {
         let mut object = ConfigObject::new(ObjectType::Tenant, seq, format!("t{seq}"), 0);
@@ -1373,7 +1396,11 @@ mod tests {
     async fn a_subscriber_ends_when_the_history_is_reloaded_in_another_epoch() {
         let shared = Shared::new(10);
         shared.replace(history(1));
-        let (tx, mut rx) = mpsc::channel(16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut epochs = shared.epochs();
+        epochs.borrow_and_update();
+        let link = shared.link();
+        let mode = link.borrow().clone();
         let feed = Feed {
             shared: shared.clone(),
             history_max_age_ms: AGE_MS,
@@ -1384,28 +1411,31 @@ mod tests {
                 tenant: None,
                 dbid: None,
             },
-            tx,
+            outbox: VecDeque::new(),
+            ended: false,
             last: 5,
             epoch: 1,
+            live: shared.subscribe(),
+            mode,
+            link,
+            epochs,
+            stop,
             _open: shared.activity.subscribers.open(),
         };
-        let (_stop_tx, stop) = watch::channel(false);
-        let mut epochs = shared.epochs();
-        epochs.borrow_and_update();
-        let task = tokio::spawn(feed.run(Vec::new(), 5, shared.subscribe(), shared.link(), epochs, stop));
-        let live = rx.recv().await.expect("live marker").expect("not an error");
+        let mut stream = Box::pin(feed.into_stream(Vec::new(), 5));
+        let live = stream.next().await.expect("live marker").expect("not an error");
         assert_eq!((live.kind.as_str(), live.seq, live.epoch), ("live", 5, 1));
         // The same numbers, another history.
         shared.replace(history(2));
-        let refused = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let refused = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
             .expect("the subscriber is told at once")
             .expect("an answer");
         let status = refused.expect_err("reload-required");
         assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
-        tokio::time::timeout(Duration::from_secs(5), task)
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
-            .expect("the feed ends")
-            .expect("no panic");
+            .expect("the stream ends at once");
+        assert!(end.is_none(), "nothing after reload-required: {end:?}");
     }
 }

@@ -147,6 +147,8 @@ const EPOCH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const EPOCH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long after the holder's lease runs out the backup asks for it: a few ms past its end.
 const LEASE_EXPIRY_MARGIN: Duration = Duration::from_millis(3);
+/// The shortest pause between two requests of the backup for the lease.
+const LEASE_ASK_PAUSE_MIN: Duration = Duration::from_millis(20);
 
 /// The wall clock in ms since the epoch.
 pub fn now_ms() -> u64 {
@@ -979,7 +981,7 @@ impl Node {
         // A kill leaves the lease running for TTL minus the time since its last renewal: a third
         // of the TTL between renewals keeps three tries per TTL and a takeover of 2/3 to 3/3 TTL.
         let renew_every = ttl / 3;
-        let retry_every = (ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let retry_every = (ttl / 10).clamp(LEASE_ASK_PAUSE_MIN, Duration::from_millis(500));
         let mut last_error_logged: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
@@ -1005,8 +1007,10 @@ impl Node {
                             // Ask again as the holder's lease runs out if that comes first (by
                             // the database's clock as this host reads its own; a wrong guess
                             // only costs a refused request).
+                            // Never sooner than `LEASE_ASK_PAUSE_MIN`: a clock far ahead of the
+                            // database's must not turn this into a stream of requests.
                             let left = Duration::from_millis(grant.expires_at_ms.saturating_sub(now_ms()));
-                            pause = pause.min(left + LEASE_EXPIRY_MARGIN);
+                            pause = pause.min(left + LEASE_EXPIRY_MARGIN).max(LEASE_ASK_PAUSE_MIN);
                             let mut role = self.role_state();
                             if role.holder.as_deref() != Some(grant.holder.as_str()) {
                                 info!(holder = grant.holder, "the master lease is held by the primary");

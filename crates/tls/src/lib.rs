@@ -170,7 +170,8 @@ impl ChannelCache {
         };
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(pool) = channels.get(addr) {
-            return Ok(pool[turn].clone());
+            // A clone given another number of connections shares the pools made before it.
+            return Ok(pool[turn % pool.len()].clone());
         }
         // Lazy channels: only the ones calls take ever connect.
         let pool = (0..self.connections)

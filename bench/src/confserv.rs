@@ -685,6 +685,16 @@ pub(crate) fn latency_rows(rows: &mut Vec<Row>, name: &str, s: &Summary) {
     rows.push(row(format!("{name}: p99 ms"), ms(s.p99_ms), "—", "—"));
 }
 
+/// The report's last line: the load on the machine around the run, and how long it took.
+pub(crate) fn load_note(load_before: &str, started: Instant) -> String {
+    format!(
+        "Load average before the run: {load_before}; after: {} (2 cores shared with other work: figures \
+         measured while the machine was busy are lower and noisier). Run time: {} s.",
+        loadavg(),
+        started.elapsed().as_secs()
+    )
+}
+
 pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -907,12 +917,7 @@ async fn report(
     ];
     all_notes.extend(notes);
     all_notes.push(String::new());
-    all_notes.push(format!(
-        "Load average before the run: {load_before}; after: {} (2 cores shared with other work: figures \
-         measured while the machine was busy are lower and noisier). Run time: {} s.",
-        loadavg(),
-        started.elapsed().as_secs()
-    ));
+    all_notes.push(load_note(load_before, started));
     let header = Header {
         title: "Tandem Configuration Server",
         tandem_bin: &args.common.tandem_bin,

@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::confserv::{
-    cell_text, client_of, create_switch, latency_rows, load_dns, loadavg, publish, read_name, reads_by_name, render,
-    row, yes_no, Header, MasterSetup, Pair, Row, ADMIN, ADMIN_PASSWORD, READ_OBJECTS,
+    cell_text, client_of, create_switch, latency_rows, load_dns, load_note, loadavg, publish, read_name, reads_by_name,
+    render, row, yes_no, Header, MasterSetup, Pair, Row, ADMIN, ADMIN_PASSWORD, READ_OBJECTS,
 };
 use crate::figures::command_output;
 use crate::proc::{self, Proc, Spec};
@@ -1066,12 +1066,7 @@ fn report(
     all_notes.extend(method_notes(args));
     all_notes.extend(notes);
     all_notes.push(String::new());
-    all_notes.push(format!(
-        "Load average before the run: {load_before}; after: {} (2 cores shared with other work: figures \
-         measured while the machine was busy are lower and noisier). Run time: {} s.",
-        loadavg(),
-        started.elapsed().as_secs()
-    ));
+    all_notes.push(load_note(load_before, started));
     let header = Header {
         title: "Tandem Configuration Server Proxy",
         tandem_bin: &args.common.tandem_bin,

@@ -292,6 +292,17 @@ fn other_epoch(state: &State, after: u64, epoch: u64) -> Option<CfgError> {
     })
 }
 
+/// Moves `epoch`, of a stream that has covered the history up to `last`, to the epoch of the
+/// history held now when that history continues it; otherwise `reload-required`.
+fn follow_epoch(shared: &Shared, last: u64, epoch: &mut u64) -> Option<CfgError> {
+    let state = shared.read();
+    let broken = other_epoch(&state, last, *epoch);
+    if broken.is_none() {
+        *epoch = state.epoch;
+    }
+    broken
+}
+
 /// The records after `after` (a number of the history of `epoch`) in the history held now, and
 /// the number they reach; or why the history does not cover them.
 fn history_in(
@@ -477,17 +488,7 @@ impl Feed {
     /// the last number covered; otherwise tells the client `reload-required`, ends the
     /// subscription and answers `false`.
     fn follow_epoch(&mut self) -> bool {
-        let broken = {
-            let state = self.shared.read();
-            match other_epoch(&state, self.last, self.epoch) {
-                None => {
-                    self.epoch = state.epoch;
-                    None
-                }
-                broken => broken,
-            }
-        };
-        match broken {
+        match follow_epoch(&self.shared, self.last, &mut self.epoch) {
             None => true,
             Some(e) => {
                 self.end_with(e.to_status());
@@ -1218,17 +1219,7 @@ impl Replication {
     /// the last number sent; otherwise ends the link with `reload-required` (the proxy then
     /// takes a snapshot) and answers `false`.
     async fn follow_epoch(&mut self, shared: &Shared) -> bool {
-        let broken = {
-            let state = shared.read();
-            match other_epoch(&state, self.last, self.epoch) {
-                None => {
-                    self.epoch = state.epoch;
-                    None
-                }
-                broken => broken,
-            }
-        };
-        match broken {
+        match follow_epoch(shared, self.last, &mut self.epoch) {
             None => true,
             Some(e) => {
                 warn!(error = %e, "the history changed epoch: the proxy must take a snapshot");

@@ -791,6 +791,18 @@ impl Subscription {
 mod tests {
     use super::*;
 
+    /// The API of a server whose node has no database (enough to answer `Status`), and the
+    /// sender that keeps it from stopping.
+    fn status_only_service() -> (
+        pb::conf_serv_server::ConfServServer<crate::service::Service>,
+        tokio::sync::watch::Sender<bool>,
+    ) {
+        let node = crate::Node::new(crate::ServerConfig::new("t", "127.0.0.1:1", vec!["127.0.0.1:1".into()])).unwrap();
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let service = pb::conf_serv_server::ConfServServer::new(crate::service::Service::new(node, stop));
+        (service, stop_tx)
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_unreachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -812,16 +824,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_gone_after_a_call_is_unreachable_once_the_connection_is_refused() {
-        let node = crate::Node::new(crate::ServerConfig::new("t", "127.0.0.1:1", vec!["127.0.0.1:1".into()])).unwrap();
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (service, _stop_tx) = status_only_service();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(pb::conf_serv_server::ConfServServer::new(crate::service::Service::new(
-                    node, stop,
-                )))
+                .add_service(service)
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                     let _ = end_rx.await;
                 }),
@@ -840,8 +849,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_quiet_client_keeps_one_connection_and_a_busy_one_spreads_its_calls() {
-        let node = crate::Node::new(crate::ServerConfig::new("t", "127.0.0.1:1", vec!["127.0.0.1:1".into()])).unwrap();
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (service, _stop_tx) = status_only_service();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -852,9 +860,7 @@ mod tests {
             });
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(pb::conf_serv_server::ConfServServer::new(crate::service::Service::new(
-                    node, stop,
-                )))
+                .add_service(service)
                 .serve_with_incoming(incoming),
         );
         let client = ConfClient::new(vec![addr.clone()], ClientConfig::default()).unwrap();

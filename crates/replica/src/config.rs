@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tandem_store::ReplicaId;
+use tandem_store::{HistoryLimit, ReplicaId};
 use tandem_tls::TlsFiles;
 
 /// What the primary does when a sync replica stops confirming writes.
@@ -78,8 +78,8 @@ pub struct ReplicaConfig {
     /// Longest a write waits for its commit and sync confirmation before the answer becomes
     /// "outcome unknown".
     pub write_timeout: Duration,
-    /// Revisions of the change feed kept for watchers that reconnect.
-    pub history_limit: u64,
+    /// Change history kept for watchers that reconnect.
+    pub history: HistoryLimit,
     /// Build a snapshot (and compact the log) after this many entries.
     pub snapshot_every: u64,
     /// Largest client request accepted, in bytes.
@@ -100,7 +100,7 @@ impl ReplicaConfig {
             sync_mode: SyncMode::default(),
             sync_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
-            history_limit: 100_000,
+            history: HistoryLimit::DEFAULT,
             snapshot_every: 10_000,
             max_request_bytes: 4 * 1024 * 1024,
             tls: TlsFiles::default(),

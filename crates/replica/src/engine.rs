@@ -53,14 +53,14 @@ impl OpenedStore {
         let dir = config.data_dir.clone();
         let cluster = config.cluster.clone();
         let id = config.id;
-        let history_limit = config.history_limit;
+        let history = config.history;
         let (log, state, reader) = tokio::task::spawn_blocking(move || -> Result<_, OpenError> {
             std::fs::create_dir_all(&dir).map_err(|source| OpenError::Io {
                 file: dir.clone(),
                 source,
             })?;
             let log = LogStore::open(&dir, &cluster, id)?;
-            let (state, reader) = StateMachine::open(&dir, &cluster, id, history_limit)?;
+            let (state, reader) = StateMachine::open(&dir, &cluster, id, history)?;
             Ok((log, state, reader))
         })
         .await??;

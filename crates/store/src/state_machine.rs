@@ -36,8 +36,8 @@ use tokio::sync::broadcast;
 use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
 use crate::types::{
-    Change, ChangeKind, Command, CommandResult, FenceError, KeyValue, Lease, LeaseResult, Op, Replica, ReplicaId, Txn,
-    TxnResult, TypeConfig,
+    Change, ChangeKind, Command, CommandResult, FenceError, HistoryLimit, KeyValue, Lease, LeaseResult, Op, Replica,
+    ReplicaId, Txn, TxnResult, TypeConfig,
 };
 
 /// The state database's file name inside the data directory.
@@ -137,8 +137,12 @@ struct Shared {
     cluster: String,
     /// This replica's id (part of the snapshot ids it makes).
     replica_id: ReplicaId,
-    /// How many revisions of change history to keep.
-    history_limit: u64,
+    /// How much change history to keep.
+    history: HistoryLimit,
+    /// Rows in `changes` right now. Only the writer changes it, with the writer lock held and
+    /// after its transaction committed; it is the table's true row count, so compaction (which
+    /// it drives) depends on the replicated data only.
+    retained_changes: AtomicU64,
     /// Where committed changes are published.
     changes_tx: broadcast::Sender<Arc<Vec<Change>>>,
     /// Serialises replacing the current-snapshot file.
@@ -170,27 +174,30 @@ impl StateMachine {
     /// database of this cluster and replica in the supported format (and that the current
     /// snapshot, if any, is readable). A refused file is left untouched.
     ///
-    /// `history_limit` is how many revisions of change history to keep for
-    /// [`StateReader::changes_after`].
+    /// `history` bounds the change history kept for [`StateReader::changes_after`].
     ///
     /// Blocking: call it at start-up, before the runtime is busy, or via `spawn_blocking`.
     pub fn open(
         dir: &Path,
         cluster: &str,
         replica_id: ReplicaId,
-        history_limit: u64,
+        history: HistoryLimit,
     ) -> Result<(StateMachine, StateReader), OpenError> {
         let path = dir.join(STATE_FILE);
         let writer = db::open_writer(&path, &STATE_SPEC, cluster, replica_id)?;
-        if let Err(e) = read_applied_state(&writer).and_then(|_| {
+        let retained_changes = match read_applied_state(&writer).and_then(|_| {
             db::meta_require::<u64>(&writer, "revision")?;
-            db::meta_require::<u64>(&writer, "compacted_revision")
+            db::meta_require::<u64>(&writer, "compacted_revision")?;
+            count_changes(&writer)
         }) {
-            return Err(OpenError::Corrupt {
-                file: path,
-                reason: format!("state metadata: {e}"),
-            });
-        }
+            Ok(count) => count,
+            Err(e) => {
+                return Err(OpenError::Corrupt {
+                    file: path,
+                    reason: format!("state metadata: {e}"),
+                })
+            }
+        };
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let current = read_snapshot_file(&snapshot_path, false).map_err(|e| OpenError::Corrupt {
@@ -226,7 +233,8 @@ impl StateMachine {
             path,
             cluster: cluster.to_owned(),
             replica_id,
-            history_limit,
+            history,
+            retained_changes: AtomicU64::new(retained_changes),
             changes_tx,
             snapshot_lock: Mutex::new(()),
             snapshot_seq: AtomicU64::new(next_seq),
@@ -359,9 +367,13 @@ impl Shared {
                 db::meta_set_blob(tx, "last_membership", membership)?;
             }
             db::meta_set(tx, "revision", revision)?;
-            compact_history(tx, revision, self.history_limit)?;
-            Ok(results)
+            let inserted: usize = published.iter().map(Vec::len).sum();
+            let retained = self.retained_changes.load(Ordering::SeqCst) + inserted as u64;
+            let retained = compact_history(tx, revision, self.history, retained)?;
+            Ok((results, retained))
         })?;
+        let (results, retained) = results;
+        self.retained_changes.store(retained, Ordering::SeqCst);
         // Published while the writer lock is held, so subscribers see commit order.
         for changes in published {
             // An error only means nobody is subscribed.
@@ -440,7 +452,7 @@ impl Shared {
         let mut conn = db::lock(&self.writer)?;
         let old_revision: u64 = db::meta_require(&conn, "revision")?;
         conn.execute("ATTACH DATABASE ?1 AS snap", [utf8(file)?])?;
-        let copied = (|| -> Result<u64, StoreError> {
+        let copied = (|| -> Result<(u64, u64), StoreError> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (table, columns) in STATE_TABLES {
                 tx.execute(&format!("DELETE FROM main.{table}"), [])?;
@@ -459,12 +471,14 @@ impl Shared {
             db::meta_set_blob(&tx, "last_applied", &meta.last_log_id)?;
             db::meta_set_blob(&tx, "last_membership", &meta.last_membership)?;
             let revision = db::meta_require(&tx, "revision")?;
+            let retained = count_changes(&tx)?;
             tx.commit()?;
-            Ok(revision)
+            Ok((revision, retained))
         })();
         let detached = conn.execute("DETACH DATABASE snap", []);
-        let new_revision = copied?;
+        let (new_revision, retained) = copied?;
         detached?;
+        self.retained_changes.store(retained, Ordering::SeqCst);
         // openraft purges the log up to an installed snapshot: the state must be on disk first.
         db::sync_now(&conn, STATE_SPEC.durability)?;
 
@@ -857,16 +871,41 @@ fn sweep_leases(tx: &Connection, now_ms: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Drops change history older than the last `history_limit` revisions.
-fn compact_history(tx: &Connection, revision: u64, history_limit: u64) -> Result<(), StoreError> {
+/// Rows in the `changes` table.
+fn count_changes(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM changes", [], |row| row.get(0))?)
+}
+
+/// Drops the oldest change history, whole revisions at a time, so that at most
+/// `history.revisions` revisions are kept and, once more than `history.changes` plus a quarter
+/// are kept, at most `history.changes` changes (the newest revision is always kept, however many
+/// changes it has). `retained` is the row count of `changes`, returned updated.
+///
+/// The slack makes the change bound cheap: finding where to cut walks `history.changes` index
+/// entries, and it runs once every `history.changes / 4` changes rather than on every apply.
+fn compact_history(tx: &Connection, revision: u64, history: HistoryLimit, retained: u64) -> Result<u64, StoreError> {
     let compacted: u64 = db::meta_require(tx, "compacted_revision")?;
-    let target = revision.saturating_sub(history_limit);
+    let mut target = revision.saturating_sub(history.revisions);
+    let mut retained = retained;
+    let slack = history.changes / 4;
+    if retained > history.changes.saturating_add(slack) {
+        // The revision of the newest change past the bound: it and everything older must go.
+        let beyond: Option<u64> = tx
+            .prepare_cached("SELECT revision FROM changes ORDER BY revision DESC, seq DESC LIMIT 1 OFFSET ?1")?
+            .query_row([history.changes], |row| row.get(0))
+            .optional()?;
+        if let Some(beyond) = beyond {
+            target = target.max(beyond.min(revision.saturating_sub(1)));
+        }
+    }
     if target > compacted {
-        tx.prepare_cached("DELETE FROM changes WHERE revision <= ?1")?
+        let deleted = tx
+            .prepare_cached("DELETE FROM changes WHERE revision <= ?1")?
             .execute([target])?;
+        retained = retained.saturating_sub(deleted as u64);
         db::meta_set(tx, "compacted_revision", target)?;
     }
-    Ok(())
+    Ok(retained)
 }
 
 const LEASE_COLUMNS: &str = "leases.token, leases.name, leases.holder, leases.ttl_ms, leases.expires_at_ms";

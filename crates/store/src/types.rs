@@ -243,6 +243,39 @@ pub struct KeyValue {
     pub mod_revision: u64,
 }
 
+/// How much change history a replica keeps for watchers that resume (`changes_after`): whole
+/// revisions are dropped, oldest first, beyond either bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimit {
+    /// Revisions kept.
+    pub revisions: u64,
+    /// Changes kept (one revision may hold many: a transaction of 400 puts is one revision).
+    /// Compaction lets up to a quarter more accumulate before it cuts back to this.
+    pub changes: u64,
+}
+
+impl HistoryLimit {
+    /// The default bounds: 100,000 revisions and 100,000 changes.
+    pub const DEFAULT: HistoryLimit = HistoryLimit {
+        revisions: 100_000,
+        changes: 100_000,
+    };
+
+    /// At most `revisions` revisions, and the default change bound.
+    pub fn revisions(revisions: u64) -> HistoryLimit {
+        HistoryLimit {
+            revisions,
+            ..HistoryLimit::DEFAULT
+        }
+    }
+}
+
+impl Default for HistoryLimit {
+    fn default() -> Self {
+        HistoryLimit::DEFAULT
+    }
+}
+
 /// One change in the change feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {

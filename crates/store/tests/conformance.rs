@@ -3,7 +3,7 @@
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
-use tandem_store::{LogStore, ReplicaId, StateMachine, TypeConfig};
+use tandem_store::{HistoryLimit, LogStore, ReplicaId, StateMachine, TypeConfig};
 use tempfile::TempDir;
 
 /// Opens both stores in a new temporary directory; the directory is the drop guard.
@@ -13,7 +13,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempDirBuilde
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<ReplicaId>> {
         let dir = tempfile::tempdir().unwrap();
         let log = LogStore::open(dir.path(), "conformance", 0).unwrap();
-        let (sm, _reader) = StateMachine::open(dir.path(), "conformance", 0, 1000).unwrap();
+        let (sm, _reader) = StateMachine::open(dir.path(), "conformance", 0, HistoryLimit::revisions(1000)).unwrap();
         Ok((dir, log, sm))
     }
 }

@@ -4,14 +4,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tandem_store::{LogStore, OpenError, StateMachine};
+use tandem_store::{HistoryLimit, LogStore, OpenError, StateMachine};
 
 const CLUSTER: &str = "prod";
 
 /// Creates both files in `dir` the normal way, then closes them.
 fn initialise(dir: &Path) {
     let log = LogStore::open(dir, CLUSTER, 1).unwrap();
-    let (sm, reader) = StateMachine::open(dir, CLUSTER, 1, 100).unwrap();
+    let (sm, reader) = StateMachine::open(dir, CLUSTER, 1, HistoryLimit::revisions(100)).unwrap();
     drop((log, sm, reader));
 }
 
@@ -37,7 +37,7 @@ fn open_log(dir: &Path, cluster: &str, replica_id: u64) -> OpenError {
 }
 
 fn open_state(dir: &Path, cluster: &str, replica_id: u64) -> OpenError {
-    match StateMachine::open(dir, cluster, replica_id, 100) {
+    match StateMachine::open(dir, cluster, replica_id, HistoryLimit::revisions(100)) {
         Ok(_) => panic!("state.db was accepted"),
         Err(e) => e,
     }

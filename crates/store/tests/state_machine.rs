@@ -10,8 +10,8 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader, RaftSnapshotBuilder, Vote};
 use tandem_store::state_machine::LEASE_RETENTION_MS;
 use tandem_store::{
-    Change, ChangeKind, Command, CommandResult, Compare, FenceError, LeaseResult, LogStore, Op, Replica, ReplicaKind,
-    StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
+    Change, ChangeKind, Command, CommandResult, Compare, FenceError, HistoryLimit, LeaseResult, LogStore, Op, Replica,
+    ReplicaKind, StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
 };
 use tempfile::TempDir;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -60,7 +60,7 @@ impl Fixture {
 
     fn with_history(history_limit: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, history_limit).unwrap();
+        let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, HistoryLimit::revisions(history_limit)).unwrap();
         Fixture {
             dir,
             sm,
@@ -443,6 +443,108 @@ async fn history_is_retained_for_the_configured_number_of_revisions() {
     assert_eq!(f.reader.changes_after(5, 100).await.unwrap(), vec![]);
 }
 
+/// Puts `n` keys named `{prefix}{i}` in one transaction.
+async fn put_many(f: &mut Fixture, prefix: &str, n: usize) {
+    let ops = (0..n).map(|i| put(&format!("{prefix}{i}"), "v")).collect();
+    f.ops(ops).await;
+}
+
+async fn retained_revisions(reader: &StateReader) -> Vec<u64> {
+    let oldest = reader.oldest_revision().await.unwrap();
+    let mut revisions: Vec<u64> = reader
+        .changes_after(oldest - 1, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    revisions.dedup();
+    revisions
+}
+
+#[tokio::test]
+async fn history_is_bounded_by_changes_cutting_whole_revisions() {
+    // At most 8 changes once more than 10 (8 plus a quarter) are kept.
+    let limit = HistoryLimit {
+        revisions: 1000,
+        changes: 8,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, limit).unwrap();
+    let mut f = Fixture {
+        dir,
+        sm,
+        reader,
+        next_index: 1,
+    };
+    for r in 1..=3 {
+        put_many(&mut f, &format!("r{r}-"), 3).await;
+    }
+    assert_eq!(
+        retained_revisions(&f.reader).await,
+        vec![1, 2, 3],
+        "9 changes are within the slack"
+    );
+    put_many(&mut f, "r4-", 3).await;
+    // 12 changes: revision 2 holds the 9th newest, so revisions 1 and 2 go.
+    assert_eq!(f.reader.oldest_revision().await.unwrap(), 3);
+    assert_eq!(retained_revisions(&f.reader).await, vec![3, 4]);
+    assert!(matches!(
+        f.reader.changes_after(1, 100).await,
+        Err(StoreError::Compacted {
+            requested: 1,
+            oldest: 3
+        })
+    ));
+
+    // The count survives a reopen (it is the table's row count, not a remembered number).
+    let Fixture {
+        dir,
+        sm,
+        reader,
+        next_index,
+    } = f;
+    drop((sm, reader));
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, limit).unwrap();
+    let mut f = Fixture {
+        dir,
+        sm,
+        reader,
+        next_index,
+    };
+    // A revision larger than the bound is kept whole while it is the newest...
+    put_many(&mut f, "r5-", 12).await;
+    assert_eq!(retained_revisions(&f.reader).await, vec![5]);
+    assert_eq!(f.reader.changes_after(4, 100).await.unwrap().len(), 12);
+    // ...and dropped whole once it is not.
+    put_many(&mut f, "r6-", 1).await;
+    assert_eq!(retained_revisions(&f.reader).await, vec![6]);
+    // Nothing but history was dropped.
+    assert_eq!(f.reader.key_count().await.unwrap(), 3 * 4 + 12 + 1);
+
+    // A replica that installs a snapshot of this state and applies the same entries afterwards
+    // compacts the same way.
+    let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 2, limit).unwrap();
+    let mut follower = Fixture {
+        dir,
+        sm,
+        reader,
+        next_index: f.next_index,
+    };
+    let mut data = follower.sm.begin_receiving_snapshot().await.unwrap();
+    *data = Cursor::new(snapshot.snapshot.get_ref().clone());
+    follower.sm.install_snapshot(&snapshot.meta, data).await.unwrap();
+    for r in 7..=12 {
+        put_many(&mut f, &format!("r{r}-"), 2).await;
+        put_many(&mut follower, &format!("r{r}-"), 2).await;
+        assert_eq!(everything(&follower.reader).await, everything(&f.reader).await);
+    }
+    // At revision 11 (11 changes) revision 7 went; revision 12 brings 10, within the slack.
+    assert_eq!(retained_revisions(&f.reader).await, vec![8, 9, 10, 11, 12]);
+}
+
 #[tokio::test]
 async fn changes_after_never_splits_a_revision() {
     let mut f = Fixture::new();
@@ -746,7 +848,7 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
 
     // The follower has diverging state of its own, which the snapshot replaces.
     let dir = tempfile::tempdir().unwrap();
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 2, 1000).unwrap();
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 2, HistoryLimit::revisions(1000)).unwrap();
     let mut follower = Fixture {
         dir,
         sm,
@@ -783,7 +885,7 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
     // Survives a restart, and the follower's own replica id is kept.
     let Fixture { dir, sm, reader, .. } = follower;
     drop((sm, reader));
-    let (mut reopened, reader) = StateMachine::open(dir.path(), CLUSTER, 2, 1000).unwrap();
+    let (mut reopened, reader) = StateMachine::open(dir.path(), CLUSTER, 2, HistoryLimit::revisions(1000)).unwrap();
     assert_eq!(everything(&reader).await, everything(&leader.reader).await);
     assert_eq!(
         reopened.get_current_snapshot().await.unwrap().unwrap().meta,
@@ -798,7 +900,8 @@ async fn a_snapshot_of_another_cluster_is_refused() {
     let snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut follower, reader) = StateMachine::open(dir.path(), "another-cluster", 2, 1000).unwrap();
+    let (mut follower, reader) =
+        StateMachine::open(dir.path(), "another-cluster", 2, HistoryLimit::revisions(1000)).unwrap();
     let data = Box::new(Cursor::new(snapshot.snapshot.get_ref().clone()));
     assert!(follower.install_snapshot(&snapshot.meta, data).await.is_err());
     let garbage = Box::new(Cursor::new(b"not a database at all".repeat(100)));
@@ -827,7 +930,7 @@ async fn snapshot_ids_are_unique() {
     // Also across a restart.
     let Fixture { dir, sm, reader, .. } = f;
     drop((sm, reader));
-    let (mut sm, _reader) = StateMachine::open(dir.path(), CLUSTER, 1, 1000).unwrap();
+    let (mut sm, _reader) = StateMachine::open(dir.path(), CLUSTER, 1, HistoryLimit::revisions(1000)).unwrap();
     let third = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_ne!(third.meta.snapshot_id, first.meta.snapshot_id);
     assert_ne!(third.meta.snapshot_id, second.meta.snapshot_id);
@@ -851,7 +954,7 @@ async fn reopening_after_drop_keeps_everything() {
     // Temporary files of a crashed snapshot build are cleaned up.
     std::fs::write(dir.path().join("snapshot.build-9.tmp"), b"half a copy").unwrap();
     std::fs::write(dir.path().join("snapshot.current.tmp"), b"half a snapshot").unwrap();
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, 2).unwrap();
+    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, HistoryLimit::revisions(2)).unwrap();
     check_dir_is_clean(dir.path());
     let mut f = Fixture {
         dir,

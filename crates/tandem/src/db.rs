@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use tandem_client::{Client, ClientOptions, EventKind, Member, StatusResponse};
 use tandem_replica::{ReplicaConfig, SyncMode, Timers};
-use tandem_store::ReplicaKind;
+use tandem_store::{HistoryLimit, ReplicaKind};
 use tandem_tls::TlsFiles;
 
 #[derive(Subcommand)]
@@ -134,8 +134,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Timers::default().election_max_ms)]
     election_max_ms: u64,
     /// Revisions of the change feed kept for reconnecting watchers.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = HistoryLimit::DEFAULT.revisions)]
     history_limit: u64,
+    /// Changes of the change feed kept for reconnecting watchers (whole revisions are dropped,
+    /// oldest first; up to a quarter more accumulate between cuts).
+    #[arg(long, default_value_t = HistoryLimit::DEFAULT.changes,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    history_changes: u64,
     /// Build a snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -517,7 +522,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         election_min_ms: args.election_min_ms,
         election_max_ms: args.election_max_ms,
     };
-    config.history_limit = args.history_limit;
+    config.history = HistoryLimit {
+        revisions: args.history_limit,
+        changes: args.history_changes,
+    };
     config.snapshot_every = args.snapshot_every;
     config.tls = args.tls;
     let metrics_listener = match &args.metrics_listen {

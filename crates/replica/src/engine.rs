@@ -151,6 +151,7 @@ impl Engine {
             }),
             tokio::spawn(crate::witness::run(core.clone(), raft.clone())),
             tokio::spawn(crate::epoch::probe_then_elect(core.clone(), engine.clone())),
+            tokio::spawn(crate::failfast::run(core.clone(), engine.clone())),
         ];
         engine
             .tasks

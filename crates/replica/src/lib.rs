@@ -13,6 +13,8 @@
 //!   log entry.
 //! - [`progress`]: the primary's view of each replica (lag in entries and ms, health) and the
 //!   sync gate that holds a write's acknowledgement until every healthy sync replica has it.
+//! - [`failfast`]: a follower whose primary's port refuses connections (its process is gone)
+//!   campaigns as soon as the voters' leader lease allows, not a whole election timeout later.
 //! - [`witness`]: a witness that became primary hands the role to a caught-up data replica.
 //! - [`metrics_http`]: Prometheus `/metrics` (lag, health, demotions) on an optional HTTP port.
 //! - [`refusal`]: the gRPC statuses replicas refuse with, with their stable error codes.
@@ -25,6 +27,7 @@ pub mod admin_service;
 pub mod config;
 pub mod engine;
 pub mod epoch;
+pub mod failfast;
 pub mod kv_service;
 pub mod metrics_http;
 pub mod network;

@@ -35,6 +35,8 @@ const APPEND_TIMES_MAX: usize = 65_536;
 /// that replica (available mode). A live replica answers the first AppendEntries within a round
 /// trip and an fsync.
 const NEW_PRIMARY_GRACE: Duration = Duration::from_millis(500);
+/// How long a replica found gone (see [`Progress::mark_gone`]) is not waited for by a new primary.
+const GONE_REMEMBERED: Duration = Duration::from_secs(10);
 /// A demoted replica is re-admitted once it is at most this many entries behind.
 const READMIT_LAG_ENTRIES: u64 = 64;
 
@@ -89,6 +91,8 @@ struct ProgressState {
     replicas: BTreeMap<ReplicaId, ReplicaView>,
     /// Sync replicas the gate currently waits for (voters of kind sync, not demoted).
     sync_set: BTreeSet<ReplicaId>,
+    /// Replicas whose process was found gone, and when (kept across terms).
+    gone: BTreeMap<ReplicaId, Instant>,
 }
 
 pub struct Progress {
@@ -133,6 +137,13 @@ impl Progress {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Records that `id`'s process was found gone (its port refused a connection): should this
+    /// replica become primary soon, it does not give `id` the grace a live replica gets to answer
+    /// (available mode), since it cannot answer at all.
+    pub fn mark_gone(&self, id: ReplicaId) {
+        self.lock().gone.insert(id, Instant::now());
+    }
+
     /// Folds one metrics sample into the view. Called on every metrics change and on a timer
     /// (health depends on time passing, not only on metrics changing).
     pub fn observe(&self, metrics: &Metrics) {
@@ -172,6 +183,8 @@ impl Progress {
             let voters: Vec<ReplicaId> = membership.voter_ids().collect();
             state.replicas.retain(|id, _| replication.contains_key(id));
             let in_office = state.term_started.map(|t| now.duration_since(t)).unwrap_or_default();
+            state.gone.retain(|_, at| now.duration_since(*at) < GONE_REMEMBERED);
+            let gone = state.gone.clone();
             for (&id, matched) in replication {
                 let answered = matched.is_some();
                 let matched = matched.map(|log_id| log_id.index).unwrap_or(0);
@@ -198,10 +211,11 @@ impl Progress {
                 match view.demoted_since {
                     // A replica that has not answered a new primary within the grace (a replica
                     // that died with the old primary, typically) is not waited for the whole sync
-                    // timeout: that would stall every write after a failover.
+                    // timeout: that would stall every write after a failover. One known to be gone
+                    // gets no grace.
                     None if behind > 0
                         && (now.duration_since(view.last_progress) > self.sync_timeout
-                            || (!view.answered && in_office > NEW_PRIMARY_GRACE)) =>
+                            || (!view.answered && (in_office > NEW_PRIMARY_GRACE || gone.contains_key(&id)))) =>
                     {
                         view.demoted_since = Some(now);
                         self.demotions.fetch_add(1, Ordering::Relaxed);
@@ -213,10 +227,11 @@ impl Progress {
                             last_index,
                             silent_ms = now.duration_since(view.last_progress).as_millis() as u64,
                             answered_this_primary = view.answered,
+                            found_gone = gone.contains_key(&id),
                             "sync replica demoted to async: it confirmed nothing for longer than the sync \
-                             timeout ({} ms), or did not answer this new primary within {} ms; writes are \
-                             acknowledged without it until it catches up (sync mode available). Acknowledged \
-                             writes from now on may be missing on it",
+                             timeout ({} ms), or did not answer this new primary within {} ms or was found \
+                             gone; writes are acknowledged without it until it catches up (sync mode \
+                             available). Acknowledged writes from now on may be missing on it",
                             self.sync_timeout.as_millis(),
                             NEW_PRIMARY_GRACE.as_millis()
                         );

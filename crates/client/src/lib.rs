@@ -520,12 +520,30 @@ impl Client {
     /// Every key under `prefix` (linearizable unless `stale_from` names a replica to read from).
     pub async fn range(&self, prefix: &str, stale_from: Option<&str>) -> Result<Vec<KeyValue>, ClientError> {
         let mut all = Vec::new();
+        self.range_each(prefix, stale_from, 0, |page| {
+            all.extend(page);
+            Ok::<_, ClientError>(())
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Every key under `prefix` as [`Client::range`] reads them, handed to `each` one page at a
+    /// time (in key order; `page_limit` keys per request, 0 for the server's default), so that a
+    /// large prefix need not be held in memory at once. Stops at the first error `each` returns.
+    pub async fn range_each<E: From<ClientError>>(
+        &self,
+        prefix: &str,
+        stale_from: Option<&str>,
+        page_limit: u32,
+        mut each: impl FnMut(Vec<KeyValue>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut start_after = String::new();
         loop {
             let request = pb::RangeRequest {
                 prefix: prefix.to_owned(),
                 start_after: start_after.clone(),
-                limit: 0,
+                limit: page_limit,
                 stale: stale_from.is_some(),
             };
             let page = match stale_from {
@@ -550,9 +568,9 @@ impl Client {
             if let Some(last) = page.kvs.last() {
                 start_after = last.key.clone();
             }
-            all.extend(page.kvs);
+            each(page.kvs)?;
             if !page.more {
-                return Ok(all);
+                return Ok(());
             }
         }
     }

@@ -373,7 +373,7 @@ mod tests {
         assert!(!new.options.contains_key("b"));
         assert_eq!(new.options["c"]["k"], "v");
         assert!(!new.fields.contains_key("os_type"));
-        assert_eq!(new.fields["lca_port"], Value::Int(4999));
+        assert_eq!(new.fields.get("lca_port").cloned().unwrap(), Value::Int(4999));
         assert!(new.annex.is_empty());
     }
 

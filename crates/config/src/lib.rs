@@ -37,6 +37,6 @@ pub use access::{Grant, Principal, Right};
 pub use delta::{Delta, SectionsDelta};
 pub use document::{Document, ImportPlan, TextFormat};
 pub use error::{ConfigError, IndexInconsistency, ObjectRef};
-pub use model::{ConfigObject, ObjectKey, ObjectType, State, Value, ENVIRONMENT_TENANT, SUPER_ADMINISTRATORS};
+pub use model::{ConfigObject, Fields, ObjectKey, ObjectType, State, Value, ENVIRONMENT_TENANT, SUPER_ADMINISTRATORS};
 pub use query::{NameMatch, Page, PageItems, Query};
 pub use set::{Change, ConfigSet, Link};

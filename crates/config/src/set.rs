@@ -75,15 +75,20 @@ impl Change {
     }
 }
 
+/// A key of the name index: `(type, tenant, name)`.
+type NameKey = (ObjectType, u64, String);
+/// A key of the unique-value index: `(type, tenant, field, value)`.
+type UniqueKey = (ObjectType, u64, &'static str, String);
+
 /// The whole configuration in memory, with indexes. See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigSet {
     /// Every live object by key.
     objects: BTreeMap<ObjectKey, ConfigObject>,
     /// `(type, tenant, name) → dbid`: names are unique per type within a tenant.
-    names: BTreeMap<(ObjectType, u64, String), u64>,
+    names: BTreeMap<NameKey, u64>,
     /// `(type, tenant, field, value) → dbid` for fields the schema marks unique.
-    unique_values: BTreeMap<(ObjectType, u64, &'static str, String), u64>,
+    unique_values: BTreeMap<UniqueKey, u64>,
     /// `target → {(referrer, link)}`: who refers to an object, and how.
     referrers: BTreeMap<ObjectKey, BTreeSet<(ObjectKey, Link)>>,
 }
@@ -122,7 +127,7 @@ pub(crate) fn links_of(obj: &ConfigObject) -> BTreeSet<(ObjectKey, Link)> {
 }
 
 /// The unique-field index keys of `obj`.
-pub(crate) fn unique_keys(obj: &ConfigObject) -> Vec<(ObjectType, u64, &'static str, String)> {
+pub(crate) fn unique_keys(obj: &ConfigObject) -> Vec<UniqueKey> {
     schema::spec(obj.object_type)
         .fields
         .iter()
@@ -156,6 +161,11 @@ fn clear_references(obj: &mut ConfigObject, field: &str, doomed: &BTreeSet<Objec
     }
 }
 
+/// Where the object with `key` is in `objects`, which is sorted by key and holds it.
+fn index_of(objects: &[(ObjectKey, ConfigObject)], key: ObjectKey) -> usize {
+    objects.partition_point(|(k, _)| *k < key)
+}
+
 impl ConfigSet {
     /// An empty set.
     pub fn new() -> Self {
@@ -165,17 +175,68 @@ impl ConfigSet {
     /// A set holding `objects` as they are, as loaded from the store: indexed but not validated
     /// (call [`ConfigSet::check_all`] for that). Refused only if two objects share a key, a name
     /// or a unique value.
+    ///
+    /// Built in bulk: each index is sorted once and built from sorted input, which for a million
+    /// objects is several times faster than inserting them one by one.
     pub fn from_objects(objects: impl IntoIterator<Item = ConfigObject>) -> Result<Self, ConfigError> {
-        let mut set = ConfigSet::new();
-        for obj in objects {
-            if set.objects.contains_key(&obj.key()) {
-                return Err(ConfigError::DuplicateDbid {
-                    object: ObjectRef::of(&obj),
-                });
-            }
-            set.put(obj)?;
+        let mut objects: Vec<(ObjectKey, ConfigObject)> = objects.into_iter().map(|o| (o.key(), o)).collect();
+        objects.sort_by_key(|(key, _)| *key);
+        if let Some(pair) = objects.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(ConfigError::DuplicateDbid {
+                object: ObjectRef::of(&pair[1].1),
+            });
         }
-        Ok(set)
+
+        let mut names: Vec<(NameKey, u64)> = objects
+            .iter()
+            .map(|(_, o)| ((o.object_type, o.tenant, o.name.clone()), o.dbid))
+            .collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            let ((object_type, tenant, _), existing) = pair[0];
+            let (_, dbid) = pair[1];
+            return Err(ConfigError::DuplicateName {
+                object: ObjectRef::of(&objects[index_of(&objects, (object_type, dbid))].1),
+                tenant,
+                existing: ObjectRef::of(&objects[index_of(&objects, (object_type, existing))].1),
+            });
+        }
+
+        let mut unique_values: Vec<(UniqueKey, u64)> = objects
+            .iter()
+            .flat_map(|(_, o)| unique_keys(o).into_iter().map(|key| (key, o.dbid)))
+            .collect();
+        unique_values.sort_unstable();
+        if let Some(pair) = unique_values.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            let ((object_type, _, field, _), existing) = pair[0];
+            let (_, dbid) = pair[1];
+            return Err(ConfigError::DuplicateValue {
+                object: ObjectRef::of(&objects[index_of(&objects, (object_type, dbid))].1),
+                field: field.to_owned(),
+                existing: ObjectRef::of(&objects[index_of(&objects, (object_type, existing))].1),
+            });
+        }
+
+        let mut links: Vec<(ObjectKey, (ObjectKey, Link))> = objects
+            .iter()
+            .flat_map(|(key, o)| links_of(o).into_iter().map(|(target, link)| (target, (*key, link))))
+            .collect();
+        links.sort_unstable();
+        let mut referrers = BTreeMap::new();
+        let mut rest = links.as_slice();
+        while let Some(&(target, _)) = rest.first() {
+            let end = rest.partition_point(|(t, _)| *t == target);
+            let sources: BTreeSet<(ObjectKey, Link)> = rest[..end].iter().map(|(_, source)| *source).collect();
+            referrers.insert(target, sources);
+            rest = &rest[end..];
+        }
+
+        Ok(ConfigSet {
+            objects: objects.into_iter().collect(),
+            names: names.into_iter().collect(),
+            unique_values: unique_values.into_iter().collect(),
+            referrers,
+        })
     }
 
     /// How many objects there are.

@@ -12,9 +12,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tandem_client::{Client, ClientError, Event, EventKind, KeyValue, Watch};
-use tandem_config::{ConfigObject, ConfigSet};
+use tandem_config::{ConfigObject, ConfigSet, ObjectKey, ObjectType};
+use tracing::debug;
 
 use crate::keys;
 use crate::record::{LogRecord, Mode};
@@ -67,19 +69,53 @@ fn note(latest: &mut Latest, key: String, revision: u64, value: Option<Vec<u8>>)
     }
 }
 
+/// Keys per range request while loading (the server's largest page).
+const LOAD_PAGE_KEYS: u32 = 10_000;
+
+/// Parses a stored object and checks that it is the one its key names.
+fn parse_object(key: &str, object_type: ObjectType, dbid: u64, value: &[u8]) -> Result<ConfigObject, StoreError> {
+    let obj: ConfigObject = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if obj.object_type != object_type || obj.dbid != dbid {
+        return Err(StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("holds {} dbid {}", obj.object_type, obj.dbid),
+        });
+    }
+    Ok(obj)
+}
+
 /// Loads the configuration (see the module documentation). `ring_capacity` records of history
 /// are read into the ring. The state records the epoch of the database primary it was loaded
 /// from: its revisions and notification numbers mean something only in that epoch.
+///
+/// Objects are parsed page by page as they are read, so the raw values of a large
+/// configuration are never all in memory at once; only the few keys the feed changed while
+/// loading go through the key-by-key fold.
 pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, StoreError> {
+    let started = Instant::now();
     let primary = client.discover().await?;
     let status = client.status(&primary).await?;
     let (r0, epoch) = (status.revision, status.epoch);
+    let mut objects: Vec<(u64, ConfigObject)> = Vec::new();
+    client
+        .range_each(keys::OBJ_PREFIX, None, LOAD_PAGE_KEYS, |page| {
+            for kv in page {
+                let Some((object_type, dbid)) = keys::parse_object(&kv.key) else {
+                    continue;
+                };
+                objects.push((kv.mod_revision, parse_object(&kv.key, object_type, dbid, &kv.value)?));
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await?;
     let mut latest: Latest = BTreeMap::new();
-    for prefix in [keys::OBJ_PREFIX, keys::META_PREFIX] {
-        for kv in client.range(prefix, None).await? {
-            note(&mut latest, kv.key, kv.mod_revision, Some(kv.value));
-        }
+    for kv in client.range(keys::META_PREFIX, None).await? {
+        note(&mut latest, kv.key, kv.mod_revision, Some(kv.value));
     }
+    let read_ms = started.elapsed().as_millis() as u64;
     let mut watch = client.watch(keys::PREFIX, r0).await?;
     let seq_kv = client.get(keys::SEQ).await?;
     let m = seq_kv.as_ref().map_or(0, |kv| kv.mod_revision);
@@ -102,25 +138,36 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
         }
     }
 
+    let folded = Instant::now();
     let mut state = State::default();
-    let mut objects = Vec::new();
-    for (key, (_, value)) in latest {
-        let Some(value) = value else { continue };
+    // The objects as read, by key, then the feed's later values of the keys it changed.
+    let mut by_key: BTreeMap<ObjectKey, (u64, ConfigObject)> = objects
+        .into_iter()
+        .map(|(revision, obj)| (obj.key(), (revision, obj)))
+        .collect();
+    for (key, (revision, value)) in latest {
         if let Some((object_type, dbid)) = keys::parse_object(&key) {
-            let obj: ConfigObject = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
-            if obj.object_type != object_type || obj.dbid != dbid {
-                return Err(StoreError::Corrupt {
-                    key,
-                    reason: format!("holds {} dbid {}", obj.object_type, obj.dbid),
-                });
+            if by_key
+                .get(&(object_type, dbid))
+                .is_some_and(|(read, _)| *read >= revision)
+            {
+                continue;
             }
-            let last = state.last_dbid.entry(object_type).or_insert(0);
-            *last = (*last).max(dbid);
-            objects.push(obj);
-        } else if let Some(object_type) = keys::parse_dbid_counter(&key) {
+            match value {
+                Some(value) => {
+                    by_key.insert(
+                        (object_type, dbid),
+                        (revision, parse_object(&key, object_type, dbid, &value)?),
+                    );
+                }
+                None => {
+                    by_key.remove(&(object_type, dbid));
+                }
+            }
+            continue;
+        }
+        let Some(value) = value else { continue };
+        if let Some(object_type) = keys::parse_dbid_counter(&key) {
             let counter = parse_counter(&key, &value)?;
             let last = state.last_dbid.entry(object_type).or_insert(0);
             *last = (*last).max(counter);
@@ -138,11 +185,16 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
             state.log_first = parse_counter(&key, &value)?;
         }
     }
+    for &(object_type, dbid) in by_key.keys() {
+        let last = state.last_dbid.entry(object_type).or_insert(0);
+        *last = (*last).max(dbid);
+    }
     if state.log_first == 0 {
         state.log_first = 1;
     }
     state.seq_key_version = seq_kv.map_or(0, |kv| kv.version);
-    state.set = ConfigSet::from_objects(objects)?;
+    state.set = ConfigSet::from_objects(by_key.into_values().map(|(_, obj)| obj))?;
+    let indexed_ms = folded.elapsed().as_millis() as u64;
     state.ring = read_records(client, state.seq.saturating_sub(ring_capacity as u64) + 1, state.seq)
         .await?
         .into_iter()
@@ -151,6 +203,13 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
     state.revision = m.max(r0);
     state.epoch = epoch;
     state.loaded = true;
+    debug!(
+        objects = state.set.len(),
+        read_ms,
+        indexed_ms,
+        total_ms = started.elapsed().as_millis() as u64,
+        "configuration read and indexed"
+    );
     Ok(Loaded { state, watch, pending })
 }
 

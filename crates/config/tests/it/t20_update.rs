@@ -26,8 +26,11 @@ fn only_named_fields_and_options_change_and_the_version_bumps() {
     assert_eq!(old, rich_host().with_version(1));
     assert_eq!(new.version, 2);
     assert_eq!(new.str_field("os_type"), Some("windows"));
-    assert_eq!(new.fields["lca_port"], Value::Int(4999));
-    assert_eq!(new.fields["ip_address"], old.fields["ip_address"]);
+    assert_eq!(new.fields.get("lca_port").cloned().unwrap(), Value::Int(4999));
+    assert_eq!(
+        new.fields.get("ip_address").cloned().unwrap(),
+        old.fields.get("ip_address").cloned().unwrap()
+    );
     assert_eq!(new.options["log"]["verbose"], "standard");
     assert_eq!(new.options["log"]["segment"], "10MB");
     assert_eq!(new.options["lca"], old.options["lca"]);
@@ -193,4 +196,28 @@ fn a_set_loaded_from_stored_objects_equals_the_original() {
         tandem_config::ConfigSet::from_objects(twice),
         Err(ConfigError::DuplicateDbid { .. })
     ));
+    // A second host named h1 (another DBID) breaks the name index.
+    let same_name = set.iter().cloned().chain([host(20, "h1")]);
+    match tandem_config::ConfigSet::from_objects(same_name) {
+        Err(ConfigError::DuplicateName { object, existing, .. }) => {
+            assert_eq!((object.dbid, existing.dbid), (20, 10));
+        }
+        other => panic!("expected DuplicateName, got {other:?}"),
+    }
+    // Two persons with one user name break the unique index.
+    let mut p1 = person(30, "p1", ENV);
+    let mut p2 = person(31, "p2", ENV);
+    for p in [&mut p1, &mut p2] {
+        p.fields.insert("user_name".into(), Value::Str("same".into()));
+    }
+    match tandem_config::ConfigSet::from_objects(set.iter().cloned().chain([p1, p2])) {
+        Err(ConfigError::DuplicateValue {
+            object,
+            field,
+            existing,
+        }) => {
+            assert_eq!((object.dbid, field.as_str(), existing.dbid), (31, "user_name", 30));
+        }
+        other => panic!("expected DuplicateValue, got {other:?}"),
+    }
 }

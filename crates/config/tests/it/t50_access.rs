@@ -185,7 +185,7 @@ fn bootstrap_makes_the_environment_the_admin_and_the_group() {
     let tenant = set.get(ObjectType::Tenant, ENV).unwrap();
     assert_eq!((tenant.name.as_str(), tenant.tenant), ("Environment", 0));
     let group = set.by_name(ObjectType::AccessGroup, ENV, SUPER_ADMINISTRATORS).unwrap();
-    assert_eq!(group.fields["members"], Value::RefList(vec![1]));
+    assert_eq!(group.fields.get("members").cloned().unwrap(), Value::RefList(vec![1]));
     let admin = set.get(ObjectType::Person, 1).unwrap();
     let hash = admin.str_field("password_hash").unwrap();
     assert_ne!(hash, "pw-1");

@@ -88,7 +88,7 @@ fn export_names_everything_and_omits_dbids() {
     let backup = document.objects.iter().find(|o| o.name == "cs_backup").unwrap();
     assert_eq!(backup.folder.as_deref(), Some("Site1"));
     assert_eq!(
-        backup.fields["backup"],
+        backup.fields.get("backup").cloned().unwrap(),
         DocValue::Ref(DocRef {
             object_type: ObjectType::Application,
             tenant: Some("Environment".into()),
@@ -160,7 +160,7 @@ fn export_of_a_folder_takes_its_subtree() {
     assert_eq!(plan.created(), 4);
     plan.apply(&mut target).unwrap();
     let primary = target.by_name(ObjectType::Application, ENV, "cs_primary").unwrap();
-    assert_eq!(primary.fields["host"], Value::Ref(5));
+    assert_eq!(primary.fields.get("host").cloned().unwrap(), Value::Ref(5));
     assert!(matches!(export(&source, Some(999)), Err(ConfigError::NotFound { .. })));
 }
 

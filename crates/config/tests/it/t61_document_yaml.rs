@@ -132,7 +132,10 @@ fn yaml_has_the_json_shape_without_tags() {
     // The same text as JSON reads as the same document: YAML accepts JSON's shape.
     let written = "format: 1\nobjects:\n- type: switch\n  name: sw\n  tenant: Environment\n  fields:\n    switch_type:\n      str: '42'\n";
     let document = Document::from_yaml(written).unwrap();
-    assert_eq!(document.objects[0].fields["switch_type"], DocValue::Str("42".into()));
+    assert_eq!(
+        document.objects[0].fields.get("switch_type").cloned().unwrap(),
+        DocValue::Str("42".into())
+    );
     assert_eq!(document.objects[0].state, State::Enabled, "defaults apply as in JSON");
 }
 

@@ -3,12 +3,10 @@
 //! every object is valid; a refused operation leaves the set exactly as it was. At the end, the
 //! set survives export → import into a fresh environment → export unchanged.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use tandem_config::access::{bootstrap_with_hash, set_from_bootstrap};
 use tandem_config::document::{export, import};
-use tandem_config::{ConfigObject, ConfigSet, Delta, Grant, ObjectType, Right, State, Value};
+use tandem_config::{ConfigObject, ConfigSet, Delta, Fields, Grant, ObjectType, Right, State, Value};
 
 use crate::common::*;
 
@@ -72,8 +70,8 @@ fn pick_own(set: &ConfigSet, t: ObjectType, p: u8) -> Option<u64> {
 }
 
 /// Fields for an object of type `t`, mostly valid, sometimes not.
-fn fields_for(set: &ConfigSet, t: ObjectType, a: u8, b: u8, c: u8) -> BTreeMap<String, Value> {
-    let mut f = BTreeMap::new();
+fn fields_for(set: &ConfigSet, t: ObjectType, a: u8, b: u8, c: u8) -> Fields {
+    let mut f = Fields::new();
     let mut put = |name: &str, v: Value| {
         f.insert(name.to_owned(), v);
     };

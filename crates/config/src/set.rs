@@ -77,6 +77,9 @@ impl Change {
 
 /// A key of the name index: `(type, tenant, name)`.
 type NameKey = (ObjectType, u64, String);
+/// The name index: `(type, tenant) → name → dbid`, nested so that a lookup by a borrowed name
+/// allocates nothing.
+type NameIndex = BTreeMap<(ObjectType, u64), BTreeMap<String, u64>>;
 /// A key of the unique-value index: `(type, tenant, field, value)`.
 type UniqueKey = (ObjectType, u64, &'static str, String);
 
@@ -85,8 +88,8 @@ type UniqueKey = (ObjectType, u64, &'static str, String);
 pub struct ConfigSet {
     /// Every live object by key.
     objects: BTreeMap<ObjectKey, ConfigObject>,
-    /// `(type, tenant, name) → dbid`: names are unique per type within a tenant.
-    names: BTreeMap<NameKey, u64>,
+    /// `(type, tenant) → name → dbid`: names are unique per type within a tenant.
+    names: NameIndex,
     /// `(type, tenant, field, value) → dbid` for fields the schema marks unique.
     unique_values: BTreeMap<UniqueKey, u64>,
     /// `target → {(referrer, link)}`: who refers to an object, and how.
@@ -161,6 +164,23 @@ fn clear_references(obj: &mut ConfigObject, field: &str, doomed: &BTreeSet<Objec
     }
 }
 
+/// The name index of sorted, duplicate-free `(name key, dbid)` pairs.
+fn nest_names(names: Vec<(NameKey, u64)>) -> NameIndex {
+    let mut index = NameIndex::new();
+    let mut rest = names.as_slice();
+    while let Some(((t, tenant, _), _)) = rest.first() {
+        let scope = (*t, *tenant);
+        let end = rest.partition_point(|((t, tenant, _), _)| (*t, *tenant) == scope);
+        let names = rest[..end]
+            .iter()
+            .map(|((_, _, name), dbid)| (name.clone(), *dbid))
+            .collect();
+        index.insert(scope, names);
+        rest = &rest[end..];
+    }
+    index
+}
+
 /// Where the object with `key` is in `objects`, which is sorted by key and holds it.
 fn index_of(objects: &[(ObjectKey, ConfigObject)], key: ObjectKey) -> usize {
     objects.partition_point(|(k, _)| *k < key)
@@ -233,7 +253,7 @@ impl ConfigSet {
 
         Ok(ConfigSet {
             objects: objects.into_iter().collect(),
-            names: names.into_iter().collect(),
+            names: nest_names(names),
             unique_values: unique_values.into_iter().collect(),
             referrers,
         })
@@ -277,8 +297,8 @@ impl ConfigSet {
 
     /// The object of this type and tenant (0 for tenants) with this name.
     pub fn by_name(&self, object_type: ObjectType, tenant: u64, name: &str) -> Option<&ConfigObject> {
-        let dbid = self.names.get(&(object_type, tenant, name.to_owned()))?;
-        self.get(object_type, *dbid)
+        let dbid = self.name_dbid(object_type, tenant, name)?;
+        self.get(object_type, dbid)
     }
 
     /// The object of this type and tenant whose unique field `field` has value `value`.
@@ -303,9 +323,20 @@ impl ConfigSet {
     ) -> impl Iterator<Item = (&String, u64)> + '_ {
         let prefix = prefix.to_owned();
         self.names
-            .range((object_type, tenant, prefix.clone())..)
-            .take_while(move |((t, te, name), _)| *t == object_type && *te == tenant && name.starts_with(&prefix))
-            .map(|((_, _, name), dbid)| (name, *dbid))
+            .get(&(object_type, tenant))
+            .into_iter()
+            .flat_map(move |names| {
+                let prefix = prefix.clone();
+                names
+                    .range(prefix.clone()..)
+                    .take_while(move |(name, _)| name.starts_with(&prefix))
+                    .map(|(name, dbid)| (name, *dbid))
+            })
+    }
+
+    /// The DBID holding this name, if any.
+    fn name_dbid(&self, object_type: ObjectType, tenant: u64, name: &str) -> Option<u64> {
+        self.names.get(&(object_type, tenant))?.get(name).copied()
     }
 
     // ----- validated operations -----
@@ -615,7 +646,7 @@ impl ConfigSet {
     /// Stores `obj` (replacing the object with its key), keeping indexes; refused if its name or
     /// a unique value is held by another object. Returns the object replaced.
     pub(crate) fn put(&mut self, obj: ConfigObject) -> Result<Option<ConfigObject>, ConfigError> {
-        if let Some(&existing) = self.names.get(&(obj.object_type, obj.tenant, obj.name.clone())) {
+        if let Some(existing) = self.name_dbid(obj.object_type, obj.tenant, &obj.name) {
             if existing != obj.dbid {
                 return Err(ConfigError::DuplicateName {
                     object: ObjectRef::of(&obj),
@@ -641,7 +672,9 @@ impl ConfigSet {
     fn put_unchecked(&mut self, obj: ConfigObject) -> Option<ConfigObject> {
         let previous = self.remove(obj.key());
         self.names
-            .insert((obj.object_type, obj.tenant, obj.name.clone()), obj.dbid);
+            .entry((obj.object_type, obj.tenant))
+            .or_default()
+            .insert(obj.name.clone(), obj.dbid);
         for key in unique_keys(&obj) {
             self.unique_values.insert(key, obj.dbid);
         }
@@ -654,9 +687,14 @@ impl ConfigSet {
 
     fn remove(&mut self, key: ObjectKey) -> Option<ConfigObject> {
         let obj = self.objects.remove(&key)?;
-        let name_key = (obj.object_type, obj.tenant, obj.name.clone());
-        if self.names.get(&name_key) == Some(&obj.dbid) {
-            self.names.remove(&name_key);
+        let scope = (obj.object_type, obj.tenant);
+        if let Some(names) = self.names.get_mut(&scope) {
+            if names.get(&obj.name) == Some(&obj.dbid) {
+                names.remove(&obj.name);
+                if names.is_empty() {
+                    self.names.remove(&scope);
+                }
+            }
         }
         for unique in unique_keys(&obj) {
             if self.unique_values.get(&unique) == Some(&obj.dbid) {
@@ -679,10 +717,15 @@ impl ConfigSet {
     /// indexed. A failure is a bug in this crate.
     pub fn check_indexes(&self) -> Result<(), IndexInconsistency> {
         let fail = |s: String| Err(IndexInconsistency(s));
-        for ((t, tenant, name), dbid) in &self.names {
-            match self.get(*t, *dbid) {
-                Some(o) if o.tenant == *tenant && &o.name == name => {}
-                _ => return fail(format!("name index ({t}, {tenant}, {name:?}) → {dbid} is stale")),
+        for ((t, tenant), names) in &self.names {
+            if names.is_empty() {
+                return fail(format!("empty name index for ({t}, {tenant})"));
+            }
+            for (name, dbid) in names {
+                match self.get(*t, *dbid) {
+                    Some(o) if o.tenant == *tenant && &o.name == name => {}
+                    _ => return fail(format!("name index ({t}, {tenant}, {name:?}) → {dbid} is stale")),
+                }
             }
         }
         for (key @ (t, _, field, value), dbid) in &self.unique_values {
@@ -708,7 +751,7 @@ impl ConfigSet {
             if *key != obj.key() {
                 return fail(format!("object stored under {key:?} has key {:?}", obj.key()));
             }
-            if self.names.get(&(obj.object_type, obj.tenant, obj.name.clone())) != Some(&obj.dbid) {
+            if self.name_dbid(obj.object_type, obj.tenant, &obj.name) != Some(obj.dbid) {
                 return fail(format!("{} is missing from the name index", ObjectRef::of(obj)));
             }
             for unique in unique_keys(obj) {
@@ -726,8 +769,9 @@ impl ConfigSet {
                 }
             }
         }
-        if self.names.len() != self.objects.len() {
-            return fail(format!("{} names for {} objects", self.names.len(), self.objects.len()));
+        let name_count: usize = self.names.values().map(BTreeMap::len).sum();
+        if name_count != self.objects.len() {
+            return fail(format!("{name_count} names for {} objects", self.objects.len()));
         }
         if reference_count != expected_references {
             return fail(format!(

@@ -67,8 +67,34 @@ fn init_logging() {
         .init();
 }
 
+impl Command {
+    /// Whether this command prints a report and ends (rather than serving): such a command,
+    /// like any Unix tool, ends quietly when its reader goes away (`tandem dr status | head`).
+    fn is_report(&self) -> bool {
+        match self {
+            Command::Db(command) => !matches!(command, db::DbCommand::Serve(_)),
+            Command::Cfg(_) | Command::Dr(_) => true,
+            Command::Demo(_) | Command::Confserv(_) | Command::Up(_) | Command::Drill(_) => false,
+        }
+    }
+}
+
+/// Restores the default action of SIGPIPE (end the process), which Rust's runtime sets to
+/// "ignore" so that a write to a closed pipe fails instead; `println!` then panics. Servers keep
+/// the runtime's choice: a peer that closes a socket must not end them.
+fn end_quietly_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called before any other thread exists, and SigDfl installs no handler code.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore the default SIGPIPE action: {e}");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_report() {
+        end_quietly_on_closed_stdout();
+    }
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

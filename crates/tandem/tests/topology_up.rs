@@ -37,6 +37,29 @@ async fn dr_json(run_dir: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("tandem dr {args:?}: not JSON ({e}): {stdout}"))
 }
 
+/// `tandem dr status` whose reader has gone (as in `tandem dr status | head -0`) ends as a Unix
+/// tool does, by SIGPIPE, without a panic message.
+async fn dr_status_into_a_closed_pipe_ends_quietly(run_dir: &Path) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(TANDEM)
+        .args(["dr", "status", "--run-dir"])
+        .arg(run_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tandem dr status");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().await.expect("wait for tandem dr status");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(nix::libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
+
 /// The `field` of each entry of `list` in `status`, by component name.
 fn by_name(status: &Value, list: &str, field: &str) -> Vec<(String, String)> {
     status[list]
@@ -138,6 +161,7 @@ async fn the_two_site_example_starts_and_site2_is_activated() {
     .await;
     assert_eq!(status["active_site"], "site1", "{status:#}");
     assert_eq!(status["db_primary"], "s1-db/db", "{status:#}");
+    dr_status_into_a_closed_pipe_ends_quietly(&run_dir).await;
     let roles = by_name(&status, "replicas", "role");
     assert_eq!(
         roles,

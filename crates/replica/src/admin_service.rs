@@ -139,6 +139,7 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
     let epoch_start_index = engine.log.epoch_start().ok().flatten().map(|id| id.index).unwrap_or(0);
     let appended = engine.log.append_counts();
     let proposed = engine.proposer.counts();
+    let reads = engine.reads.counts();
     Ok(pb::StatusResponse {
         id: core.config.id,
         addr: core.config.advertise.clone(),
@@ -183,6 +184,8 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         log_entries_written: appended.entries,
         txns_proposed: proposed.txns,
         txn_entries_proposed: proposed.entries,
+        linearizable_reads: reads.reads,
+        read_checks: reads.checks,
     })
 }
 

@@ -18,6 +18,7 @@ use crate::network::PeerNetwork;
 use crate::node::{Core, StartError};
 use crate::progress::Progress;
 use crate::proposer::Proposer;
+use crate::read_barrier::ReadBarrier;
 
 pub struct Engine {
     pub raft: Raft<TypeConfig>,
@@ -29,6 +30,8 @@ pub struct Engine {
     pub progress: Arc<Progress>,
     /// Group commit: client transactions are proposed through it, many to an entry.
     pub proposer: Proposer,
+    /// Shares leadership checks between linearizable reads.
+    pub reads: Arc<ReadBarrier>,
     /// Flips to true when the engine stops, ending its watch streams.
     stopped: watch::Sender<bool>,
     /// False until the start probe found no newer epoch (see [`crate::epoch::probe_then_elect`]);
@@ -138,6 +141,7 @@ impl Engine {
             log: store.log,
             progress: progress.clone(),
             proposer,
+            reads: ReadBarrier::new(raft.clone(), config.write_timeout),
             stopped: watch::channel(false).0,
             ready,
             tasks: std::sync::Mutex::default(),

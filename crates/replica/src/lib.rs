@@ -11,6 +11,8 @@
 //! - [`admin_service`]: status, membership, switchover, snapshots.
 //! - [`proposer`]: group commit on the primary: concurrent client transactions proposed as one
 //!   log entry.
+//! - [`read_barrier`]: linearizable reads share leadership checks (one round at a time serves
+//!   every read that arrived before it started).
 //! - [`progress`]: the primary's view of each replica (lag in entries and ms, health) and the
 //!   sync gate that holds a write's acknowledgement until every healthy sync replica has it.
 //! - [`failfast`]: a follower whose primary's port refuses connections (its process is gone)
@@ -35,6 +37,7 @@ pub mod node;
 pub mod progress;
 pub mod proposer;
 pub mod raft_service;
+pub mod read_barrier;
 pub mod refusal;
 pub mod witness;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tandem_proto::db::admin_server::AdminServer;
 use tandem_proto::db::kv_server::KvServer;
@@ -25,6 +25,7 @@ use crate::network::{PeerChannels, PeerIdentity, MAX_PEER_MESSAGE_BYTES};
 use crate::progress::{Metrics, SyncWaitError};
 use crate::proposer::ProposeError;
 use crate::raft_service::RaftService;
+use crate::read_barrier::ReadError;
 use crate::refusal;
 
 /// Why a replica could not start (or stopped serving).
@@ -149,17 +150,10 @@ impl Core {
         if metrics.membership_config.membership().voter_ids().next().is_none() {
             return Err(refusal::not_initialized());
         }
-        let result = tokio::time::timeout(self.config.write_timeout, engine.raft.ensure_linearizable()).await;
-        match result {
-            Ok(Ok(_)) => Ok(engine),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => Err(refusal::not_primary(
-                forward.leader_node.as_ref().map(|n| n.addr.as_str()),
-            )),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                Err(Status::unavailable(format!("no quorum confirms this primary: {e}")))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(Status::unavailable(format!("replica is stopping: {fatal}"))),
-            Err(_) => Err(Status::unavailable("no quorum confirmed this primary in time")),
+        match engine.reads.wait().await {
+            Ok(()) => Ok(engine),
+            Err(ReadError::NotPrimary { primary_addr }) => Err(refusal::not_primary(primary_addr.as_deref())),
+            Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
 

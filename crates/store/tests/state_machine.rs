@@ -59,14 +59,36 @@ impl Fixture {
     }
 
     fn with_history(history_limit: u64) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, HistoryLimit::revisions(history_limit)).unwrap();
+        Fixture::open_in(
+            tempfile::tempdir().unwrap(),
+            1,
+            HistoryLimit::revisions(history_limit),
+            1,
+        )
+    }
+
+    /// Opens the state machine of replica `id` in `dir`; the next entry it applies gets
+    /// `next_index`.
+    fn open_in(dir: TempDir, id: u64, history: HistoryLimit, next_index: u64) -> Fixture {
+        let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, id, history).unwrap();
         Fixture {
             dir,
             sm,
             reader,
-            next_index: 1,
+            next_index,
         }
+    }
+
+    /// Closes the state machine and keeps its directory: `(dir, next_index)`.
+    fn close(self) -> (TempDir, u64) {
+        let Fixture {
+            dir,
+            sm,
+            reader,
+            next_index,
+        } = self;
+        drop((sm, reader));
+        (dir, next_index)
     }
 
     async fn apply(&mut self, command: Command) -> CommandResult {
@@ -469,14 +491,7 @@ async fn history_is_bounded_by_changes_cutting_whole_revisions() {
         revisions: 1000,
         changes: 8,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, limit).unwrap();
-    let mut f = Fixture {
-        dir,
-        sm,
-        reader,
-        next_index: 1,
-    };
+    let mut f = Fixture::open_in(tempfile::tempdir().unwrap(), 1, limit, 1);
     for r in 1..=3 {
         put_many(&mut f, &format!("r{r}-"), 3).await;
     }
@@ -498,20 +513,8 @@ async fn history_is_bounded_by_changes_cutting_whole_revisions() {
     ));
 
     // The count survives a reopen (it is the table's row count, not a remembered number).
-    let Fixture {
-        dir,
-        sm,
-        reader,
-        next_index,
-    } = f;
-    drop((sm, reader));
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, limit).unwrap();
-    let mut f = Fixture {
-        dir,
-        sm,
-        reader,
-        next_index,
-    };
+    let (dir, next_index) = f.close();
+    let mut f = Fixture::open_in(dir, 1, limit, next_index);
     // A revision larger than the bound is kept whole while it is the newest...
     put_many(&mut f, "r5-", 12).await;
     assert_eq!(retained_revisions(&f.reader).await, vec![5]);
@@ -525,14 +528,7 @@ async fn history_is_bounded_by_changes_cutting_whole_revisions() {
     // A replica that installs a snapshot of this state and applies the same entries afterwards
     // compacts the same way.
     let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 2, limit).unwrap();
-    let mut follower = Fixture {
-        dir,
-        sm,
-        reader,
-        next_index: f.next_index,
-    };
+    let mut follower = Fixture::open_in(tempfile::tempdir().unwrap(), 2, limit, f.next_index);
     let mut data = follower.sm.begin_receiving_snapshot().await.unwrap();
     *data = Cursor::new(snapshot.snapshot.get_ref().clone());
     follower.sm.install_snapshot(&snapshot.meta, data).await.unwrap();
@@ -847,14 +843,7 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
     assert_eq!(snapshot.meta.last_log_id, leader.reader.applied().await.unwrap());
 
     // The follower has diverging state of its own, which the snapshot replaces.
-    let dir = tempfile::tempdir().unwrap();
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 2, HistoryLimit::revisions(1000)).unwrap();
-    let mut follower = Fixture {
-        dir,
-        sm,
-        reader,
-        next_index: 1,
-    };
+    let mut follower = Fixture::open_in(tempfile::tempdir().unwrap(), 2, HistoryLimit::revisions(1000), 1);
     let mut rx = follower.reader.subscribe();
     follower.ops(vec![put("stale", "x")]).await;
     rx.try_recv().unwrap();
@@ -883,8 +872,7 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
     assert_eq!(names, vec!["snapshot.current"], "no temporary files are left behind");
 
     // Survives a restart, and the follower's own replica id is kept.
-    let Fixture { dir, sm, reader, .. } = follower;
-    drop((sm, reader));
+    let (dir, _) = follower.close();
     let (mut reopened, reader) = StateMachine::open(dir.path(), CLUSTER, 2, HistoryLimit::revisions(1000)).unwrap();
     assert_eq!(everything(&reader).await, everything(&leader.reader).await);
     assert_eq!(
@@ -928,8 +916,7 @@ async fn snapshot_ids_are_unique() {
     assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
 
     // Also across a restart.
-    let Fixture { dir, sm, reader, .. } = f;
-    drop((sm, reader));
+    let (dir, _) = f.close();
     let (mut sm, _reader) = StateMachine::open(dir.path(), CLUSTER, 1, HistoryLimit::revisions(1000)).unwrap();
     let third = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_ne!(third.meta.snapshot_id, first.meta.snapshot_id);
@@ -943,25 +930,13 @@ async fn reopening_after_drop_keeps_everything() {
     let before = everything(&f.reader).await;
     let applied_before = f.sm.applied_state().await.unwrap();
     let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    let Fixture {
-        dir,
-        sm,
-        reader,
-        next_index,
-    } = f;
-    drop((sm, reader));
+    let (dir, next_index) = f.close();
 
     // Temporary files of a crashed snapshot build are cleaned up.
     std::fs::write(dir.path().join("snapshot.build-9.tmp"), b"half a copy").unwrap();
     std::fs::write(dir.path().join("snapshot.current.tmp"), b"half a snapshot").unwrap();
-    let (sm, reader) = StateMachine::open(dir.path(), CLUSTER, 1, HistoryLimit::revisions(2)).unwrap();
-    check_dir_is_clean(dir.path());
-    let mut f = Fixture {
-        dir,
-        sm,
-        reader,
-        next_index,
-    };
+    let mut f = Fixture::open_in(dir, 1, HistoryLimit::revisions(2), next_index);
+    check_dir_is_clean(f.dir.path());
     assert_eq!(everything(&f.reader).await, before);
     assert_eq!(f.sm.applied_state().await.unwrap(), applied_before);
     assert_eq!(f.sm.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_client::{Client, ClientError, Event, EventKind, KeyValue, Watch};
-use tandem_config::{ConfigObject, ConfigSet, ObjectKey, ObjectType};
+use tandem_config::{ConfigObject, ConfigSet, ObjectType};
 use tracing::debug;
 
 use crate::keys;
@@ -140,29 +140,24 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
 
     let folded = Instant::now();
     let mut state = State::default();
-    // The objects as read, by key, then the feed's later values of the keys it changed.
-    let mut by_key: BTreeMap<ObjectKey, (u64, ConfigObject)> = objects
-        .into_iter()
-        .map(|(revision, obj)| (obj.key(), (revision, obj)))
-        .collect();
+    // The objects as read, sorted by key (one pass: the range is in key order type by type),
+    // then the feed's later values of the few keys it changed while the pages were read.
+    objects.sort_by_key(|(_, obj)| obj.key());
     for (key, (revision, value)) in latest {
-        if let Some((object_type, dbid)) = keys::parse_object(&key) {
-            if by_key
-                .get(&(object_type, dbid))
-                .is_some_and(|(read, _)| *read >= revision)
-            {
+        if let Some(object_key @ (object_type, dbid)) = keys::parse_object(&key) {
+            let at = objects.binary_search_by_key(&object_key, |(_, obj)| obj.key());
+            if at.is_ok_and(|i| objects[i].0 >= revision) {
                 continue;
             }
-            match value {
-                Some(value) => {
-                    by_key.insert(
-                        (object_type, dbid),
-                        (revision, parse_object(&key, object_type, dbid, &value)?),
-                    );
+            match (value, at) {
+                (Some(value), Ok(i)) => objects[i] = (revision, parse_object(&key, object_type, dbid, &value)?),
+                (Some(value), Err(i)) => {
+                    objects.insert(i, (revision, parse_object(&key, object_type, dbid, &value)?));
                 }
-                None => {
-                    by_key.remove(&(object_type, dbid));
+                (None, Ok(i)) => {
+                    objects.remove(i);
                 }
+                (None, Err(_)) => {}
             }
             continue;
         }
@@ -185,15 +180,15 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
             state.log_first = parse_counter(&key, &value)?;
         }
     }
-    for &(object_type, dbid) in by_key.keys() {
-        let last = state.last_dbid.entry(object_type).or_insert(0);
-        *last = (*last).max(dbid);
+    for (_, obj) in &objects {
+        let last = state.last_dbid.entry(obj.object_type).or_insert(0);
+        *last = (*last).max(obj.dbid);
     }
     if state.log_first == 0 {
         state.log_first = 1;
     }
     state.seq_key_version = seq_kv.map_or(0, |kv| kv.version);
-    state.set = ConfigSet::from_objects(by_key.into_values().map(|(_, obj)| obj))?;
+    state.set = ConfigSet::from_objects(objects.into_iter().map(|(_, obj)| obj))?;
     let indexed_ms = folded.elapsed().as_millis() as u64;
     state.ring = read_records(client, state.seq.saturating_sub(ring_capacity as u64) + 1, state.seq)
         .await?

@@ -87,6 +87,33 @@ fn parse_object(key: &str, object_type: ObjectType, dbid: u64, value: &[u8]) -> 
     Ok(obj)
 }
 
+/// Folds the value the feed gave an object key at `revision` (`None`: deleted) into `objects`,
+/// which is sorted by object key and holds each object with the revision it was read at: a
+/// newer value replaces, adds or removes the object; an older one changes nothing.
+fn fold_object(
+    objects: &mut Vec<(u64, ConfigObject)>,
+    key: &str,
+    revision: u64,
+    value: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
+    let Some(object_key @ (object_type, dbid)) = keys::parse_object(key) else {
+        return Ok(());
+    };
+    let at = objects.binary_search_by_key(&object_key, |(_, obj)| obj.key());
+    if at.is_ok_and(|i| objects[i].0 >= revision) {
+        return Ok(());
+    }
+    match (value, at) {
+        (Some(value), Ok(i)) => objects[i] = (revision, parse_object(key, object_type, dbid, &value)?),
+        (Some(value), Err(i)) => objects.insert(i, (revision, parse_object(key, object_type, dbid, &value)?)),
+        (None, Ok(i)) => {
+            objects.remove(i);
+        }
+        (None, Err(_)) => {}
+    }
+    Ok(())
+}
+
 /// Loads the configuration (see the module documentation). `ring_capacity` records of history
 /// are read into the ring. The state records the epoch of the database primary it was loaded
 /// from: its revisions and notification numbers mean something only in that epoch.
@@ -144,21 +171,8 @@ pub async fn load(client: &Client, ring_capacity: usize) -> Result<Loaded, Store
     // then the feed's later values of the few keys it changed while the pages were read.
     objects.sort_by_key(|(_, obj)| obj.key());
     for (key, (revision, value)) in latest {
-        if let Some(object_key @ (object_type, dbid)) = keys::parse_object(&key) {
-            let at = objects.binary_search_by_key(&object_key, |(_, obj)| obj.key());
-            if at.is_ok_and(|i| objects[i].0 >= revision) {
-                continue;
-            }
-            match (value, at) {
-                (Some(value), Ok(i)) => objects[i] = (revision, parse_object(&key, object_type, dbid, &value)?),
-                (Some(value), Err(i)) => {
-                    objects.insert(i, (revision, parse_object(&key, object_type, dbid, &value)?));
-                }
-                (None, Ok(i)) => {
-                    objects.remove(i);
-                }
-                (None, Err(_)) => {}
-            }
+        if keys::parse_object(&key).is_some() {
+            fold_object(&mut objects, &key, revision, value)?;
             continue;
         }
         let Some(value) = value else { continue };
@@ -303,4 +317,45 @@ pub fn apply_events(shared: &Shared, events: Vec<Event>) -> Result<(), StoreErro
         shared.update(|s| s.revision = s.revision.max(revision));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_config::{ConfigObject, ObjectType};
+
+    use super::fold_object;
+    use crate::keys;
+
+    fn dn(dbid: u64, name: &str) -> ConfigObject {
+        ConfigObject::new(ObjectType::Dn, dbid, name, 1)
+    }
+
+    fn stored(obj: &ConfigObject) -> Option<Vec<u8>> {
+        Some(serde_json::to_vec(obj).unwrap())
+    }
+
+    /// `(dbid, revision, name)` of each object, in order.
+    fn summary(objects: &[(u64, ConfigObject)]) -> Vec<(u64, u64, String)> {
+        objects.iter().map(|(r, o)| (o.dbid, *r, o.name.clone())).collect()
+    }
+
+    #[test]
+    fn late_changes_fold_into_the_sorted_objects_by_revision() {
+        let mut objects = vec![(10, dn(1, "a")), (10, dn(3, "c")), (10, dn(5, "e"))];
+        let key = |dbid| keys::object(ObjectType::Dn, dbid);
+        // Newer: replaces. Older or equal: ignored.
+        fold_object(&mut objects, &key(3), 12, stored(&dn(3, "c2"))).unwrap();
+        fold_object(&mut objects, &key(1), 9, stored(&dn(1, "stale"))).unwrap();
+        fold_object(&mut objects, &key(5), 10, None).unwrap();
+        // New: inserted in order. Deleted: removed. Deleting what is absent: nothing.
+        fold_object(&mut objects, &key(4), 13, stored(&dn(4, "d"))).unwrap();
+        fold_object(&mut objects, &key(1), 14, None).unwrap();
+        fold_object(&mut objects, &key(7), 15, None).unwrap();
+        assert_eq!(
+            summary(&objects),
+            vec![(3, 12, "c2".into()), (4, 13, "d".into()), (5, 10, "e".into())]
+        );
+        // A value that is not the object its key names is refused.
+        assert!(fold_object(&mut objects, &key(6), 16, stored(&dn(8, "wrong"))).is_err());
+    }
 }

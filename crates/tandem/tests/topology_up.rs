@@ -94,9 +94,25 @@ fn processes_of(run_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// A running `tandem up`. Dropping it (a failed assertion, say) kills `tandem up` and every
+/// component still naming its run directory: the components are `tandem up`'s children, which a
+/// kill of `tandem up` alone would leave running.
 struct Up {
     child: Child,
     output: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        for pid in processes_of(&self.run_dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Up {
@@ -113,7 +129,11 @@ impl Up {
             .kill_on_drop(true)
             .spawn()
             .expect("start tandem up");
-        Up { child, output }
+        Up {
+            child,
+            output,
+            run_dir: run_dir.to_owned(),
+        }
     }
 
     fn output(&self) -> String {

@@ -102,6 +102,11 @@ impl Engine {
     /// has checked that no peer knows a newer epoch (a replica returning from a lost site must
     /// learn it is fenced before it can campaign).
     pub async fn start(core: &Arc<Core>, store: OpenedStore) -> Result<Arc<Engine>, StartError> {
+        // The identity follows the store before any task of this engine runs: the start probe
+        // reads the fence from it, and a rejoin's pristine store must not be taken for the
+        // fenced one it replaces.
+        core.identity.epoch.store(store.log.epoch(), Ordering::SeqCst);
+        core.identity.set_fence(store.log.fence());
         let config = &core.config;
         let timers = config.timers;
         let raft_config = openraft::Config {

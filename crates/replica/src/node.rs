@@ -2,7 +2,6 @@
 //! openraft, start the background tasks, serve the gRPC services until shutdown.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -95,10 +94,9 @@ impl Core {
         self.engine.write().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Installs a (new) engine and aligns the identity with its store's epoch and fence.
+    /// Installs a (new) engine; [`Engine::start`] has already aligned the identity with its
+    /// store's epoch and fence.
     pub fn install(&self, engine: Arc<Engine>) {
-        self.identity.epoch.store(engine.log.epoch(), Ordering::SeqCst);
-        self.identity.set_fence(engine.log.fence());
         *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(engine);
     }
 

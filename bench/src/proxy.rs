@@ -1031,8 +1031,10 @@ fn method_notes(args: &ProxyArgs) -> Vec<String> {
         notes.push(format!(
             "- Fan-out: {} subscriptions (everything, from now on) opened at once, alternate clients on each \
              proxy, {} subscriptions per client: each `ConfClient` has channels of its own (a `ChannelCache` \
-             per client), made with `connections: 1`, so each client is one HTTP/2 connection; established = its \
-             `live` marker received. Then \
+             per client), made with `connections: 1`, so each client is one HTTP/2 connection, and a client's \
+             subscriptions share one `SubscribeMany` stream on it (as etcd clients share one watch stream); \
+             each subscription is its own `Subscription` with its own task; established = its `live` marker \
+             received. Then \
              {} updates of one DN's field through the master pair, one after another, each once every \
              subscriber received the previous one (or 10 s passed); figure = just before the update is sent → \
              the notification of its number returned by `Subscription::next` in the subscriber's task; missing \

@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".tandem.confserv.v1.StatusResponse", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.confserv.v1.Notification", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.confserv.v1.ObjectKey", "#[derive(serde::Serialize)]")
+        // Keeps the event small beside its other kinds.
+        .boxed(".tandem.confserv.v1.SubscriptionEvent.event.notification")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -21,6 +21,8 @@
 //!   writes forwarded, and a limited mode while no master is reachable.
 //! - [`auth`]: session tokens valid on every server.
 //! - [`service`]: the `ConfServ` gRPC service, of masters and proxies alike.
+//! - [`mux`]: `SubscribeMany`, many subscriptions on one stream, each notification sent once
+//!   for all the subscriptions it is for.
 //! - [`server`]: [`serve`] and [`serve_proxy`], with listeners and shutdown injected.
 //! - [`metrics`]: Prometheus metrics over HTTP, read from the status and activity counters.
 //! - [`client`]: [`client::ConfClient`], the client library of a pair of masters or proxies.
@@ -42,6 +44,7 @@ pub mod client;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod mux;
 pub mod node;
 pub mod plan;
 pub mod proxy;

@@ -106,6 +106,15 @@ impl Service {
         matches!(self.backend, Backend::Proxy(_))
     }
 
+    fn opener(&self) -> Opener {
+        Opener {
+            shared: self.shared.clone(),
+            history_max_age_ms: self.history_max_age_ms,
+            proxy: self.is_proxy(),
+            stop: self.stop.clone(),
+        }
+    }
+
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, CfgError> {
         let token = request
             .metadata()
@@ -346,6 +355,72 @@ fn history_in(
         });
     }
     Ok((records, state.seq))
+}
+
+/// A subscription's notifications, as its client reads them.
+pub(crate) type NotificationStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
+
+/// What opening a subscription needs, apart from the service: a `SubscribeMany` stream opens
+/// subscriptions from a task of its own.
+#[derive(Clone)]
+pub(crate) struct Opener {
+    shared: Arc<Shared>,
+    history_max_age_ms: u64,
+    proxy: bool,
+    stop: watch::Receiver<bool>,
+}
+
+impl Opener {
+    /// Opens a subscription for `caller`: checks the request, takes the history it resumes
+    /// after, and returns the stream of what follows.
+    pub(crate) async fn open(
+        &self,
+        caller: Caller,
+        request: pb::SubscribeRequest,
+    ) -> Result<NotificationStream, Status> {
+        let filter = Filter::from_request(&request)?;
+        check_held_tenant(&self.shared.read(), filter.tenant)?;
+        // Subscribe before reading the history, so that nothing falls between the two.
+        let live = self.shared.subscribe();
+        let link = self.shared.link();
+        let mut epochs = self.shared.epochs();
+        let epoch = *epochs.borrow_and_update();
+        let (replay, reached) = match request.after_seq {
+            Some(after) => {
+                let broken = other_epoch(&self.shared.read(), after, request.epoch);
+                if let Some(e) = broken {
+                    info!(
+                        after,
+                        asked = request.epoch,
+                        epoch,
+                        "a subscriber resumed in another epoch: reload required"
+                    );
+                    return Err(e.into());
+                }
+                history_after(&self.shared, self.history_max_age_ms, after, epoch).await?
+            }
+            None => (Vec::new(), self.shared.read().seq),
+        };
+        let mode = link.borrow().clone();
+        let feed = Feed {
+            shared: self.shared.clone(),
+            history_max_age_ms: self.history_max_age_ms,
+            proxy: self.proxy,
+            caller,
+            filter,
+            outbox: VecDeque::new(),
+            ended: false,
+            last: request.after_seq.unwrap_or(reached),
+            epoch,
+            live,
+            mode,
+            link,
+            epochs,
+            stop: self.stop.clone(),
+            _open: self.shared.activity.subscribers.open(),
+        };
+        Ok(Box::pin(feed.into_stream(replay, reached)))
+    }
 }
 
 /// One subscription, as the stream its client reads: replays, then follows; ends when the
@@ -798,56 +873,29 @@ impl ConfServ for Service {
         Ok(Response::new(write_response(committed, None)))
     }
 
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
+    type SubscribeStream = NotificationStream;
 
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = self.caller(&request)?;
-        let request = request.into_inner();
-        let filter = Filter::from_request(&request)?;
-        check_held_tenant(&self.shared.read(), filter.tenant)?;
-        // Subscribe before reading the history, so that nothing falls between the two.
-        let live = self.shared.subscribe();
-        let link = self.shared.link();
-        let mut epochs = self.shared.epochs();
-        let epoch = *epochs.borrow_and_update();
-        let (replay, reached) = match request.after_seq {
-            Some(after) => {
-                let broken = other_epoch(&self.shared.read(), after, request.epoch);
-                if let Some(e) = broken {
-                    info!(
-                        after,
-                        asked = request.epoch,
-                        epoch,
-                        "a subscriber resumed in another epoch: reload required"
-                    );
-                    return Err(e.into());
-                }
-                history_after(&self.shared, self.history_max_age_ms, after, epoch).await?
-            }
-            None => (Vec::new(), self.shared.read().seq),
-        };
-        let mode = link.borrow().clone();
-        let feed = Feed {
-            shared: self.shared.clone(),
-            history_max_age_ms: self.history_max_age_ms,
-            proxy: self.is_proxy(),
+        let feed = self.opener().open(caller, request.into_inner()).await?;
+        Ok(Response::new(feed))
+    }
+
+    type SubscribeManyStream = ReceiverStream<Result<pb::SubscriptionEvent, Status>>;
+
+    async fn subscribe_many(
+        &self,
+        request: Request<tonic::Streaming<pb::SubscriptionControl>>,
+    ) -> Result<Response<Self::SubscribeManyStream>, Status> {
+        let caller = self.caller(&request)?;
+        Ok(Response::new(crate::mux::serve(
+            self.opener(),
             caller,
-            filter,
-            outbox: VecDeque::new(),
-            ended: false,
-            last: request.after_seq.unwrap_or(reached),
-            epoch,
-            live,
-            mode,
-            link,
-            epochs,
-            stop: self.stop.clone(),
-            _open: self.shared.activity.subscribers.open(),
-        };
-        Ok(Response::new(Box::pin(feed.into_stream(replay, reached))))
+            request.into_inner(),
+        )))
     }
 
     async fn set_mode(&self, request: Request<pb::SetModeRequest>) -> Result<Response<pb::WriteResponse>, Status> {

@@ -83,6 +83,7 @@ impl Conn {
             attempt_timeout: Duration::from_millis(self.deadline_ms.clamp(1000, 30_000)),
             // One command, one call at a time.
             connections: 1,
+            ..ClientConfig::default()
         };
         ConfClient::new(self.servers.clone(), config).context("cannot set up the client")
     }

@@ -12,6 +12,7 @@
 //! - a [`Subscription`] resumes on either server after the last number it delivered, so a
 //!   takeover neither loses nor repeats a notification.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +26,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::record::{LogRecord, Mode};
+
+mod mux;
+
+use mux::{Mux, MuxSubscription};
 
 /// Kind of a failure that never reached a server's logic: the connection was refused.
 pub const UNREACHABLE: &str = "unreachable";
@@ -181,6 +186,10 @@ pub struct ClientConfig {
     /// HTTP/2 connections to each server at most: one while few calls are in flight, more (taken
     /// in turn) as calls pile up, since one connection is handled by one task at each end.
     pub connections: usize,
+    /// Notifications a subscription may have waiting: one that falls further behind is dropped
+    /// from its shared stream (holding up no other subscription) and resumes from its last
+    /// number once it has read them.
+    pub subscription_buffer: usize,
 }
 
 impl Default for ClientConfig {
@@ -190,6 +199,7 @@ impl Default for ClientConfig {
             deadline: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(10),
             connections: 4,
+            subscription_buffer: mux::ROUTE_BUFFER,
         }
     }
 }
@@ -273,7 +283,13 @@ struct Inner {
     primary: Mutex<Option<String>>,
     /// The server that last answered a read.
     preferred: Mutex<Option<String>>,
+    /// The subscription stream to each server (see [`Subscription`]), each behind a lock of its
+    /// own held while it is (re)opened.
+    muxes: Mutex<HashMap<String, MuxSlot>>,
 }
+
+/// The subscription stream to one server, when open.
+type MuxSlot = Arc<tokio::sync::Mutex<Option<Arc<Mux>>>>;
 
 impl ConfClient {
     /// A client of `servers` (both masters' `HOST:PORT`).
@@ -298,6 +314,7 @@ impl ConfClient {
                 token: Mutex::default(),
                 primary: Mutex::default(),
                 preferred: Mutex::default(),
+                muxes: Mutex::default(),
             }),
         })
     }
@@ -358,7 +375,7 @@ impl ConfClient {
     /// Runs a read on any server that answers.
     async fn on_any<T, F, Fut>(&self, mut call: F) -> Result<T, ConfError>
     where
-        F: FnMut(ConfServClient<Channel>) -> Fut,
+        F: FnMut(ConfServClient<Channel>, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.inner.config.deadline;
@@ -371,7 +388,7 @@ impl ConfClient {
             let mut last: Option<ConfError> = None;
             for addr in self.order(preferred) {
                 let (stub, _in_flight) = self.stub(&addr)?;
-                match call(stub).await {
+                match call(stub, addr.clone()).await {
                     Ok(value) => {
                         *self.inner.preferred.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                         return Ok(value);
@@ -466,7 +483,7 @@ impl ConfClient {
     /// Logs in on any server; the token is kept for later calls (and is valid on both).
     pub async fn login(&self, user: &str, password: &str, tenant: &str) -> Result<pb::LoginResponse, ConfError> {
         let response = self
-            .on_any(|mut stub| {
+            .on_any(|mut stub, _| {
                 let request = self.request(pb::LoginRequest {
                     user: user.to_owned(),
                     password: password.to_owned(),
@@ -507,7 +524,7 @@ impl ConfClient {
 
     async fn get_request(&self, message: pb::GetRequest) -> Result<ConfigObject, ConfError> {
         let response = self
-            .on_any(|mut stub| {
+            .on_any(|mut stub, _| {
                 let request = self.request(message.clone());
                 async move { Ok(stub.get(request).await?.into_inner()) }
             })
@@ -519,7 +536,7 @@ impl ConfClient {
     pub async fn query(&self, query: &Query) -> Result<Page, ConfError> {
         let json = to_json(query);
         let response = self
-            .on_any(|mut stub| {
+            .on_any(|mut stub, _| {
                 let request = self.request(pb::QueryRequest {
                     query_json: json.clone(),
                 });
@@ -608,7 +625,7 @@ impl ConfClient {
     /// (0 = no more).
     pub async fn audit(&self, message: pb::AuditRequest) -> Result<(Vec<LogRecord>, u64), ConfError> {
         let response = self
-            .on_any(|mut stub| {
+            .on_any(|mut stub, _| {
                 let request = self.request(message.clone());
                 async move { Ok(stub.audit(request).await?.into_inner()) }
             })
@@ -624,7 +641,7 @@ impl ConfClient {
     /// The whole configuration, or a folder, as a document.
     pub async fn export(&self, folder: Option<u64>) -> Result<Document, ConfError> {
         let response = self
-            .on_any(|mut stub| {
+            .on_any(|mut stub, _| {
                 let request = self.request(pb::ExportRequest {
                     folder: folder.unwrap_or(0),
                 });
@@ -643,7 +660,7 @@ impl ConfClient {
         };
         if dry_run {
             return self
-                .on_any(|mut stub| {
+                .on_any(|mut stub, _| {
                     let request = self.request(message.clone());
                     async move { Ok(stub.import(request).await?.into_inner()) }
                 })
@@ -675,6 +692,42 @@ impl ConfClient {
         futures::future::join_all(asks).await
     }
 
+    /// The subscription stream to `addr`, opened when there is none (or it broke, or the session
+    /// token changed since).
+    async fn mux(&self, addr: &str) -> Result<Arc<Mux>, Status> {
+        let slot = self
+            .inner
+            .muxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let token = self.token();
+        if let Some(mux) = slot.as_ref().filter(|m| m.usable(&token)) {
+            return Ok(mux.clone());
+        }
+        let (stub, _in_flight) = self
+            .stub(addr)
+            .map_err(|e| Status::invalid_argument(e.message.clone()))?;
+        let mux = Mux::connect(
+            stub,
+            |control| {
+                let mut request = self.request(control);
+                // A stream lives longer than one call's timeout.
+                request.set_timeout(Duration::from_secs(365 * 24 * 3600));
+                request
+            },
+            token,
+            self.inner.config.attempt_timeout,
+            self.inner.config.subscription_buffer,
+        )
+        .await?;
+        *slot = Some(mux.clone());
+        Ok(mux)
+    }
+
     /// Subscribes to notifications after `after` (or from now).
     pub fn subscribe(&self, filter: SubscribeFilter, after: Option<u64>) -> Subscription {
         Subscription {
@@ -689,7 +742,8 @@ impl ConfClient {
 }
 
 /// A subscription that survives the loss of a server: it resumes on any server after the last
-/// number delivered. Yields `live` markers after each (re)connection's replay.
+/// number delivered. Yields `live` markers after each (re)connection's replay. The subscriptions
+/// of one client to one server share one `SubscribeMany` stream (see [`mux`]).
 pub struct Subscription {
     client: ConfClient,
     filter: SubscribeFilter,
@@ -699,7 +753,7 @@ pub struct Subscription {
     /// server whose history is of another epoch answers `reload-required` rather than continue
     /// a history that may have diverged from what was delivered.
     epoch: u64,
-    stream: Option<tonic::Streaming<pb::Notification>>,
+    stream: Option<MuxSubscription>,
     /// The server of the current stream.
     server: Option<String>,
 }
@@ -737,11 +791,12 @@ impl Subscription {
         };
         let client = self.client.clone();
         let stream = client
-            .on_any(|mut stub| {
-                let mut request = client.request(message.clone());
-                // A stream lives longer than one call's timeout.
-                request.set_timeout(Duration::from_secs(365 * 24 * 3600));
-                async move { Ok(stub.subscribe(request).await?.into_inner()) }
+            .on_any(|_, addr| {
+                let (client, message) = (client.clone(), message.clone());
+                async move {
+                    let mux = client.mux(&addr).await?;
+                    mux.open(message, client.inner.config.attempt_timeout).await
+                }
             })
             .await?;
         self.server = client.inner.preferred.lock().unwrap_or_else(|p| p.into_inner()).clone();

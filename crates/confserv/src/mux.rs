@@ -15,6 +15,7 @@
 //!   sent to each of its subscriptions.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
@@ -37,7 +38,7 @@ const BATCH_MAX: usize = 4096;
 /// What one subscription of the stream says.
 enum Said {
     Opened,
-    Notification(Box<pb::Notification>),
+    Notification(Arc<pb::Notification>),
     Ended(Status),
 }
 
@@ -136,7 +137,7 @@ fn subscription(
         .flat_map(move |opened| match opened {
             Ok(feed) => futures::stream::once(async { Said::Opened })
                 .chain(feed.map(|item| match item {
-                    Ok(notification) => Said::Notification(Box::new(notification)),
+                    Ok(notification) => Said::Notification(notification),
                     Err(status) => Said::Ended(status),
                 }))
                 // A feed that ends without an error ends as `Subscribe`'s stream would: the client
@@ -164,7 +165,9 @@ fn group(batch: Vec<(u64, Said)>) -> Vec<pb::SubscriptionEvent> {
                 .iter()
                 .enumerate()
                 .skip(after)
-                .find(|(_, (_, g))| matches!(g, Said::Notification(m) if m.seq == n.seq && m == n))
+                .find(
+                    |(_, (_, g))| matches!(g, Said::Notification(m) if Arc::ptr_eq(m, n) || (m.seq == n.seq && m == n)),
+                )
                 .map(|(i, _)| i),
             Said::Opened => groups
                 .iter()
@@ -194,7 +197,7 @@ fn event(ids: Vec<u64>, said: Said) -> pb::SubscriptionEvent {
     use pb::subscription_event::Event;
     let event = match said {
         Said::Opened => Event::Opened(pb::SubscriptionOpened {}),
-        Said::Notification(n) => Event::Notification(n),
+        Said::Notification(n) => Event::Notification(Box::new(Arc::unwrap_or_clone(n))),
         Said::Ended(status) => Event::Ended(ended(&status)),
     };
     pb::SubscriptionEvent {
@@ -241,7 +244,7 @@ mod tests {
     use super::*;
 
     fn note(seq: u64) -> Said {
-        Said::Notification(Box::new(pb::Notification {
+        Said::Notification(Arc::new(pb::Notification {
             seq,
             kind: "changed".into(),
             ..Default::default()
@@ -300,7 +303,7 @@ mod tests {
         other.epoch = 2;
         let events = group(vec![
             (1, note(5)),
-            (2, Said::Notification(Box::new(other))),
+            (2, Said::Notification(Arc::new(other))),
             (3, note(5)),
         ]);
         assert_eq!(shape(&events), vec![(vec![1, 3], 5), (vec![2], 5)]);

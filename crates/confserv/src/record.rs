@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use tandem_config::{schema, Change, ConfigObject, Delta, ObjectType};
@@ -131,7 +131,7 @@ pub struct LogRecord {
 /// A record's notification once made. Not part of the record's value: two records are equal
 /// whether or not either has made its notification yet.
 #[derive(Clone, Default)]
-pub struct CachedNotification(OnceLock<pb::Notification>);
+pub struct CachedNotification(OnceLock<Arc<pb::Notification>>);
 
 impl PartialEq for CachedNotification {
     fn eq(&self, _: &Self) -> bool {
@@ -202,7 +202,24 @@ impl LogRecord {
 
     /// The notification a client receives (secret fields removed).
     pub fn notification(&self) -> pb::Notification {
-        self.cached.0.get_or_init(|| self.make_notification()).clone()
+        Arc::unwrap_or_clone(self.notification_in(0))
+    }
+
+    /// The notification of this record in the history of `epoch`, shared by every subscriber
+    /// it is for (made once for the first epoch asked, which is every subscriber's but across
+    /// an epoch change).
+    pub fn notification_in(&self, epoch: u64) -> Arc<pb::Notification> {
+        let cached = self.cached.0.get_or_init(|| {
+            let mut n = self.make_notification();
+            n.epoch = epoch;
+            Arc::new(n)
+        });
+        if cached.epoch == epoch {
+            return cached.clone();
+        }
+        let mut n = pb::Notification::clone(cached);
+        n.epoch = epoch;
+        Arc::new(n)
     }
 
     fn make_notification(&self) -> pb::Notification {
@@ -285,6 +302,33 @@ mod tests {
             what,
             cached: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_notification_is_made_once_and_shared_in_its_epoch() {
+        let created = record(What::Created { object: person() });
+        let first = created.notification_in(4);
+        let again = created.notification_in(4);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "one notification shared by every subscriber"
+        );
+        assert_eq!(first.epoch, 4);
+        let other = created.notification_in(5);
+        assert_eq!(other.epoch, 5, "another epoch gets its own copy");
+        assert_eq!(
+            pb::Notification {
+                epoch: 4,
+                ..(*other).clone()
+            },
+            *first,
+            "and nothing else differs"
+        );
+        assert!(
+            Arc::ptr_eq(&created.notification_in(4), &first),
+            "the shared one is kept"
+        );
+        assert_eq!(created.notification().epoch, 0);
     }
 
     #[test]

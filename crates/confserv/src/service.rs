@@ -360,6 +360,9 @@ fn history_in(
 /// A subscription's notifications, as its client reads them.
 pub(crate) type NotificationStream = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
 
+/// A subscription's notifications, each shared with the other subscriptions it is for.
+pub(crate) type SharedNotificationStream = Pin<Box<dyn Stream<Item = Result<Arc<pb::Notification>, Status>> + Send>>;
+
 /// What opening a subscription needs, apart from the service: a `SubscribeMany` stream opens
 /// subscriptions from a task of its own.
 #[derive(Clone)]
@@ -377,7 +380,7 @@ impl Opener {
         &self,
         caller: Caller,
         request: pb::SubscribeRequest,
-    ) -> Result<NotificationStream, Status> {
+    ) -> Result<SharedNotificationStream, Status> {
         let filter = Filter::from_request(&request)?;
         check_held_tenant(&self.shared.read(), filter.tenant)?;
         // Subscribe before reading the history, so that nothing falls between the two.
@@ -435,7 +438,7 @@ struct Feed {
     caller: Caller,
     filter: Filter,
     /// Made and not yet taken by the client's stream.
-    outbox: VecDeque<Result<pb::Notification, Status>>,
+    outbox: VecDeque<Result<Arc<pb::Notification>, Status>>,
     /// The subscription is over: the stream ends once the outbox is empty.
     ended: bool,
     /// The last number covered (sent or filtered out).
@@ -467,7 +470,7 @@ impl Feed {
         mut self,
         replay: Vec<Arc<LogRecord>>,
         reached: u64,
-    ) -> impl Stream<Item = Result<pb::Notification, Status>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Arc<pb::Notification>, Status>> + Send + 'static {
         for record in replay {
             self.deliver(&record);
         }
@@ -475,7 +478,7 @@ impl Feed {
             self.last = self.last.max(reached);
             self.mode = self.link.borrow_and_update().clone();
             let live = self.marker(pb::notification_kind::LIVE);
-            self.outbox.push_back(Ok(live));
+            self.outbox.push_back(Ok(Arc::new(live)));
         }
         futures::stream::unfold(self, |mut feed| async move {
             loop {
@@ -524,7 +527,7 @@ impl Feed {
                 if now.mode != self.mode.mode {
                     self.mode = now;
                     let event = self.marker(pb::notification_kind::PROXY_MODE);
-                    self.outbox.push_back(Ok(event));
+                    self.outbox.push_back(Ok(Arc::new(event)));
                 }
             }
             Wake::Stop => self.end_with(CfgError::Unavailable("the server is stopping".into()).to_status()),
@@ -553,9 +556,7 @@ impl Feed {
             }
         };
         if visible {
-            let mut notification = record.notification();
-            notification.epoch = self.epoch;
-            self.outbox.push_back(Ok(notification));
+            self.outbox.push_back(Ok(record.notification_in(self.epoch)));
         }
     }
 
@@ -881,7 +882,9 @@ impl ConfServ for Service {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = self.caller(&request)?;
         let feed = self.opener().open(caller, request.into_inner()).await?;
-        Ok(Response::new(feed))
+        Ok(Response::new(Box::pin(futures::StreamExt::map(feed, |item| {
+            item.map(Arc::unwrap_or_clone)
+        }))))
     }
 
     type SubscribeManyStream = ReceiverStream<Result<pb::SubscriptionEvent, Status>>;

@@ -30,7 +30,7 @@ async fn must_create(client: &ConfClient, object: ConfigObject) -> ConfigObject 
 
 async fn must_next(sub: &mut tandem_confserv::client::Subscription) -> pb::Notification {
     match tokio::time::timeout(Duration::from_secs(20), sub.next()).await {
-        Ok(Ok(n)) => n,
+        Ok(Ok(n)) => std::sync::Arc::unwrap_or_clone(n),
         Ok(Err(e)) => panic!("subscription failed: {e}"),
         Err(_) => panic!("no notification within 20 s"),
     }

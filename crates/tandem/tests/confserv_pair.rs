@@ -123,7 +123,7 @@ async fn t10_takeover_after_kill9_under_write_load_loses_and_repeats_nothing() {
             loop {
                 match sub.next().await {
                     Ok(n) if n.kind == "live" => {}
-                    Ok(n) => seen.lock().expect("seen").push(n),
+                    Ok(n) => seen.lock().expect("seen").push(std::sync::Arc::unwrap_or_clone(n)),
                     Err(e) => panic!("the subscription failed: {e}"),
                 }
             }

@@ -31,7 +31,7 @@ async fn must_next_change(sub: &mut Subscription) -> pb::Notification {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), sub.next()).await {
             Ok(Ok(n)) if n.kind == "live" => continue,
-            Ok(Ok(n)) => return n,
+            Ok(Ok(n)) => return std::sync::Arc::unwrap_or_clone(n),
             Ok(Err(e)) => panic!("subscription failed: {e}"),
             Err(_) => panic!("no notification within 20 s"),
         }

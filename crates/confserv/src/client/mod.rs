@@ -807,8 +807,10 @@ impl Subscription {
     /// The next notification (or `live` marker, or a proxy's `proxy_mode` event). Reconnects by
     /// itself, resuming after the last number in its epoch; fails on `reload-required` (read
     /// everything again, then subscribe after the number it gives — also when the server's
-    /// history changed epoch) and when no server answers before the client's deadline.
-    pub async fn next(&mut self) -> Result<pb::Notification, ConfError> {
+    /// history changed epoch) and when no server answers before the client's deadline. The
+    /// notification is shared with the client's other subscriptions it is for
+    /// (`Arc::unwrap_or_clone` makes it one's own).
+    pub async fn next(&mut self) -> Result<Arc<pb::Notification>, ConfError> {
         loop {
             if self.stream.is_none() {
                 self.connect().await?;

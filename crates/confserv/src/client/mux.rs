@@ -22,7 +22,7 @@ pub const ROUTE_BUFFER: usize = 4096;
 /// What the stream says to one subscription.
 enum Delivery {
     Opened,
-    Notification(Box<pb::Notification>),
+    Notification(Arc<pb::Notification>),
     Ended(Status),
 }
 
@@ -137,11 +137,11 @@ pub struct MuxSubscription {
 impl MuxSubscription {
     /// The next notification; `Ok(None)` when the subscription's stream ended without a status
     /// (it broke, or this subscription fell behind): resume after the last number.
-    pub async fn message(&mut self) -> Result<Option<pb::Notification>, Status> {
+    pub async fn message(&mut self) -> Result<Option<Arc<pb::Notification>>, Status> {
         loop {
             return match self.rx.recv().await {
                 None => Ok(None),
-                Some(Delivery::Notification(n)) => Ok(Some(*n)),
+                Some(Delivery::Notification(n)) => Ok(Some(n)),
                 Some(Delivery::Ended(status)) => Err(status),
                 Some(Delivery::Opened) => continue,
             };
@@ -188,19 +188,21 @@ fn deliver(
 ) {
     use pb::subscription_event::Event;
     let Some(kind) = event.event else { return };
+    // One notification, shared by every subscription it is for.
+    let kind = match kind {
+        Event::Opened(_) => Delivery::Opened,
+        Event::Notification(n) => Delivery::Notification(Arc::new(*n)),
+        Event::Ended(ended) => Delivery::Ended(crate::mux::status_of(&ended)),
+    };
+    let ends = matches!(kind, Delivery::Ended(_));
     let mut guard = lock(routes);
     let Some(open) = guard.as_mut() else { return };
-    let last = event.ids.len().saturating_sub(1);
-    let mut kind = Some(kind);
-    for (i, id) in event.ids.iter().enumerate() {
+    for id in &event.ids {
         let Some(tx) = open.get(id) else { continue };
-        // The last subscription takes the event, the others a copy.
-        let this = if i == last { kind.take() } else { kind.clone() };
-        let Some(this) = this else { continue };
-        let (delivery, ends) = match this {
-            Event::Opened(_) => (Delivery::Opened, false),
-            Event::Notification(n) => (Delivery::Notification(n), false),
-            Event::Ended(ended) => (Delivery::Ended(crate::mux::status_of(&ended)), true),
+        let delivery = match &kind {
+            Delivery::Opened => Delivery::Opened,
+            Delivery::Notification(n) => Delivery::Notification(n.clone()),
+            Delivery::Ended(status) => Delivery::Ended(status.clone()),
         };
         match tx.try_send(delivery) {
             Ok(()) if !ends => {}

@@ -408,7 +408,7 @@ async fn run_load(
                     _ = stop.changed() => return,
                 };
                 match next {
-                    Ok(n) => seen.push(n),
+                    Ok(n) => seen.push(std::sync::Arc::unwrap_or_clone(n)),
                     Err(e) => {
                         seen.errors
                             .lock()

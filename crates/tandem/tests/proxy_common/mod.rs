@@ -105,7 +105,11 @@ pub fn subscribe(client: &ConfClient, after: u64) -> (Seen, tokio::task::JoinHan
                 let next = sub.next().await;
                 *seen.server.lock().expect("server") = sub.server().map(str::to_owned);
                 match next {
-                    Ok(n) => seen.notifications.lock().expect("seen").push(n),
+                    Ok(n) => seen
+                        .notifications
+                        .lock()
+                        .expect("seen")
+                        .push(std::sync::Arc::unwrap_or_clone(n)),
                     Err(e) => {
                         *seen.ended.lock().expect("ended") = Some(e);
                         return;

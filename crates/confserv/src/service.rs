@@ -304,8 +304,12 @@ fn other_epoch(state: &State, after: u64, epoch: u64) -> Option<CfgError> {
 /// Moves `epoch`, of a stream that has covered the history up to `last`, to the epoch of the
 /// history held now when that history continues it; otherwise `reload-required`.
 fn follow_epoch(shared: &Shared, last: u64, epoch: &mut u64) -> Option<CfgError> {
-    let state = shared.read();
-    let broken = other_epoch(&state, last, *epoch);
+    follow_epoch_in(&shared.read(), last, epoch)
+}
+
+/// [`follow_epoch`] in `state`, already read.
+fn follow_epoch_in(state: &State, last: u64, epoch: &mut u64) -> Option<CfgError> {
+    let broken = other_epoch(state, last, *epoch);
     if broken.is_none() {
         *epoch = state.epoch;
     }
@@ -420,6 +424,7 @@ impl Opener {
             link,
             epochs,
             stop: self.stop.clone(),
+            control: None,
             _open: self.shared.activity.subscribers.open(),
         };
         Ok(Box::pin(feed.into_stream(replay, reached)))
@@ -452,6 +457,10 @@ struct Feed {
     mode: Link,
     epochs: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
+    /// Waits for a change of epoch or link, or the stop. Kept across records: thousands of
+    /// subscriptions waiting on the same three channels would otherwise each register and
+    /// unregister three waiters per record.
+    control: Option<futures::future::BoxFuture<'static, Wake>>,
     /// Counts this subscription among the open ones while it lives.
     _open: Opened,
 }
@@ -496,14 +505,21 @@ impl Feed {
     /// Waits for what comes next and puts what the subscriber must be told in the outbox (or
     /// ends the subscription).
     async fn follow(&mut self) {
+        let control = self
+            .control
+            .get_or_insert_with(|| control_changes(self.epochs.clone(), self.link.clone(), self.stop.clone()));
+        // Records first: a record's wake-up then costs no poll of the control channels, which
+        // are looked at again once the records run dry.
         let wake = tokio::select! {
+            biased;
             next = next_records(&mut self.live, &self.shared, self.history_max_age_ms, self.last, self.epoch) => {
                 Wake::Records(next)
             }
-            changed = self.epochs.changed() => Wake::Epoch(changed.is_ok()),
-            changed = self.link.changed() => Wake::Link(changed.is_ok()),
-            _ = stopped(&mut self.stop) => Wake::Stop,
+            wake = control => wake,
         };
+        if !matches!(wake, Wake::Records(_)) {
+            self.control = None;
+        }
         match wake {
             Wake::Records(Ok(Some(records))) => {
                 for record in records {
@@ -515,6 +531,7 @@ impl Feed {
             // The server reloaded a history of another epoch (possibly at the same numbers):
             // this subscriber's copy may have diverged.
             Wake::Epoch(true) => {
+                self.epochs.borrow_and_update();
                 self.follow_epoch();
             }
             // A proxy attached (possibly after a reload that jumped the numbers) or lost its
@@ -542,19 +559,25 @@ impl Feed {
 
     /// Puts `record` in the outbox if the filter and the caller's rights let it through.
     fn deliver(&mut self, record: &LogRecord) {
-        if self.ended || record.seq <= self.last || !self.follow_epoch() {
+        if self.ended || record.seq <= self.last {
             return;
         }
-        self.last = record.seq;
-        let visible = match record.object() {
-            None => true,
-            Some(obj) => {
-                self.filter.matches(obj) && {
-                    let state = self.shared.read();
-                    access::allowed(&state.set, self.caller.person, Right::Read, obj)
+        // One read of the state for both checks: thousands of subscriptions do this per record.
+        let visible = {
+            let state = self.shared.read();
+            if let Some(e) = follow_epoch_in(&state, self.last, &mut self.epoch) {
+                drop(state);
+                self.end_with(e.to_status());
+                return;
+            }
+            match record.object() {
+                None => true,
+                Some(obj) => {
+                    self.filter.matches(obj) && access::allowed(&state.set, self.caller.person, Right::Read, obj)
                 }
             }
         };
+        self.last = record.seq;
         if visible {
             self.outbox.push_back(Ok(record.notification_in(self.epoch)));
         }
@@ -630,6 +653,22 @@ async fn next_records(
         }
         Err(broadcast::error::RecvError::Closed) => Ok(None),
     }
+}
+
+/// Waits for the first of: a change of epoch, a change of the proxy's link, the stop. Works on
+/// copies of the feed's receivers, which the feed marks seen itself once it has acted.
+fn control_changes(
+    mut epochs: watch::Receiver<u64>,
+    mut link: watch::Receiver<Link>,
+    mut stop: watch::Receiver<bool>,
+) -> futures::future::BoxFuture<'static, Wake> {
+    Box::pin(async move {
+        tokio::select! {
+            changed = epochs.changed() => Wake::Epoch(changed.is_ok()),
+            changed = link.changed() => Wake::Link(changed.is_ok()),
+            _ = stopped(&mut stop) => Wake::Stop,
+        }
+    })
 }
 
 /// Ends a stream because the server stops.
@@ -1462,6 +1501,7 @@ mod tests {
             link,
             epochs,
             stop,
+            control: None,
             _open: shared.activity.subscribers.open(),
         };
         let mut stream = Box::pin(feed.into_stream(Vec::new(), 5));

@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use tandem_config::access::{self, Principal, Right};
 use tandem_config::document::{self, Document};
 use tandem_config::{
@@ -385,6 +386,26 @@ impl Opener {
         caller: Caller,
         request: pb::SubscribeRequest,
     ) -> Result<SharedNotificationStream, Status> {
+        Ok(Box::pin(self.open_feed(caller, request).await?.into_stream()))
+    }
+
+    /// The records applied from now on, for a stream-level driver of feeds (`crate::mux`).
+    pub(crate) fn records(&self) -> broadcast::Receiver<Arc<LogRecord>> {
+        self.shared.subscribe()
+    }
+
+    /// The epoch, link and stop channels, for a stream-level driver of feeds.
+    pub(crate) fn controls(&self) -> (watch::Receiver<u64>, watch::Receiver<Link>, watch::Receiver<bool>) {
+        (self.shared.epochs(), self.shared.link(), self.stop.clone())
+    }
+
+    /// The last number applied.
+    pub(crate) fn seq(&self) -> u64 {
+        self.shared.read().seq
+    }
+
+    /// Opens a subscription as a [`Feed`] holding its replay and `live` marker.
+    pub(crate) async fn open_feed(&self, caller: Caller, request: pb::SubscribeRequest) -> Result<Feed, Status> {
         let filter = Filter::from_request(&request)?;
         check_held_tenant(&self.shared.read(), filter.tenant)?;
         // Subscribe before reading the history, so that nothing falls between the two.
@@ -419,15 +440,17 @@ impl Opener {
             ended: false,
             last: request.after_seq.unwrap_or(reached),
             epoch,
-            live,
+            live: Some(live),
             mode,
             link,
             epochs,
             stop: self.stop.clone(),
             control: None,
+            offer: false,
+            said_why: false,
             _open: self.shared.activity.subscribers.open(),
         };
-        Ok(Box::pin(feed.into_stream(replay, reached)))
+        Ok(feed.with_replay(replay, reached))
     }
 }
 
@@ -435,7 +458,10 @@ impl Opener {
 /// client goes away (the stream is dropped) or the server stops. It has no task of its own: the
 /// connection's response task polls it, so a change reaches a subscriber without a second task
 /// and a channel between the two (this is what a fan-out to thousands of subscribers costs).
-struct Feed {
+///
+/// On a `SubscribeMany` stream a feed may also be *attached* to the stream (see `crate::mux`):
+/// it then has no broadcast receiver of its own, and the stream hands it each record.
+pub(crate) struct Feed {
     shared: Arc<Shared>,
     history_max_age_ms: u64,
     /// Whether this server is a proxy (its markers and events carry the proxy's mode).
@@ -451,7 +477,8 @@ struct Feed {
     /// The epoch of the history `last` belongs to: the subscription ends with `reload-required`
     /// when the server's history changes epoch.
     epoch: u64,
-    live: broadcast::Receiver<Arc<LogRecord>>,
+    /// The records as they are applied; `None` while attached to a stream that hands them over.
+    live: Option<broadcast::Receiver<Arc<LogRecord>>>,
     link: watch::Receiver<Link>,
     /// The proxy's mode as last told to the subscriber.
     mode: Link,
@@ -461,8 +488,21 @@ struct Feed {
     /// subscriptions waiting on the same three channels would otherwise each register and
     /// unregister three waiters per record.
     control: Option<futures::future::BoxFuture<'static, Wake>>,
+    /// On a `SubscribeMany` stream: the feed has caught up (or just opened) and offers itself for
+    /// attachment once its outbox is empty.
+    offer: bool,
+    /// It ended with a status of its own (else it ends saying the subscription should resume).
+    said_why: bool,
     /// Counts this subscription among the open ones while it lives.
     _open: Opened,
+}
+
+/// What a feed on a `SubscribeMany` stream says.
+pub(crate) enum FeedStep {
+    /// A notification, or the end with its status.
+    Item(Result<Arc<pb::Notification>, Status>),
+    /// The feed, caught up with an empty outbox, for the stream to hand it records itself.
+    Offer(Box<Feed>),
 }
 
 /// What woke a subscription up.
@@ -474,12 +514,8 @@ enum Wake {
 }
 
 impl Feed {
-    /// The stream of notifications: what `replay` holds, the `live` marker, then what comes.
-    fn into_stream(
-        mut self,
-        replay: Vec<Arc<LogRecord>>,
-        reached: u64,
-    ) -> impl Stream<Item = Result<Arc<pb::Notification>, Status>> + Send + 'static {
+    /// Puts what `replay` holds and the `live` marker in the outbox.
+    fn with_replay(mut self, replay: Vec<Arc<LogRecord>>, reached: u64) -> Feed {
         for record in replay {
             self.deliver(&record);
         }
@@ -489,6 +525,113 @@ impl Feed {
             let live = self.marker(pb::notification_kind::LIVE);
             self.outbox.push_back(Ok(Arc::new(live)));
         }
+        self
+    }
+
+    /// The last number covered.
+    pub(crate) fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Whether the subscription is over.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Hands a record to an attached feed. One past the next it needs means records were not
+    /// handed over (outside a proxy's tenants, or before a reload): it catches up from the
+    /// history held now instead, which holds the record too.
+    pub(crate) fn hand(&mut self, record: &LogRecord) {
+        if record.seq <= self.last.saturating_add(1) {
+            self.deliver(record);
+            return;
+        }
+        let answer = history_in(&self.shared.read(), self.history_max_age_ms, self.last, self.epoch);
+        match answer {
+            Ok((records, reached)) => {
+                for record in records {
+                    self.deliver(&record);
+                }
+                if !self.ended {
+                    self.last = self.last.max(reached);
+                }
+            }
+            Err(e) => self.end_with(e.to_status()),
+        }
+    }
+
+    /// What the feed has made since last asked.
+    pub(crate) fn take_outbox(
+        &mut self,
+    ) -> std::collections::vec_deque::Drain<'_, Result<Arc<pb::Notification>, Status>> {
+        self.outbox.drain(..)
+    }
+
+    /// Ends an attached feed because the server stops.
+    pub(crate) fn stop_now(&mut self) {
+        if !self.ended {
+            self.end_with(CfgError::Unavailable("the server is stopping".into()).to_status());
+        }
+    }
+
+    /// Whether the feed may be attached now: caught up, nothing waiting in its outbox, and no
+    /// change of epoch or link it has not acted on yet (nor a stop).
+    pub(crate) fn attachable(&self) -> bool {
+        !self.ended
+            && self.outbox.is_empty()
+            && matches!(self.epochs.has_changed(), Ok(false))
+            && matches!(self.link.has_changed(), Ok(false))
+            && !*self.stop.borrow()
+    }
+
+    /// Attaches the feed to a stream that hands it the records: drops its own receiver.
+    pub(crate) fn attach(&mut self) {
+        self.live = None;
+        self.control = None;
+    }
+
+    /// Detaches the feed from its stream: it follows the records by itself again, first
+    /// catching up from the history (a fresh receiver misses what came before it).
+    pub(crate) fn detach(mut self) -> BoxStream<'static, FeedStep> {
+        self.live = Some(self.shared.subscribe());
+        self.follow_alone(true, false)
+    }
+
+    /// The feed on a `SubscribeMany` stream, following the records by itself: notifications,
+    /// then its end (a status; `unavailable` to resume when it ended without one). `catch_up`
+    /// first reads the history after its last number; `offer`: it offers itself for attachment
+    /// as soon as its outbox is empty (else after its next records).
+    pub(crate) fn follow_alone(mut self, catch_up: bool, offer: bool) -> BoxStream<'static, FeedStep> {
+        self.offer = offer;
+        futures::stream::unfold(Some((self, catch_up)), |state| async move {
+            let (mut feed, catch_up) = state?;
+            if catch_up && feed.catch_up().await {
+                feed.offer = true;
+            }
+            loop {
+                if let Some(item) = feed.outbox.pop_front() {
+                    return Some((FeedStep::Item(item), Some((feed, false))));
+                }
+                if feed.ended {
+                    if feed.said_why {
+                        return None;
+                    }
+                    let resume = Status::unavailable("the subscription ended: resume it");
+                    feed.said_why = true;
+                    return Some((FeedStep::Item(Err(resume)), Some((feed, false))));
+                }
+                if feed.offer && feed.attachable() {
+                    feed.offer = false;
+                    return Some((FeedStep::Offer(Box::new(feed)), None));
+                }
+                feed.follow().await;
+            }
+        })
+        .boxed()
+    }
+
+    /// The stream of notifications: the outbox, then what comes.
+    fn into_stream(self) -> impl Stream<Item = Result<Arc<pb::Notification>, Status>> + Send + 'static {
         futures::stream::unfold(self, |mut feed| async move {
             loop {
                 if let Some(item) = feed.outbox.pop_front() {
@@ -510,9 +653,10 @@ impl Feed {
             .get_or_insert_with(|| control_changes(self.epochs.clone(), self.link.clone(), self.stop.clone()));
         // Records first: a record's wake-up then costs no poll of the control channels, which
         // are looked at again once the records run dry.
+        let live = self.live.get_or_insert_with(|| self.shared.subscribe());
         let wake = tokio::select! {
             biased;
-            next = next_records(&mut self.live, &self.shared, self.history_max_age_ms, self.last, self.epoch) => {
+            next = next_records(live, &self.shared, self.history_max_age_ms, self.last, self.epoch) => {
                 Wake::Records(next)
             }
             wake = control => wake,
@@ -525,6 +669,7 @@ impl Feed {
                 for record in records {
                     self.deliver(&record);
                 }
+                self.offer = true;
             }
             Wake::Records(Ok(None)) | Wake::Epoch(false) | Wake::Link(false) => self.ended = true,
             Wake::Records(Err(e)) => self.end_with(e.to_status()),
@@ -555,6 +700,7 @@ impl Feed {
     fn end_with(&mut self, status: Status) {
         self.outbox.push_back(Err(status));
         self.ended = true;
+        self.said_why = true;
     }
 
     /// Puts `record` in the outbox if the filter and the caller's rights let it through.
@@ -1473,16 +1619,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_subscriber_ends_when_the_history_is_reloaded_in_another_epoch() {
-        let shared = Shared::new(10);
-        shared.replace(history(1));
-        let (_stop_tx, stop) = watch::channel(false);
+    /// A feed of everything in `shared`'s history (at 5, in epoch 1), as the server's own caller.
+    fn feed_of(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Feed {
         let mut epochs = shared.epochs();
         epochs.borrow_and_update();
         let link = shared.link();
         let mode = link.borrow().clone();
-        let feed = Feed {
+        Feed {
             shared: shared.clone(),
             history_max_age_ms: AGE_MS,
             proxy: false,
@@ -1496,15 +1639,76 @@ mod tests {
             ended: false,
             last: 5,
             epoch: 1,
-            live: shared.subscribe(),
+            live: Some(shared.subscribe()),
             mode,
             link,
             epochs,
             stop,
             control: None,
+            offer: false,
+            said_why: false,
             _open: shared.activity.subscribers.open(),
+        }
+    }
+
+    /// Numbers of what `feed` made since last asked (errors as 0).
+    fn made(feed: &mut Feed) -> Vec<u64> {
+        feed.take_outbox().map(|n| n.map_or(0, |n| n.seq)).collect()
+    }
+
+    #[tokio::test]
+    async fn an_attached_feed_takes_handed_records_once_and_reads_the_history_past_a_gap() {
+        let shared = Shared::new(10);
+        shared.replace(history(1));
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut feed = feed_of(&shared, stop).with_replay(Vec::new(), 5);
+        assert_eq!(made(&mut feed), vec![5], "the live marker");
+        assert!(feed.attachable());
+        feed.attach();
+        // Mode records: every subscriber sees them.
+        let mode = |seq: u64| LogRecord {
+            what: What::Mode {
+                mode: Mode::Normal,
+                previous: Mode::Normal,
+            },
+            ..LogRecord::clone(&created(seq))
         };
-        let mut stream = Box::pin(feed.into_stream(Vec::new(), 5));
+        let apply = |seq: u64| {
+            shared.apply_records(vec![mode(seq)], seq).expect("apply");
+        };
+        apply(6);
+        feed.hand(&mode(6));
+        feed.hand(&mode(6));
+        assert_eq!(made(&mut feed), vec![6], "the next record, once");
+        apply(7);
+        apply(8);
+        feed.hand(&mode(8));
+        assert_eq!(
+            made(&mut feed),
+            vec![7, 8],
+            "7 was not handed over: read from the history"
+        );
+        assert_eq!(feed.last(), 8);
+        feed.hand(&mode(7));
+        assert_eq!(made(&mut feed), Vec::<u64>::new(), "nothing it has, again");
+
+        shared.set_link(Link::default());
+        assert!(!feed.attachable(), "a change of link it has not acted on yet");
+        apply(9);
+        let mut alone = feed.detach();
+        match alone.next().await {
+            Some(FeedStep::Item(Ok(n))) => assert_eq!(n.seq, 9, "detached, it catches up first"),
+            _ => panic!("expected record 9"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_ends_when_the_history_is_reloaded_in_another_epoch() {
+        let shared = Shared::new(10);
+        shared.replace(history(1));
+        let (_stop_tx, stop) = watch::channel(false);
+        let feed = feed_of(&shared, stop);
+        let mut stream = Box::pin(feed.with_replay(Vec::new(), 5).into_stream());
         let live = stream.next().await.expect("live marker").expect("not an error");
         assert_eq!((live.kind.as_str(), live.seq, live.epoch), ("live", 5, 1));
         // The same numbers, another history.

@@ -151,6 +151,16 @@ async fn t10_subscriptions_sharing_a_stream_each_get_exactly_their_own() {
     }
 }
 
+/// The next event of a raw `SubscribeMany` stream.
+async fn must_next_event(events: &mut tonic::Streaming<pb::SubscriptionEvent>) -> pb::SubscriptionEvent {
+    match tokio::time::timeout(Duration::from_secs(20), events.message()).await {
+        Ok(Ok(Some(event))) => event,
+        Ok(Ok(None)) => panic!("the stream ended"),
+        Ok(Err(status)) => panic!("the stream failed: {status:?}"),
+        Err(_) => panic!("no event within 20 s"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t20_the_stream_refuses_a_duplicate_id_and_a_missing_session() {
     init_tracing();
@@ -191,11 +201,7 @@ async fn t20_the_stream_refuses_a_duplicate_id_and_a_missing_session() {
     let mut said: BTreeMap<&str, Vec<Vec<u64>>> = BTreeMap::new();
     let mut refusal = None;
     while refusal.is_none() || !said.contains_key("live") {
-        let event = tokio::time::timeout(Duration::from_secs(20), events.message())
-            .await
-            .expect("an event within 20 s")
-            .expect("stream")
-            .expect("not ended");
+        let event = must_next_event(&mut events).await;
         match event.event {
             Some(Event::Opened(_)) => said.entry("opened").or_default().push(event.ids),
             Some(Event::Notification(n)) if n.kind == "live" => said.entry("live").or_default().push(event.ids),
@@ -210,11 +216,7 @@ async fn t20_the_stream_refuses_a_duplicate_id_and_a_missing_session() {
     assert_eq!(said.get("opened"), Some(&vec![vec![7]]), "{said:?}");
 
     let created = admin.create(&host("h"), None).await.expect("create");
-    let event = tokio::time::timeout(Duration::from_secs(20), events.message())
-        .await
-        .expect("an event within 20 s")
-        .expect("stream")
-        .expect("not ended");
+    let event = must_next_event(&mut events).await;
     match event.event {
         Some(Event::Notification(n)) => {
             assert_eq!(event.ids, vec![7]);
@@ -227,11 +229,7 @@ async fn t20_the_stream_refuses_a_duplicate_id_and_a_missing_session() {
     tx.send(pb::SubscriptionControl { id: 7, open: None }).expect("send");
     admin.create(&host("h2"), None).await.expect("create");
     tx.send(open(8)).expect("send");
-    let event = tokio::time::timeout(Duration::from_secs(20), events.message())
-        .await
-        .expect("an event within 20 s")
-        .expect("stream")
-        .expect("not ended");
+    let event = must_next_event(&mut events).await;
     assert!(
         matches!(event.event, Some(Event::Opened(_))) && event.ids == vec![8],
         "after closing 7, the next event is 8 opening (nothing more for 7): {event:?}"

@@ -216,7 +216,7 @@ fn primary_hint(status: &Status) -> Option<String> {
 }
 
 /// Whether the call failed because the TCP connection was refused (so nothing was sent).
-fn is_connection_refused(status: &Status) -> bool {
+pub fn is_connection_refused(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {

@@ -29,7 +29,6 @@ use tandem_proto::confserv as pb;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::debug;
 
 use crate::node::Caller;
 use crate::record::LogRecord;
@@ -364,7 +363,6 @@ fn group(batch: Vec<(u64, Said)>) -> Vec<pb::SubscriptionEvent> {
         };
         last_group.insert(id, at);
     }
-    debug!(groups = groups.len(), "subscription events grouped");
     groups.into_iter().filter_map(|(ids, said)| event(ids, said)).collect()
 }
 

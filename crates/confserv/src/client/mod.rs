@@ -114,7 +114,7 @@ impl ConfError {
                 .map(str::to_owned)
         };
         let kind = get(pb::ERROR_KIND_KEY).unwrap_or_else(|| {
-            if is_connection_refused(status) {
+            if tandem_client::is_connection_refused(status) {
                 UNREACHABLE.to_owned()
             } else {
                 match status.code() {
@@ -158,20 +158,6 @@ impl ConfError {
             UNREACHABLE | error_kind::NOT_PRIMARY | error_kind::UNAVAILABLE
         )
     }
-}
-
-/// Whether the call failed because the TCP connection was refused (so nothing was sent).
-fn is_connection_refused(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// How the client behaves.

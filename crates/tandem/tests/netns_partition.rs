@@ -397,7 +397,7 @@ fn t10_wan_partition_keeps_one_primary_and_one_history() {
     let mut everyone = site1_masters.clone();
     everyone.extend(site1_proxies.iter().cloned());
     everyone.extend(site2_proxies.iter().cloned());
-    topo.router(must_serve_everywhere(&everyone, &password, &held));
+    topo.router(must_serve_everywhere(&everyone, &password, &held, &in_doubt(&history)));
     info!(
         elapsed_s = began.elapsed().as_secs_f64(),
         notifications = changes.len(),
@@ -813,7 +813,9 @@ fn t20_forced_activation_of_an_isolated_site2_while_site1_lives_is_fenced_at_the
     everyone.extend(site2_masters.iter().cloned());
     everyone.extend(topo.addrs(Role::Proxy, "site1"));
     everyone.extend(site2_proxies.iter().cloned());
-    topo.router(must_serve_everywhere(&everyone, &password, &held));
+    let mut doubtful = in_doubt(&site1);
+    doubtful.extend(in_doubt(&site2));
+    topo.router(must_serve_everywhere(&everyone, &password, &held, &doubtful));
     info!(
         elapsed_s = began.elapsed().as_secs_f64(),
         lost_by_force,

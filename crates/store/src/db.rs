@@ -3,8 +3,9 @@
 //! `meta` key/value table, and running blocking work off the async runtime.
 
 use std::fs;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::types::{FromSql, ToSql, Value};
@@ -12,6 +13,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::checkpoint::{CheckpointPolicy, Checkpointer};
 use crate::error::{OpenError, StoreError};
 
 /// The on-disk format version this build reads and writes (both `log.db` and `state.db`).
@@ -74,9 +76,71 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError>
     mutex.lock().map_err(|_| StoreError::Poisoned)
 }
 
+/// The writer connection of a database file and the file's background checkpoints. It never
+/// checkpoints itself (`wal_autocheckpoint=0`): each time its lock is released, its
+/// [`Checkpointer`] is told something may have been written. (The fields drop in order: the
+/// checkpointer's thread, which holds the connection too, ends before the connection closes.)
+pub(crate) struct Writer {
+    /// The connection, one user at a time (the checkpointer holds it while it rewinds the log).
+    conn: Arc<Mutex<Connection>>,
+    /// The checkpoints of the connection's file.
+    checkpointer: Checkpointer,
+}
+
+impl Writer {
+    /// Opens `path`'s checkpointer (see [`Checkpointer`]) with `conn` as the writer it rewinds
+    /// under, and makes the writer.
+    pub(crate) fn start(path: &Path, name: &str, conn: Connection) -> Result<Writer, OpenError> {
+        let conn = Arc::new(Mutex::new(conn));
+        let checkpointer =
+            Checkpointer::start(path, name, CheckpointPolicy::DEFAULT, conn.clone()).map_err(|source| {
+                OpenError::Sqlite {
+                    file: path.to_owned(),
+                    source,
+                }
+            })?;
+        Ok(Writer { conn, checkpointer })
+    }
+
+    /// Locks the connection, reporting poisoning as an error instead of panicking.
+    pub(crate) fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
+        Ok(WriterGuard {
+            conn: lock(&self.conn)?,
+            checkpointer: &self.checkpointer,
+        })
+    }
+}
+
+/// A locked [`Writer`]; tells the checkpointer when it is released.
+pub(crate) struct WriterGuard<'a> {
+    conn: MutexGuard<'a, Connection>,
+    checkpointer: &'a Checkpointer,
+}
+
+impl Deref for WriterGuard<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.checkpointer.written();
+    }
+}
+
 /// Opens `path`, creating and initialising it if it does not exist, or validating it (format
 /// version, cluster, replica id, `quick_check`, tables) if it does. The returned connection is
-/// the writer: WAL mode, synchronous as `spec.durability` says.
+/// the writer: WAL mode, synchronous as `spec.durability` says, no checkpoints of its own (see
+/// [`Writer`]).
 pub(crate) fn open_writer(path: &Path, spec: &DbSpec, cluster: &str, replica_id: u64) -> Result<Connection, OpenError> {
     let io_err = |file: &Path, source| OpenError::Io {
         file: file.to_owned(),
@@ -114,18 +178,6 @@ pub(crate) fn open_writer(path: &Path, spec: &DbSpec, cluster: &str, replica_id:
     Ok(conn)
 }
 
-/// Opens another writer connection to a database [`open_writer`] has already opened (and
-/// validated), with its own synchronous setting.
-pub(crate) fn open_second_writer(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    configure_writer(&conn, durability)?;
-    Ok(conn)
-}
-
 /// Opens a read-only connection to an existing, already validated database.
 pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -138,7 +190,8 @@ pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Puts a writer connection in WAL mode with the given synchronous setting.
+/// Puts a writer connection in WAL mode with the given synchronous setting; its commits never
+/// checkpoint (a [`Checkpointer`] does, beside it).
 fn configure_writer(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -148,6 +201,7 @@ fn configure_writer(conn: &Connection, durability: Durability) -> rusqlite::Resu
         ));
     }
     conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }

@@ -8,10 +8,12 @@
 //!   [`StateReader`] handle the services read through.
 //! - [`recovery`]: a new epoch on a survivor (forced recovery); quarantine before a rejoin.
 //! - [`error`]: typed errors, among them why a data directory is refused at start.
+//! - `db` (SQLite plumbing) and `checkpoint` (background checkpoints of both files) are private.
 //!
 //! Architecture invariant: this crate knows nothing of gRPC, sockets or clocks. Time enters only
 //! as the `now_ms` a command carries, so every replica applies the same log to the same state.
 
+mod checkpoint;
 mod db;
 pub mod error;
 pub mod log_store;

@@ -8,8 +8,10 @@
 //! each proposal on its own, so the replica batches client transactions into one entry before
 //! proposing.) All SQLite work runs on tokio's blocking pool.
 //!
-//! The committed log id is only a hint, written through a second connection without a sync of
-//! its own (see [`RaftLogStorage::save_committed`] below).
+//! The committed log id is only a hint (openraft re-applies up to it at start-up, and learns it
+//! again from the primary): [`RaftLogStorage::save_committed`] keeps it in memory, and the next
+//! append writes it in its own transaction. openraft awaits `save_committed` before it applies a
+//! committed entry, so writing it there and then held up every write.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -50,11 +52,10 @@ pub struct LogStore {
 struct Shared {
     /// The connection to `log.db` every read and every durable write goes through, in order
     /// (`synchronous=FULL`).
-    conn: Mutex<Connection>,
-    /// A second connection, `synchronous=NORMAL`, for the committed log id alone: a hint whose
-    /// latest value may be lost in a power cut, so it is not worth an fsync. Its writes reach
-    /// the disk with the next commit on `conn` (one write-ahead log, written in order).
-    hints: Mutex<Connection>,
+    conn: db::Writer,
+    /// The committed log id openraft saved last, while it is not yet written (the next append
+    /// writes it; so does dropping the store). `None`: nothing waiting.
+    unsaved_committed: Mutex<Option<Option<LogId<ReplicaId>>>>,
     /// Write transactions of `append` since the store was opened: one log fsync each.
     appends: AtomicU64,
     /// Entries those transactions wrote.
@@ -69,6 +70,25 @@ struct Shared {
     epoch: AtomicU64,
     /// Cached copy of the durable fence (set while a newer epoch supersedes this replica).
     fence: Mutex<Option<Fence>>,
+}
+
+impl Drop for Shared {
+    /// Writes the committed log id openraft saved last, if no append has written it yet.
+    fn drop(&mut self) {
+        let unsaved = match self.unsaved_committed.get_mut() {
+            Ok(unsaved) => unsaved.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(committed) = unsaved else { return };
+        let written = self
+            .conn
+            .lock()
+            .and_then(|conn| db::meta_set_blob(&conn, "committed", &committed));
+        if let Err(e) = written {
+            // A hint: the next start re-applies less, and the primary tells it the rest.
+            tracing::warn!(file = %self.path.display(), error = %e, "could not write the committed log id on close");
+        }
+    }
 }
 
 impl LogStore {
@@ -109,14 +129,11 @@ impl LogStore {
                 })
             }
         };
-        let hints = db::open_second_writer(&path, Durability::Deferred).map_err(|source| OpenError::Sqlite {
-            file: path.clone(),
-            source,
-        })?;
+        let conn = db::Writer::start(&path, "log", conn)?;
         Ok(LogStore {
             shared: Arc::new(Shared {
-                conn: Mutex::new(conn),
-                hints: Mutex::new(hints),
+                conn,
+                unsaved_committed: Mutex::new(None),
                 appends: AtomicU64::new(0),
                 entries_appended: AtomicU64::new(0),
                 path,
@@ -138,7 +155,7 @@ impl LogStore {
     ///
     /// Blocking (one fsync): call it from a blocking context, or via `spawn_blocking`.
     pub fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
-        let conn = db::lock(&self.shared.conn)?;
+        let conn = self.shared.conn.lock()?;
         db::meta_set(&conn, "epoch", epoch)?;
         self.shared.epoch.store(epoch, Ordering::SeqCst);
         Ok(())
@@ -153,7 +170,7 @@ impl LogStore {
     ///
     /// Blocking (one fsync): call it from a blocking context, or via `spawn_blocking`.
     pub fn set_fence(&self, fence: Option<Fence>) -> Result<(), StoreError> {
-        let conn = db::lock(&self.shared.conn)?;
+        let conn = self.shared.conn.lock()?;
         match &fence {
             Some(fence) => db::meta_set_blob(&conn, "fence", fence)?,
             None => {
@@ -167,7 +184,7 @@ impl LogStore {
     /// Where the current epoch began: the last log id carried over from the previous epoch by
     /// a forced recovery (`None` for the first epoch).
     pub fn epoch_start(&self) -> Result<Option<LogId<ReplicaId>>, StoreError> {
-        let conn = db::lock(&self.shared.conn)?;
+        let conn = self.shared.conn.lock()?;
         db::meta_get_blob(&conn, "epoch_start")
     }
 
@@ -175,7 +192,7 @@ impl LogStore {
     ///
     /// Blocking: call it from a blocking context, or via `spawn_blocking`.
     pub fn entries_after(&self, index: u64) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
-        let conn = db::lock(&self.shared.conn)?;
+        let conn = self.shared.conn.lock()?;
         let mut stmt = conn.prepare("SELECT payload FROM log WHERE idx > ?1 ORDER BY idx")?;
         let mut rows = stmt.query([sql_index(index)])?;
         let mut entries = Vec::new();
@@ -206,7 +223,9 @@ impl LogStore {
         );
         assert!(epoch > self.epoch(), "epochs only grow");
         let payload = bincode::serialize(first)?;
-        let mut conn = db::lock(&self.shared.conn)?;
+        let mut conn = self.shared.conn.lock()?;
+        // The old epoch's committed id means nothing in the new one.
+        *db::lock(&self.shared.unsaved_committed)? = None;
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM log", [])?;
         db::meta_set_blob(&tx, "last_purged", &Some(start))?;
@@ -257,7 +276,7 @@ impl LogStore {
     {
         let shared = self.shared.clone();
         db::blocking(move || {
-            let mut conn = db::lock(&shared.conn)?;
+            let mut conn = shared.conn.lock()?;
             work(&mut conn)
         })
         .await
@@ -373,20 +392,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<ReplicaId>>) -> Result<(), StorageError<ReplicaId>> {
-        // The committed log id is a hint (openraft re-applies up to it at start-up); losing the
-        // latest value in a power cut is harmless, so it is written through the second
-        // connection, without an fsync of its own. It becomes durable with the next fully
-        // synchronous commit (WAL frames are ordered).
-        let shared = self.shared.clone();
-        db::blocking(move || {
-            let hints = db::lock(&shared.hints)?;
-            db::meta_set_blob(&hints, "committed", &committed)
-        })
-        .await
-        .map_err(StoreError::into_write_logs)
+        // A hint: losing the latest value (a crash before the next append) only makes openraft
+        // re-apply less at start-up, before the primary tells it the rest. No I/O here.
+        *db::lock(&self.shared.unsaved_committed).map_err(StoreError::into_write_logs)? = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<ReplicaId>>, StorageError<ReplicaId>> {
+        if let Some(committed) = *db::lock(&self.shared.unsaved_committed).map_err(StoreError::into_read_logs)? {
+            return Ok(committed);
+        }
         self.with_conn(|conn| read_committed(conn))
             .await
             .map_err(StoreError::into_read_logs)
@@ -410,11 +425,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let shared = self.shared.clone();
         let written = self
             .with_conn(move |conn| {
+                // Taken before the transaction: a value saved meanwhile waits for the next one.
+                let committed = db::lock(&shared.unsaved_committed)?.take();
                 db::write_transaction(conn, |tx| {
                     let mut stmt =
                         tx.prepare_cached("INSERT OR REPLACE INTO log (idx, term, payload) VALUES (?1, ?2, ?3)")?;
                     for (idx, term, payload) in &rows {
                         stmt.execute(params![idx, term, payload])?;
+                    }
+                    if let Some(committed) = &committed {
+                        db::meta_set_blob(tx, "committed", committed)?;
                     }
                     Ok(())
                 })?;

@@ -127,8 +127,8 @@ pub struct SnapshotBuilder {
 
 /// What the state machine and its snapshot builders share.
 struct Shared {
-    /// The single writer connection to `state.db`.
-    writer: Mutex<Connection>,
+    /// The single writer connection to `state.db`, and the file's background checkpoints.
+    writer: db::Writer,
     /// The data directory (snapshot and temporary files go here).
     dir: PathBuf,
     /// Path of `state.db`.
@@ -145,6 +145,9 @@ struct Shared {
     retained_changes: AtomicU64,
     /// Where committed changes are published.
     changes_tx: broadcast::Sender<Arc<Vec<Change>>>,
+    /// The revision of the last applied change (shared with the readers), set after each
+    /// commit that changes it.
+    revision: Arc<AtomicU64>,
     /// Serialises replacing the current-snapshot file.
     snapshot_lock: Mutex<()>,
     /// Makes snapshot ids and temporary file names unique.
@@ -167,6 +170,8 @@ struct ReaderInner {
     next: AtomicUsize,
     /// The state machine's change channel, for [`StateReader::subscribe`].
     changes_tx: broadcast::Sender<Arc<Vec<Change>>>,
+    /// The writer's revision, for [`StateReader::applied_revision`].
+    revision: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -185,12 +190,12 @@ impl StateMachine {
     ) -> Result<(StateMachine, StateReader), OpenError> {
         let path = dir.join(STATE_FILE);
         let writer = db::open_writer(&path, &STATE_SPEC, cluster, replica_id)?;
-        let retained_changes = match read_applied_state(&writer).and_then(|_| {
-            db::meta_require::<u64>(&writer, "revision")?;
+        let (revision, retained_changes) = match read_applied_state(&writer).and_then(|_| {
+            let revision = db::meta_require::<u64>(&writer, "revision")?;
             db::meta_require::<u64>(&writer, "compacted_revision")?;
-            count_changes(&writer)
+            Ok((revision, count_changes(&writer)?))
         }) {
-            Ok(count) => count,
+            Ok(figures) => figures,
             Err(e) => {
                 return Err(OpenError::Corrupt {
                     file: path,
@@ -211,6 +216,8 @@ impl StateMachine {
 
         remove_temporary_files(dir)?;
 
+        let writer = db::Writer::start(&path, "state", writer)?;
+        let revision = Arc::new(AtomicU64::new(revision));
         let (changes_tx, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
         let mut conns = Vec::with_capacity(READER_CONNECTIONS);
         for _ in 0..READER_CONNECTIONS {
@@ -225,10 +232,11 @@ impl StateMachine {
                 conns,
                 next: AtomicUsize::new(0),
                 changes_tx: changes_tx.clone(),
+                revision: revision.clone(),
             }),
         };
         let shared = Arc::new(Shared {
-            writer: Mutex::new(writer),
+            writer,
             dir: dir.to_owned(),
             path,
             cluster: cluster.to_owned(),
@@ -236,6 +244,7 @@ impl StateMachine {
             history,
             retained_changes: AtomicU64::new(retained_changes),
             changes_tx,
+            revision,
             snapshot_lock: Mutex::new(()),
             snapshot_seq: AtomicU64::new(next_seq),
         });
@@ -253,7 +262,7 @@ impl StateMachine {
     pub async fn end_all_leases(&mut self) -> Result<u64, StoreError> {
         let shared = self.shared.clone();
         db::blocking(move || {
-            let mut conn = db::lock(&shared.writer)?;
+            let mut conn = shared.writer.lock()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let ended = tx.execute("DELETE FROM leases", [])?;
             tx.execute("DELETE FROM lease_names", [])?;
@@ -272,7 +281,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogId<ReplicaId>>, StoredMembership<ReplicaId, Replica>), StorageError<ReplicaId>> {
         let shared = self.shared.clone();
-        db::blocking(move || read_applied_state(&*db::lock(&shared.writer)?))
+        db::blocking(move || read_applied_state(&*shared.writer.lock()?))
             .await
             .map_err(StoreError::into_read_sm)
     }
@@ -340,7 +349,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl Shared {
     /// Applies a batch of committed entries in one transaction, then publishes the changes.
     fn apply(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<CommandResult>, StoreError> {
-        let conn = db::lock(&self.writer)?;
+        let conn = self.writer.lock()?;
         let mut published = Vec::new();
         let results = db::write_transaction(&conn, |tx| {
             let mut revision: u64 = db::meta_require(tx, "revision")?;
@@ -370,10 +379,11 @@ impl Shared {
             let inserted: usize = published.iter().map(Vec::len).sum();
             let retained = self.retained_changes.load(Ordering::SeqCst) + inserted as u64;
             let retained = compact_history(tx, revision, self.history, retained)?;
-            Ok((results, retained))
+            Ok((results, retained, revision))
         })?;
-        let (results, retained) = results;
+        let (results, retained, revision) = results;
         self.retained_changes.store(retained, Ordering::SeqCst);
+        self.revision.store(revision, Ordering::SeqCst);
         // Published while the writer lock is held, so subscribers see commit order.
         for changes in published {
             // An error only means nobody is subscribed.
@@ -399,7 +409,7 @@ impl Shared {
             drop(conn);
             // Everything the copy holds must be on disk in `state.db` before openraft hears of
             // the snapshot: it then purges the log up to it.
-            db::sync_now(&*db::lock(&self.writer)?, STATE_SPEC.durability)?;
+            db::sync_now(&*self.writer.lock()?, STATE_SPEC.durability)?;
             let copy = open_plain(&tmp)?;
             let applied = read_applied_state(&copy)?;
             drop(copy);
@@ -449,7 +459,7 @@ impl Shared {
             }
         }
 
-        let mut conn = db::lock(&self.writer)?;
+        let mut conn = self.writer.lock()?;
         let old_revision: u64 = db::meta_require(&conn, "revision")?;
         conn.execute("ATTACH DATABASE ?1 AS snap", [utf8(file)?])?;
         let copied = (|| -> Result<(u64, u64), StoreError> {
@@ -479,6 +489,7 @@ impl Shared {
         let (new_revision, retained) = copied?;
         detached?;
         self.retained_changes.store(retained, Ordering::SeqCst);
+        self.revision.store(new_revision, Ordering::SeqCst);
         // openraft purges the log up to an installed snapshot: the state must be on disk first.
         db::sync_now(&conn, STATE_SPEC.durability)?;
 
@@ -1120,6 +1131,12 @@ impl StateReader {
     /// The store revision: the number of committed transactions that had ops.
     pub async fn revision(&self) -> Result<u64, StoreError> {
         self.read(|conn| db::meta_require(conn, "revision")).await
+    }
+
+    /// The revision of the last change applied, from memory (no read): what
+    /// [`StateReader::revision`] answers once the apply that set it has committed.
+    pub fn applied_revision(&self) -> u64 {
+        self.inner.revision.load(Ordering::SeqCst)
     }
 
     /// The oldest revision whose changes are retained: the changes of it and of every later

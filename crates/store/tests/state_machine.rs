@@ -944,6 +944,46 @@ async fn reopening_after_drop_keeps_everything() {
     assert_eq!(f.ops(vec![put("e", "5")]).await, committed(4, vec![1]));
 }
 
+/// The committed log id as `log.db` holds it on disk (read through a connection of its own).
+fn committed_on_disk(dir: &Path) -> Option<LogId<u64>> {
+    let conn = rusqlite::Connection::open(dir.join(tandem_store::log_store::LOG_FILE)).unwrap();
+    let blob: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'committed'", [], |row| row.get(0))
+        .ok();
+    blob.and_then(|blob| bincode::deserialize::<Option<LogId<u64>>>(&blob).unwrap())
+}
+
+fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    indexes
+        .map(|i| Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Blank,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_committed_hint_costs_no_write_and_is_written_by_the_next_append_or_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    log.blocking_append(blanks(1..=3)).await.unwrap();
+    log.save_committed(Some(log_id(2))).await.unwrap();
+    // Answered at once, though not yet on disk.
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2)));
+    assert_eq!(committed_on_disk(dir.path()), None);
+    // The next append carries it.
+    log.blocking_append(blanks(4..=4)).await.unwrap();
+    assert_eq!(committed_on_disk(dir.path()), Some(log_id(2)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2)));
+    // Closing the store writes the latest one.
+    log.save_committed(Some(log_id(4))).await.unwrap();
+    assert_eq!(committed_on_disk(dir.path()), Some(log_id(2)));
+    drop(log);
+    assert_eq!(committed_on_disk(dir.path()), Some(log_id(4)));
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4)));
+}
+
 #[tokio::test]
 async fn the_log_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -129,6 +129,7 @@ impl Engine {
             identity: core.identity.clone(),
             channels: core.channels.clone(),
             progress: progress.clone(),
+            reader: store.reader.clone(),
             ready: ready.clone(),
         };
         let raft = Raft::new(

@@ -253,6 +253,9 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
             return Err(Status::internal(format!("forced recovery failed: {e}")));
         }
     };
+    // Everything the survivor holds is applied now (the tail included): its revision is the
+    // last change the new epoch starts from.
+    let start_revision = store.reader.applied_revision();
     let engine = Engine::start(core, store).await.map_err(restart_err)?;
     core.install(engine.clone());
     let elected = engine
@@ -267,7 +270,6 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
 
     let start_index = started.start.index;
     let applied_before = started.applied_before.map(|id| id.index).unwrap_or(0);
-    let reached = heard.primary_last_index.max(commit_heard);
     let mut bound_known = true;
     let (possibly_missing, assessment) = if heard.in_sync_set && heard.strict {
         (
@@ -277,18 +279,40 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
                  mode) when last heard {heard_ms_ago} ms before the recovery, so every acknowledged write reached it"
             ),
         )
+    } else if heard.at.is_none() {
+        bound_known = false;
+        (
+            0,
+            format!(
+                "unknown: this replica never heard from a primary since it started; it holds up to index \
+                 {start_index} (revision {start_revision})"
+            ),
+        )
+    } else if heard.primary_revision == 0 && heard.primary_last_index > start_index {
+        // A primary that does not stamp its revision: its entries may each carry many changes,
+        // so the gap in entries bounds nothing.
+        bound_known = false;
+        (
+            0,
+            format!(
+                "unknown: the old primary had reached index {} when last heard {heard_ms_ago} ms before the \
+                 recovery, {} entries past this replica's {start_index}, but did not say how many changes they \
+                 carry",
+                heard.primary_last_index,
+                heard.primary_last_index - start_index
+            ),
+        )
     } else {
-        let bound = reached.saturating_sub(start_index);
+        // Every change the old primary had acknowledged when it was last heard has a revision
+        // at most the one it stamped; this replica holds every change up to its own.
+        let bound = heard.primary_revision.saturating_sub(start_revision);
         let mut text = format!(
-            "up to {bound} acknowledged changes may be missing: the old primary had reached index {reached} when \
-             last heard {heard_ms_ago} ms before the recovery, and this replica holds up to index {start_index}"
+            "up to {bound} acknowledged changes may be missing: the old primary had reached revision {} (index {}) \
+             when last heard {heard_ms_ago} ms before the recovery, and this replica holds up to revision \
+             {start_revision} (index {start_index})",
+            heard.primary_revision, heard.primary_last_index
         );
-        if heard.at.is_none() {
-            bound_known = false;
-            text = format!(
-                "unknown: this replica never heard from a primary since it started; it holds up to index {start_index}"
-            );
-        } else if heard.in_sync_set {
+        if heard.in_sync_set {
             text.push_str(
                 "; it was in the synchronous set (available mode), so only writes acknowledged after the old primary \
                  could have demoted it (the sync timeout after it was last heard) can be missing",
@@ -304,8 +328,10 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         applied_before,
         tail_applied = started.tail_applied,
         start_index,
+        start_revision,
         commit_heard,
         primary_last_index_heard = heard.primary_last_index,
+        primary_revision_heard = heard.primary_revision,
         possibly_missing,
         leases_ended = started.leases_ended,
         "FORCED RECOVERY: this replica is now the only voter of epoch {}; {assessment}. Re-add the other replicas \
@@ -325,6 +351,8 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
         was_in_sync_set: heard.in_sync_set,
         strict: heard.strict,
         possibly_missing,
+        start_revision,
+        primary_revision_heard: heard.primary_revision,
         assessment,
         leases_ended: started.leases_ended,
         bound_known,

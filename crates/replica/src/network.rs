@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tandem_proto::db::raft_client::RaftClient;
 use tandem_proto::db::{RaftReply, RaftRequest, EPOCH_KEY, PRIMARY_ADDR_KEY};
-use tandem_store::{Fence, Replica, ReplicaId, TypeConfig};
+use tandem_store::{Fence, Replica, ReplicaId, StateReader, TypeConfig};
 use tokio::sync::watch;
 
 use crate::progress::Progress;
@@ -142,6 +142,8 @@ pub struct PeerNetwork {
     pub channels: PeerChannels,
     /// The engine's view of replication, stamped on AppendEntries (see [`RaftRequest`]).
     pub progress: Arc<Progress>,
+    /// The engine's state, whose revision is stamped on AppendEntries too.
+    pub reader: StateReader,
     /// The engine's readiness: nothing is sent before its start probe is done.
     pub ready: Arc<AtomicBool>,
 }
@@ -154,6 +156,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             identity: self.identity.clone(),
             channels: self.channels.clone(),
             progress: self.progress.clone(),
+            reader: self.reader.clone(),
             ready: self.ready.clone(),
             target,
             addr: node.addr.clone(),
@@ -166,6 +169,7 @@ pub struct PeerLink {
     identity: Arc<PeerIdentity>,
     channels: PeerChannels,
     progress: Arc<Progress>,
+    reader: StateReader,
     ready: Arc<AtomicBool>,
     target: ReplicaId,
     addr: String,
@@ -203,6 +207,10 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Er
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PrimaryStamp {
     pub last_index: u64,
+    /// The revision of the last change the primary applied: every change it acknowledged so
+    /// far has this revision or an older one (entries carry batches of changes, so the last
+    /// index alone does not count them).
+    pub revision: u64,
     pub in_sync_set: bool,
     pub strict: bool,
 }
@@ -241,6 +249,7 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     let mut envelope = identity.envelope(target, encode(req)?);
     if let Some(stamp) = stamp {
         envelope.primary_last_index = stamp.last_index;
+        envelope.primary_revision = stamp.revision;
         envelope.primary_time_ms = crate::node::now_ms();
         envelope.in_sync_set = stamp.in_sync_set;
         envelope.strict = stamp.strict;
@@ -309,7 +318,8 @@ impl PeerLink {
             };
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        let stamp = matches!(call, PeerCall::AppendEntries).then(|| self.progress.stamp_for(self.target));
+        let stamp = matches!(call, PeerCall::AppendEntries)
+            .then(|| self.progress.stamp_for(self.target, self.reader.applied_revision()));
         let spec = PeerCallSpec {
             target: self.target,
             addr: &self.addr,

@@ -67,6 +67,8 @@ pub struct Core {
 pub struct Heard {
     /// The primary's last log index.
     pub primary_last_index: u64,
+    /// The primary's revision (its last applied change); 0 from a primary that does not say.
+    pub primary_revision: u64,
     /// When it was received (this replica's clock).
     pub at: Option<Instant>,
     /// When the primary sent it (the primary's wall clock, Unix ms): the moment the figures
@@ -227,6 +229,7 @@ impl Core {
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         let (primary_last_index, in_sync_set, strict) = (stamp.primary_last_index, stamp.in_sync_set, stamp.strict);
         heard.primary_last_index = primary_last_index;
+        heard.primary_revision = stamp.primary_revision;
         heard.at = Some(now);
         heard.primary_time_ms = Some(stamp.primary_time_ms);
         heard.in_sync_set = in_sync_set;

@@ -281,12 +281,13 @@ impl Progress {
         }
     }
 
-    /// What the primary tells `target` on each AppendEntries: its last index, and whether
-    /// `target` is in the acknowledgement set.
-    pub fn stamp_for(&self, target: ReplicaId) -> PrimaryStamp {
+    /// What the primary tells `target` on each AppendEntries: its last index, its `revision`
+    /// (the last change it applied), and whether `target` is in the acknowledgement set.
+    pub fn stamp_for(&self, target: ReplicaId, revision: u64) -> PrimaryStamp {
         let state = self.lock();
         PrimaryStamp {
             last_index: state.last_index,
+            revision,
             in_sync_set: state.sync_set.contains(&target),
             strict: self.mode == SyncMode::Strict,
         }

@@ -441,17 +441,20 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                 );
                 println!("  applied before recovery:      {}", report.applied_before);
                 println!("  log tail applied (uncommitted): {}", report.tail_applied);
-                println!("  new epoch starts after index: {}", report.start_index);
+                println!(
+                    "  new epoch starts after:       index {}, revision {}",
+                    report.start_index, report.start_revision
+                );
                 println!("  highest commit index heard:   {}", report.commit_heard);
                 println!(
-                    "  primary's last index heard:   {} ({} ms before recovery)",
-                    report.primary_last_index_heard, report.heard_ms_ago
+                    "  primary last heard at:        index {}, revision {} ({} ms before recovery)",
+                    report.primary_last_index_heard, report.primary_revision_heard, report.heard_ms_ago
                 );
                 println!("  leases of the old epoch ended: {}", report.leases_ended);
                 if report.bound_known {
                     println!("  POSSIBLE LOSS: {} acknowledged change(s)", report.possibly_missing);
                 } else {
-                    println!("  POSSIBLE LOSS: UNKNOWN (this replica never heard from a primary since it started)");
+                    println!("  POSSIBLE LOSS: UNKNOWN (see below)");
                 }
                 println!("  {}", report.assessment);
                 println!("Re-add replicas with `tandem db add-replica`; old-epoch replicas must `tandem db rejoin`.");

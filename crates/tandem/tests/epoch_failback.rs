@@ -16,14 +16,16 @@ use epoch_common::{
 };
 
 /// Fields of `tandem db recover --json`.
-const RECOVER_FIELDS: [&str; 12] = [
+const RECOVER_FIELDS: [&str; 14] = [
     "previous_epoch",
     "epoch",
     "applied_before",
     "tail_applied",
     "start_index",
+    "start_revision",
     "commit_heard",
     "primary_last_index_heard",
+    "primary_revision_heard",
     "heard_ms_ago",
     "was_in_sync_set",
     "strict",

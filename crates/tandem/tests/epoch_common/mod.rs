@@ -218,6 +218,10 @@ pub fn must_check_loss(
     recover_called_at: Duration,
     start_revision: u64,
 ) -> Loss {
+    assert_eq!(
+        report.start_revision, start_revision,
+        "the report's start revision is the new primary's revision: {report:?}"
+    );
     let mut loss = must_split_loss(history, final_state, recover_called_at, start_revision);
     let heard_at = recover_called_at
         .saturating_sub(Duration::from_millis(report.heard_ms_ago))

@@ -6,15 +6,17 @@
 //! proposed, so a bad request changes nothing.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::Stream;
 use tandem_proto::db as pb;
 use tandem_proto::db::kv_server::Kv;
 use tandem_store::{
     Change, ChangeKind, Command, CommandResult, Compare, KeyValue, LeaseResult, Op, StoreError, Txn, TxnResult,
 };
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
@@ -35,8 +37,6 @@ pub const LEASE_TTL_MS_MIN: u64 = 100;
 pub const LEASE_TTL_MS_MAX: u64 = 3_600_000;
 /// Changes read from the history per page while a watcher catches up.
 const WATCH_PAGE: usize = 1000;
-/// Responses buffered per watcher before the stream applies back-pressure.
-const WATCH_BUFFER: usize = 64;
 
 pub struct KvService {
     core: Arc<Core>,
@@ -214,13 +214,12 @@ impl Kv for KvService {
         Ok(Response::new(pb::TxnResponse { outcome: Some(outcome) }))
     }
 
-    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
         let (engine, _) = self.core.check_serves_clients()?;
         let reader = engine.reader.clone();
-        let engine_stopped = engine.stopped();
         // Subscribe before reading the history so that nothing falls between the two.
         let live = reader.subscribe();
         // Fail fast (as a status, not a stream item) when the start is already compacted.
@@ -228,20 +227,13 @@ impl Kv for KvService {
             .changes_after(request.after_revision, WATCH_PAGE)
             .await
             .map_err(store_error)?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let stopped = self.stopped.clone();
-        tokio::spawn(async move {
-            let mut feed = Feed {
-                reader,
-                prefix: request.prefix,
-                last: request.after_revision,
-                tx,
-            };
-            if let Err(e) = feed.run(first, live, stopped, engine_stopped).await {
-                let _ = feed.tx.send(Err(e)).await;
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let feed = Feed {
+            reader,
+            prefix: request.prefix,
+            last: request.after_revision,
+        };
+        let stop = stop_reason(self.stopped.clone(), engine.stopped());
+        Ok(Response::new(Box::pin(feed.stream(first, live, stop))))
     }
 
     async fn lease_grant(
@@ -324,18 +316,37 @@ impl Kv for KvService {
 }
 
 /// One watcher's feed: history first, then live changes, never a gap and never a repeat.
+///
+/// It is the response stream itself (no task of its own): the connection polls it, so a change
+/// wakes one task per watcher, and a watcher that reads slowly holds back only its own feed (it
+/// falls behind the live channel and catches up from the history).
 struct Feed {
     reader: tandem_store::StateReader,
     prefix: String,
     /// The last revision delivered (or skipped as not matching the prefix).
     last: u64,
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+}
+
+/// Why a watch ends before its watcher leaves.
+enum Stop {
+    /// The replica is shutting down.
+    Shutdown,
+    /// The engine stopped (an epoch change).
+    Engine,
+}
+
+/// Resolves when the replica shuts down or the engine stops.
+async fn stop_reason(mut stopped: watch::Receiver<bool>, mut engine_stopped: watch::Receiver<bool>) -> Stop {
+    tokio::select! {
+        _ = stopped.wait_for(|s| *s) => Stop::Shutdown,
+        _ = engine_stopped.wait_for(|s| *s) => Stop::Engine,
+    }
 }
 
 impl Feed {
-    /// Sends the changes after `self.last` in `changes` that match the prefix. Returns false when
-    /// the watcher has gone.
-    async fn deliver(&mut self, changes: &[Change]) -> bool {
+    /// The changes after `self.last` in `changes` that match the prefix, as one response (none
+    /// when nothing matches); moves `self.last` past them all.
+    fn response(&mut self, changes: &[Change]) -> Option<pb::WatchResponse> {
         let events: Vec<pb::Event> = changes
             .iter()
             .filter(|c| c.revision > self.last && c.key.starts_with(&self.prefix))
@@ -344,75 +355,67 @@ impl Feed {
         if let Some(last) = changes.last() {
             self.last = self.last.max(last.revision);
         }
-        events.is_empty() || self.tx.send(Ok(pb::WatchResponse { events })).await.is_ok()
+        (!events.is_empty()).then_some(pb::WatchResponse { events })
     }
 
-    /// Reads the history from `self.last` until it is exhausted.
-    async fn catch_up(&mut self, mut page: Vec<Change>) -> Result<bool, Status> {
-        loop {
-            if page.is_empty() {
-                return Ok(true);
-            }
-            if !self.deliver(&page).await {
-                return Ok(false);
-            }
-            page = self
-                .reader
-                .changes_after(self.last, WATCH_PAGE)
-                .await
-                .map_err(store_error)?;
-        }
+    /// The next page of the history after `self.last`.
+    async fn history(&self) -> Result<Vec<Change>, Status> {
+        self.reader
+            .changes_after(self.last, WATCH_PAGE)
+            .await
+            .map_err(store_error)
     }
 
-    async fn run(
-        &mut self,
+    /// The feed as a stream: `first` (a page of history), the rest of the history, then `live`,
+    /// until `stop` resolves (or the watcher drops the stream).
+    fn stream(
+        mut self,
         first: Vec<Change>,
         mut live: broadcast::Receiver<Arc<Vec<Change>>>,
-        mut stopped: watch::Receiver<bool>,
-        mut engine_stopped: watch::Receiver<bool>,
-    ) -> Result<(), Status> {
-        if !self.catch_up(first).await? {
-            return Ok(());
-        }
-        loop {
-            let received = tokio::select! {
-                received = live.recv() => received,
-                _ = stopped.wait_for(|s| *s) => return Ok(()),
-                _ = engine_stopped.wait_for(|s| *s) => {
-                    return Err(Status::unavailable("this replica changed epoch; watch again from your last revision"));
+        stop: impl Future<Output = Stop> + Send + 'static,
+    ) -> impl Stream<Item = Result<pb::WatchResponse, Status>> + Send {
+        async_stream::try_stream! {
+            // Kept across changes: one wait on the stop signals for the whole feed.
+            tokio::pin!(stop);
+            let mut page = first;
+            loop {
+                // Catch up from the history until it is exhausted.
+                while !page.is_empty() {
+                    if let Some(response) = self.response(&page) {
+                        yield response;
+                    }
+                    page = self.history().await?;
                 }
-                _ = self.tx.closed() => return Ok(()),
-            };
-            match received {
-                Ok(changes) => {
-                    let Some(first) = changes.first() else { continue };
-                    if first.revision > self.last + 1 {
-                        // Something was published before we subscribed or skipped: read it
-                        // from the history.
-                        let page = self
-                            .reader
-                            .changes_after(self.last, WATCH_PAGE)
-                            .await
-                            .map_err(store_error)?;
-                        if !self.catch_up(page).await? {
-                            return Ok(());
+                let received = tokio::select! {
+                    received = live.recv() => Ok(received),
+                    reason = &mut stop => Err(reason),
+                };
+                let received = match received {
+                    Ok(received) => received,
+                    Err(Stop::Shutdown) => return,
+                    Err(Stop::Engine) => Err(Status::unavailable(
+                        "this replica changed epoch; watch again from your last revision",
+                    ))?,
+                };
+                match received {
+                    Ok(changes) => {
+                        let Some(first) = changes.first() else { continue };
+                        if first.revision > self.last + 1 {
+                            // Something was published before we subscribed or skipped: read it
+                            // from the history (which covers these changes too).
+                            page = self.history().await?;
+                            continue;
+                        }
+                        if let Some(response) = self.response(&changes) {
+                            yield response;
                         }
                     }
-                    if !self.deliver(&changes).await {
-                        return Ok(());
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::debug!(skipped, last = self.last, "a watcher fell behind the live feed; catching up from the history");
+                        page = self.history().await?;
                     }
+                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let page = self
-                        .reader
-                        .changes_after(self.last, WATCH_PAGE)
-                        .await
-                        .map_err(store_error)?;
-                    if !self.catch_up(page).await? {
-                        return Ok(());
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
         }
     }

@@ -138,3 +138,69 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_revisions() {
         replica.stop().await;
     }
 }
+
+/// Puts more changes than the live channel holds while a watcher does not read, with values
+/// large enough that the stream's flow-control window fills long before.
+const LAGGING_WRITES_EACH: u64 = 80;
+const LAGGING_VALUE_BYTES: usize = 4096;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_falls_behind_the_live_feed_catches_up_from_the_history() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut replicas, client) = start_set(3, root.path(), |_| TlsFiles::default()).await;
+    let primary = client.discover().await.expect("primary");
+    let before = client.status(&primary).await.expect("status");
+    let mut watch = client.watch("lag/", before.revision).await.expect("watch");
+
+    let total = WRITERS * LAGGING_WRITES_EACH;
+    assert!(
+        total > tandem_store::state_machine::CHANGE_CHANNEL_CAPACITY as u64,
+        "more changes than the live channel holds"
+    );
+    info!("--- {total} puts while the watcher reads nothing");
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut revisions = Vec::new();
+                for i in 0..LAGGING_WRITES_EACH {
+                    let key = format!("lag/{w:02}/{i:02}");
+                    let value = vec![b'v'; LAGGING_VALUE_BYTES];
+                    match client.txn(Txn::new().put(key.clone(), value)).await.expect("put") {
+                        TxnOutcome::Committed { revision, .. } => revisions.push((revision, key)),
+                        other => panic!("unexpected outcome {other:?}"),
+                    }
+                }
+                revisions
+            })
+        })
+        .collect();
+    let mut puts = BTreeMap::new();
+    for task in tasks {
+        puts.extend(task.await.expect("writer"));
+    }
+    assert_eq!(puts.len() as u64, total);
+
+    info!("--- the watcher reads: every change once, in revision order, none missing");
+    let mut last = before.revision;
+    while last < before.revision + total {
+        let events = watch.next().await.expect("the feed is open").expect("events");
+        for event in events {
+            assert_eq!(event.revision, last + 1, "revisions follow each other");
+            assert_eq!(puts.get(&event.revision), Some(&event.key), "the event of that write");
+            last = event.revision;
+        }
+    }
+
+    info!("--- and live changes follow");
+    client.txn(Txn::new().put("lag/after", "v")).await.expect("put");
+    let events = watch.next().await.expect("the feed is open").expect("events");
+    assert_eq!(
+        events.iter().map(|e| (e.revision, e.key.as_str())).collect::<Vec<_>>(),
+        vec![(last + 1, "lag/after")]
+    );
+
+    for replica in &mut replicas {
+        replica.stop().await;
+    }
+}

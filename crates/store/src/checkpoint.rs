@@ -95,7 +95,6 @@ struct Shared {
     /// Wakes the thread when `signal` changes.
     wake: Condvar,
     /// Notified after each round of checkpoints (for tests that wait for one).
-    #[cfg_attr(not(test), allow(dead_code))]
     done: Condvar,
     /// What the thread has done.
     counts: Counts,

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ReplicaConfig;
+use crate::early_replication::{self, EarlyCounts};
 use crate::network::PeerNetwork;
 use crate::node::{Core, StartError};
 use crate::progress::Progress;
@@ -32,6 +33,8 @@ pub struct Engine {
     pub proposer: Proposer,
     /// Shares leadership checks between linearizable reads.
     pub reads: Arc<ReadBarrier>,
+    /// What early replication (entries sent while the primary syncs them) has done.
+    pub early: Arc<EarlyCounts>,
     /// Flips to true when the engine stops, ending its watch streams.
     stopped: watch::Sender<bool>,
     /// False until the start probe found no newer epoch (see [`crate::epoch::probe_then_elect`]);
@@ -135,11 +138,19 @@ impl Engine {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            network,
+            network.clone(),
             store.log.clone(),
             store.state,
         )
         .await?;
+        let early = Arc::new(EarlyCounts::default());
+        let (own_appends, early_task) = early_replication::start(
+            network,
+            raft.metrics(),
+            Duration::from_millis(timers.election_min_ms),
+            early.clone(),
+        );
+        store.log.send_own_appends_to(own_appends);
         let (proposer, proposer_task) = Proposer::start(raft.clone(), config.write_timeout);
         let engine = Arc::new(Engine {
             raft: raft.clone(),
@@ -148,6 +159,7 @@ impl Engine {
             progress: progress.clone(),
             proposer,
             reads: ReadBarrier::new(raft.clone(), config.write_timeout),
+            early,
             stopped: watch::channel(false).0,
             ready,
             tasks: std::sync::Mutex::default(),
@@ -155,6 +167,7 @@ impl Engine {
         let tick = Duration::from_millis(config.timers.heartbeat_ms);
         let mut tasks = vec![
             proposer_task,
+            early_task,
             tokio::spawn({
                 let metrics = raft.metrics();
                 async move { progress.run(metrics, tick).await }

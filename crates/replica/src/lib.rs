@@ -9,6 +9,8 @@
 //! - [`raft_service`]: the server side of it; checks each message's cluster/epoch envelope.
 //! - [`kv_service`]: the client API (reads, transactions, change feed, leases).
 //! - [`admin_service`]: status, membership, switchover, snapshots.
+//! - [`early_replication`]: a primary sends its new entries to its followers while it syncs
+//!   them to its own log (openraft 0.9 would send them only after).
 //! - [`proposer`]: group commit on the primary: concurrent client transactions proposed as one
 //!   log entry.
 //! - [`read_barrier`]: linearizable reads share leadership checks (one round at a time serves
@@ -27,6 +29,7 @@
 
 pub mod admin_service;
 pub mod config;
+pub mod early_replication;
 pub mod engine;
 pub mod epoch;
 pub mod failfast;

@@ -116,6 +116,18 @@ pub async fn render(core: &Core) -> Result<String, String> {
         "Log entries that carried them (group commit)",
         s.txn_entries_proposed,
     );
+    counter(
+        &mut registry,
+        "early_appends_sent",
+        "AppendEntries sent as primary while still syncing the entries to its own log",
+        s.early_appends_sent,
+    );
+    counter(
+        &mut registry,
+        "early_appends_accepted",
+        "Those a follower accepted",
+        s.early_appends_accepted,
+    );
     let lag_entries: Family<ReplicaLabels, Gauge> = Family::default();
     let lag_ms: Family<ReplicaLabels, Gauge> = Family::default();
     let demoted: Family<ReplicaLabels, Gauge> = Family::default();

@@ -22,6 +22,6 @@ pub mod state_machine;
 pub mod types;
 
 pub use error::{OpenError, StoreError};
-pub use log_store::{AppendCounts, LogStore};
+pub use log_store::{AppendCounts, LogStore, OwnAppend};
 pub use state_machine::{StateMachine, StateReader};
 pub use types::*;

@@ -8,6 +8,10 @@
 //! each proposal on its own, so the replica batches client transactions into one entry before
 //! proposing.) All SQLite work runs on tokio's blocking pool.
 //!
+//! A primary's own new entries can also be handed, before they are written, to a listener
+//! ([`LogStore::send_own_appends_to`]): the replica sends them to its followers while this
+//! store syncs them (see `tandem_replica::early_replication`).
+//!
 //! The committed log id is only a hint (openraft re-applies up to it at start-up, and learns it
 //! again from the primary): [`RaftLogStorage::save_committed`] keeps it in memory, and the next
 //! append writes it in its own transaction. openraft awaits `save_committed` before it applies a
@@ -22,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, Vote};
 use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::mpsc;
 
 use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
@@ -70,6 +75,26 @@ struct Shared {
     epoch: AtomicU64,
     /// Cached copy of the durable fence (set while a newer epoch supersedes this replica).
     fence: Mutex<Option<Fence>>,
+    /// Cached copy of the durable vote.
+    vote: Mutex<Option<Vote<ReplicaId>>>,
+    /// The id of the last entry in the log (or the purge point of an empty log), when known:
+    /// `None` after a truncation, until the next append.
+    last: Mutex<Option<Option<LogId<ReplicaId>>>>,
+    /// Where a primary's own new entries go before they are written, if anywhere.
+    own_appends: Mutex<Option<mpsc::Sender<OwnAppend>>>,
+}
+
+/// New entries this replica made as primary, handed over before its own log has them (see
+/// [`LogStore::send_own_appends_to`]): together they form the AppendEntries message a follower
+/// needs to append them.
+#[derive(Debug)]
+pub struct OwnAppend {
+    /// The primary's vote, under which the entries were made.
+    pub vote: Vote<ReplicaId>,
+    /// The id of the entry just before the first one (`None`: the log was empty).
+    pub prev: Option<LogId<ReplicaId>>,
+    /// The entries, in log order.
+    pub entries: Vec<Entry<TypeConfig>>,
 }
 
 impl Drop for Shared {
@@ -111,15 +136,19 @@ impl LogStore {
         };
         // Check that the stored blobs decode, so a damaged log is refused now rather than
         // stopping the Raft node later.
-        if let Err(e) = read_vote(&conn).and_then(|_| read_committed(&conn)).and_then(|_| {
-            read_last_purged(&conn)?;
-            last_entry_log_id(&conn)
+        let (vote, last) = match read_vote(&conn).and_then(|vote| {
+            read_committed(&conn)?;
+            let purged = read_last_purged(&conn)?;
+            Ok((vote, last_entry_log_id(&conn)?.or(purged)))
         }) {
-            return Err(OpenError::Corrupt {
-                file: path,
-                reason: format!("log metadata: {e}"),
-            });
-        }
+            Ok(read) => read,
+            Err(e) => {
+                return Err(OpenError::Corrupt {
+                    file: path,
+                    reason: format!("log metadata: {e}"),
+                })
+            }
+        };
         let fence = match db::meta_get_blob::<Fence>(&conn, "fence") {
             Ok(fence) => fence,
             Err(e) => {
@@ -141,8 +170,46 @@ impl LogStore {
                 replica_id,
                 epoch: AtomicU64::new(epoch),
                 fence: Mutex::new(fence),
+                vote: Mutex::new(vote),
+                last: Mutex::new(Some(last)),
+                own_appends: Mutex::new(None),
             }),
         })
+    }
+
+    /// From now on, hands every batch of entries this replica appends as primary (made under its
+    /// own current vote) to `listener`, before writing it. A batch the listener has no room for
+    /// is not handed over (the listener is an optimisation; openraft replicates every entry
+    /// regardless).
+    pub fn send_own_appends_to(&self, listener: mpsc::Sender<OwnAppend>) {
+        *self.shared.own_appends.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    /// Hands `entries` to the listener of own appends, if there is one and they are this
+    /// primary's own new entries (made under its current vote, right after the last entry).
+    fn hand_over_if_own(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(), StoreError> {
+        let Some(listener) = db::lock(&self.shared.own_appends)?.clone() else {
+            return Ok(());
+        };
+        let Some(first) = entries.first() else { return Ok(()) };
+        let leader = first.log_id.leader_id;
+        let Some(vote) = *db::lock(&self.shared.vote)? else {
+            return Ok(());
+        };
+        let own = vote.is_committed() && vote.leader_id() == &leader && leader.node_id == self.shared.replica_id;
+        if !own {
+            return Ok(());
+        }
+        let Some(prev) = *db::lock(&self.shared.last)? else {
+            return Ok(());
+        };
+        if prev.map_or(0, |p| p.index + 1) != first.log_id.index {
+            return Ok(());
+        }
+        if let Err(e) = listener.try_send(OwnAppend { vote, prev, entries }) {
+            tracing::debug!(error = %e, "own entries not handed over early");
+        }
+        Ok(())
     }
 
     /// The replica's epoch: raised by a forced recovery, so that messages of an older epoch are
@@ -241,6 +308,8 @@ impl LogStore {
         tx.commit()?;
         self.shared.epoch.store(epoch, Ordering::SeqCst);
         *db::lock(&self.shared.fence)? = None;
+        *db::lock(&self.shared.vote)? = Some(vote);
+        *db::lock(&self.shared.last)? = Some(Some(first.log_id));
         Ok(())
     }
 
@@ -380,9 +449,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<ReplicaId>) -> Result<(), StorageError<ReplicaId>> {
         let vote = *vote;
-        self.with_conn(move |conn| db::meta_set_blob(conn, "vote", &vote))
-            .await
-            .map_err(StoreError::into_write_vote)
+        let shared = self.shared.clone();
+        self.with_conn(move |conn| {
+            db::meta_set_blob(conn, "vote", &vote)?;
+            *db::lock(&shared.vote)? = Some(vote);
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::into_write_vote)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<ReplicaId>>, StorageError<ReplicaId>> {
@@ -413,14 +487,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // Encode on the async side (cheap, no I/O); write the whole batch in one transaction.
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|entry| entry.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         let rows = entries
-            .into_iter()
+            .iter()
             .map(|entry| {
-                let payload = bincode::serialize(&entry)?;
+                let payload = bincode::serialize(entry)?;
                 Ok((sql_index(entry.log_id.index), entry.log_id.leader_id.term, payload))
             })
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(StoreError::into_write_logs)?;
+        // A primary's own entries go to its followers while they are written here.
+        self.hand_over_if_own(entries).map_err(StoreError::into_write_logs)?;
         let count = rows.len() as u64;
         let shared = self.shared.clone();
         let written = self
@@ -440,6 +521,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 })?;
                 shared.appends.fetch_add(1, Ordering::Relaxed);
                 shared.entries_appended.fetch_add(count, Ordering::Relaxed);
+                *db::lock(&shared.last)? = Some(Some(last));
                 Ok(())
             })
             .await;
@@ -457,7 +539,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError<ReplicaId>> {
         let since = sql_index(log_id.index);
+        let shared = self.shared.clone();
         self.with_conn(move |conn| {
+            // Unknown until the next append (which a truncation always precedes).
+            *db::lock(&shared.last)? = None;
             conn.execute("DELETE FROM log WHERE idx >= ?1", [since])?;
             Ok(())
         })

@@ -984,6 +984,72 @@ async fn the_committed_hint_costs_no_write_and_is_written_by_the_next_append_or_
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4)));
 }
 
+/// Blank entries `indexes` made by leader `node` in `term`.
+fn blanks_of(term: u64, node: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+    indexes
+        .map(|i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, node), i),
+            payload: EntryPayload::Blank,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_primarys_own_entries_are_handed_over_before_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    let (tx, mut own) = tokio::sync::mpsc::channel(16);
+    log.send_own_appends_to(tx);
+    let indexes = |append: &tandem_store::OwnAppend| append.entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+
+    // A follower (vote for replica 3) appends replica 3's entries: nothing is handed over.
+    log.save_vote(&Vote::new_committed(2, 3)).await.unwrap();
+    log.blocking_append(blanks_of(2, 3, 1..=2)).await.unwrap();
+    assert!(
+        own.try_recv().is_err(),
+        "another primary's entries are not ours to send"
+    );
+
+    // Elected (term 3): its own entries are handed over, each batch with the entry before it.
+    log.save_vote(&Vote::new_committed(3, 7)).await.unwrap();
+    log.blocking_append(blanks_of(3, 7, 3..=4)).await.unwrap();
+    let append = own.try_recv().expect("own entries handed over");
+    assert_eq!(append.vote, Vote::new_committed(3, 7));
+    assert_eq!(append.prev, Some(LogId::new(CommittedLeaderId::new(2, 3), 2)));
+    assert_eq!(indexes(&append), vec![3, 4]);
+    log.blocking_append(blanks_of(3, 7, 5..=5)).await.unwrap();
+    let append = own.try_recv().expect("the next batch");
+    assert_eq!(append.prev, Some(LogId::new(CommittedLeaderId::new(3, 7), 4)));
+    assert_eq!(indexes(&append), vec![5]);
+
+    // A candidate's vote (not committed) or an older term's entries: not handed over.
+    log.save_vote(&Vote::new(4, 7)).await.unwrap();
+    log.blocking_append(blanks_of(3, 7, 6..=6)).await.unwrap();
+    assert!(own.try_recv().is_err(), "not a primary's committed vote");
+
+    // After a truncation the entry before the next batch is unknown: that batch is not handed
+    // over, the following one is.
+    log.save_vote(&Vote::new_committed(5, 7)).await.unwrap();
+    log.truncate(LogId::new(CommittedLeaderId::new(3, 7), 6)).await.unwrap();
+    log.blocking_append(blanks_of(5, 7, 6..=6)).await.unwrap();
+    assert!(
+        own.try_recv().is_err(),
+        "the entry before it is unknown after a truncation"
+    );
+    log.blocking_append(blanks_of(5, 7, 7..=7)).await.unwrap();
+    assert_eq!(
+        own.try_recv().expect("handed over again").prev,
+        Some(LogId::new(CommittedLeaderId::new(5, 7), 6))
+    );
+
+    // Every entry was written, handed over or not.
+    let stored = log.try_get_log_entries(1..=7).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn the_log_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

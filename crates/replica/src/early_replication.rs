@@ -1,0 +1,294 @@
+//! Early replication: a primary sends its new entries to its followers while it is still
+//! syncing them to its own log.
+//!
+//! openraft 0.9 writes a primary's new entries to its own log, waits for the sync, and only
+//! then hands them to its replication streams, so every write pays two log syncs one after the
+//! other: the primary's, then a follower's. Raft does not need that order: a leader may send
+//! entries before its own copy is durable, as long as it counts itself towards a quorum only
+//! once it is (Ongaro's thesis, §10.2.1). This task does the sending beside openraft.
+//!
+//! The log store hands each batch of the primary's own entries here before writing it
+//! ([`tandem_store::LogStore::send_own_appends_to`]). For each replication target the task
+//! sends them as an ordinary AppendEntries of the primary (same vote, the previous entry's id,
+//! no commit index), through the same peer link openraft uses, so the envelope, epoch and fence
+//! checks are those of any Raft message. The follower appends them through openraft like any
+//! other; when openraft's own replication sends the same entries a moment later, the follower
+//! finds them already in its log and answers at once.
+//!
+//! Architecture invariant: nothing here decides anything. Answers to early messages are only
+//! used to choose whether to send the next one; progress, commitment and the sync gate still
+//! come only from openraft's own replication, so an entry counts as replicated to a follower
+//! only once openraft has seen that follower's answer, and the primary counts itself only after
+//! its own log sync.
+//!
+//! A follower gets an early message only while it is known to hold the entry just before it
+//! (openraft reports it matched, or it accepted the previous early message); batches that queue
+//! up behind a slow follower are merged into one message. A follower that failed to answer gets
+//! nothing early until openraft reports it caught up again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use openraft::{LogId, RaftMetrics};
+use tandem_store::{OwnAppend, Replica, ReplicaId, TypeConfig};
+use tokio::sync::{mpsc, watch};
+
+use crate::network::PeerNetwork;
+
+/// Batches of own entries waiting to be sent early, per follower and in the hand-over channel.
+/// A batch with no room is simply not sent early.
+const QUEUE: usize = 64;
+
+/// What early replication has done since the engine started.
+#[derive(Debug, Default)]
+pub struct EarlyCounts {
+    /// Early AppendEntries messages sent.
+    sent: AtomicU64,
+    /// Those a follower accepted (it appended the entries, or already had them).
+    accepted: AtomicU64,
+}
+
+impl EarlyCounts {
+    /// Messages sent early, and how many of them followers accepted.
+    pub fn get(&self) -> (u64, u64) {
+        (self.sent.load(Ordering::Relaxed), self.accepted.load(Ordering::Relaxed))
+    }
+}
+
+/// One batch of own entries for one follower, with what openraft last reported it matched.
+struct ForFollower {
+    append: Arc<OwnAppend>,
+    matched: Option<LogId<ReplicaId>>,
+}
+
+/// A running sender to one follower.
+struct Follower {
+    addr: String,
+    queue: mpsc::Sender<ForFollower>,
+}
+
+/// Starts early replication: returns where the log store hands over own entries, and the task
+/// that sends them (it ends when the log store drops the sender).
+pub fn start(
+    network: PeerNetwork,
+    metrics: watch::Receiver<RaftMetrics<ReplicaId, Replica>>,
+    timeout: Duration,
+    counts: Arc<EarlyCounts>,
+) -> (mpsc::Sender<OwnAppend>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let task = tokio::spawn(dispatch(rx, network, metrics, timeout, counts));
+    (tx, task)
+}
+
+/// Hands every batch to a sender per current replication target (none unless this replica is
+/// primary).
+async fn dispatch(
+    mut appends: mpsc::Receiver<OwnAppend>,
+    mut network: PeerNetwork,
+    metrics: watch::Receiver<RaftMetrics<ReplicaId, Replica>>,
+    timeout: Duration,
+    counts: Arc<EarlyCounts>,
+) {
+    let own_id = network.identity.id;
+    let mut followers: BTreeMap<ReplicaId, Follower> = BTreeMap::new();
+    while let Some(append) = appends.recv().await {
+        let append = Arc::new(append);
+        // (target, its address, what it matched) for every replication target but this one.
+        let targets: Vec<(ReplicaId, Option<Replica>, Option<LogId<ReplicaId>>)> = {
+            let metrics = metrics.borrow();
+            match &metrics.replication {
+                Some(replication) => replication
+                    .iter()
+                    .filter(|(id, _)| **id != own_id)
+                    .map(|(id, matched)| {
+                        let node = metrics.membership_config.membership().get_node(id).cloned();
+                        (*id, node, *matched)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        followers.retain(|id, _| targets.iter().any(|(target, _, _)| target == id));
+        for (target, node, matched) in targets {
+            let Some(node) = node else { continue };
+            if followers.get(&target).is_none_or(|f| f.addr != node.addr) {
+                let (queue, rx) = mpsc::channel(QUEUE);
+                let link = network.new_client(target, &node).await;
+                tokio::spawn(send_to(link, rx, timeout, counts.clone()));
+                followers.insert(target, Follower { addr: node.addr, queue });
+            }
+            if let Some(follower) = followers.get(&target) {
+                let _ = follower.queue.try_send(ForFollower {
+                    append: append.clone(),
+                    matched,
+                });
+            }
+        }
+    }
+}
+
+/// Sends batches to one follower, one message at a time, until the dispatcher drops the queue.
+async fn send_to(
+    mut link: crate::network::PeerLink,
+    mut queue: mpsc::Receiver<ForFollower>,
+    timeout: Duration,
+    counts: Arc<EarlyCounts>,
+) {
+    // The last entry the follower accepted from an early message.
+    let mut accepted: Option<LogId<ReplicaId>> = None;
+    // After a failed message: nothing early until openraft reports the follower matched this.
+    let mut wait_for: Option<u64> = None;
+    while let Some(first) = queue.recv().await {
+        let mut pending = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            pending.push(more);
+        }
+        let matched = pending.iter().filter_map(|p| p.matched).max();
+        if let Some(index) = wait_for {
+            if matched.is_none_or(|m| m.index < index) {
+                continue;
+            }
+            wait_for = None;
+            accepted = None;
+        }
+        let Some(message) = merge(&pending, accepted, matched) else {
+            continue;
+        };
+        let last = message.entries.last().map(|e| e.log_id);
+        counts.sent.fetch_add(1, Ordering::Relaxed);
+        match link.append_entries(message, RPCOption::new(timeout)).await {
+            Ok(AppendEntriesResponse::Success) => {
+                counts.accepted.fetch_add(1, Ordering::Relaxed);
+                accepted = last;
+            }
+            Ok(AppendEntriesResponse::PartialSuccess(upto)) => {
+                counts.accepted.fetch_add(1, Ordering::Relaxed);
+                accepted = upto;
+            }
+            Ok(AppendEntriesResponse::Conflict) | Ok(AppendEntriesResponse::HigherVote(_)) => accepted = None,
+            Err(e) => {
+                tracing::debug!(error = %e, "an early AppendEntries failed; waiting for openraft's replication");
+                wait_for = last.map(|l| l.index);
+                accepted = None;
+            }
+        }
+    }
+}
+
+/// One AppendEntries carrying the newest run of consecutive batches in `pending` (same vote,
+/// each starting right after the previous one), if the follower holds the entry before it: it
+/// matched it (as openraft last reported) or accepted it early.
+fn merge(
+    pending: &[ForFollower],
+    accepted: Option<LogId<ReplicaId>>,
+    matched: Option<LogId<ReplicaId>>,
+) -> Option<AppendEntriesRequest<TypeConfig>> {
+    let newest = pending.last()?;
+    let mut start = pending.len() - 1;
+    while start > 0 {
+        let (before, batch) = (&pending[start - 1].append, &pending[start].append);
+        if before.vote != batch.vote || before.entries.last().map(|e| e.log_id) != batch.prev {
+            break;
+        }
+        start -= 1;
+    }
+    let first = &pending[start].append;
+    let holds_prev = match first.prev {
+        None => true,
+        Some(prev) => accepted == Some(prev) || matched.is_some_and(|m| m.index >= prev.index),
+    };
+    if !holds_prev {
+        return None;
+    }
+    let entries = pending[start..]
+        .iter()
+        .flat_map(|p| p.append.entries.iter().cloned())
+        .collect();
+    Some(AppendEntriesRequest {
+        vote: newest.append.vote,
+        prev_log_id: first.prev,
+        entries,
+        leader_commit: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, Vote};
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId<ReplicaId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// A batch of blank entries `from..=to` of `term`, after `prev`.
+    fn batch(term: u64, prev: Option<u64>, from: u64, to: u64) -> ForFollower {
+        let entries = (from..=to)
+            .map(|i| Entry {
+                log_id: log_id(term, i),
+                payload: EntryPayload::Blank,
+            })
+            .collect();
+        ForFollower {
+            append: Arc::new(OwnAppend {
+                vote: Vote::new_committed(term, 1),
+                prev: prev.map(|p| log_id(term, p)),
+                entries,
+            }),
+            matched: None,
+        }
+    }
+
+    fn indexes(request: &AppendEntriesRequest<TypeConfig>) -> Vec<u64> {
+        request.entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn consecutive_batches_go_as_one_message_after_what_the_follower_holds() {
+        let pending = [
+            batch(2, Some(4), 5, 6),
+            batch(2, Some(6), 7, 7),
+            batch(2, Some(7), 8, 9),
+        ];
+        let request = merge(&pending, Some(log_id(2, 4)), None).expect("the follower holds 4");
+        assert_eq!(request.prev_log_id, Some(log_id(2, 4)));
+        assert_eq!(indexes(&request), vec![5, 6, 7, 8, 9]);
+        assert_eq!(request.vote, Vote::new_committed(2, 1));
+        assert_eq!(
+            request.leader_commit, None,
+            "an early message never moves the commit index"
+        );
+    }
+
+    #[test]
+    fn only_the_newest_consecutive_run_is_sent() {
+        // A gap between 6 and 8 (the batch of 7 had no room): only 8..9 can go, after 7.
+        let pending = [batch(2, Some(4), 5, 6), batch(2, Some(7), 8, 9)];
+        let request = merge(&pending, None, Some(log_id(2, 7))).expect("openraft reports 7 matched");
+        assert_eq!(request.prev_log_id, Some(log_id(2, 7)));
+        assert_eq!(indexes(&request), vec![8, 9]);
+        // A new term starts a new run.
+        let pending = [batch(2, Some(4), 5, 6), batch(3, Some(6), 7, 7)];
+        let request = merge(&pending, None, Some(log_id(2, 6))).expect("matched 6");
+        assert_eq!(indexes(&request), vec![7]);
+        assert_eq!(request.vote, Vote::new_committed(3, 1));
+    }
+
+    #[test]
+    fn nothing_is_sent_to_a_follower_not_known_to_hold_the_previous_entry() {
+        let pending = [batch(2, Some(4), 5, 6)];
+        assert!(merge(&pending, None, None).is_none());
+        assert!(merge(&pending, None, Some(log_id(2, 3))).is_none(), "matched only 3");
+        assert!(merge(&pending, Some(log_id(2, 3)), None).is_none(), "accepted only 3");
+        assert!(merge(&pending, None, Some(log_id(2, 9))).is_some(), "matched past 4");
+        assert!(
+            merge(&[batch(2, None, 1, 1)], None, None).is_some(),
+            "an empty log holds nothing"
+        );
+    }
+}

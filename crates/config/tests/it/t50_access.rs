@@ -1,5 +1,5 @@
 //! Permissions: super administrators, read-only users, folder-scoped grants, tenants, read
-//! filtering, authentication and bootstrap.
+//! filtering, the rights a cascading delete needs, authentication and bootstrap.
 
 use tandem_config::access::{self, allowed, check_changes, get_as, is_super_admin, query_as};
 use tandem_config::password::verify_password;
@@ -197,4 +197,145 @@ fn bootstrap_makes_the_environment_the_admin_and_the_group() {
     assert!(!printed.contains(hash) && !printed.contains("pw-1"), "{printed}");
     assert!(printed.contains("<redacted>"));
     assert!(!admin.without_secrets().fields.contains_key("password_hash"));
+}
+
+const DN_OPERATOR: Principal = Principal(14);
+
+/// A switch (10) with DN 20, which place 30 lists; an operator (person 14) whose group (43)
+/// has Read and Delete on DNs and switches, and nothing on places.
+fn telephony_with_an_operator() -> ConfigSet {
+    let mut set = base();
+    create_all(
+        &mut set,
+        [
+            switch(10, "sw1", ENV),
+            dn(20, "1001", ENV, 10),
+            place(30, "desk1", ENV, vec![20]),
+            person(14, "dn-operator", ENV),
+            group(43, "DN Operators", ENV, vec![14]).with_field(
+                "grants",
+                Value::Grants(vec![
+                    Grant::new(Some(ObjectType::Dn), None, &[Right::Read, Right::Delete]),
+                    Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
+                ]),
+            ),
+        ],
+    );
+    set
+}
+
+/// A delete as the server makes it: planned on the set, every planned change checked against
+/// the person's rights, and only then applied.
+fn delete_as(
+    set: &mut ConfigSet,
+    person: Principal,
+    object_type: ObjectType,
+    dbid: u64,
+    cascade: bool,
+) -> Result<Vec<tandem_config::Change>, ConfigError> {
+    let changes = set.plan_delete(object_type, dbid, cascade)?;
+    check_changes(set, person, &changes)?;
+    set.apply(changes.clone())?;
+    Ok(changes)
+}
+
+#[test]
+fn a_cascade_needs_change_rights_on_every_referrer_it_clears() {
+    let mut set = telephony_with_an_operator();
+    let dn = obj(&set, ObjectType::Dn, 20);
+    assert!(
+        allowed(&set, DN_OPERATOR, Right::Delete, dn),
+        "may delete the DN itself"
+    );
+    assert!(!allowed(
+        &set,
+        DN_OPERATOR,
+        Right::Change,
+        obj(&set, ObjectType::Place, 30)
+    ));
+    let before = set.clone();
+
+    // The cascade would clear the place's reference to the DN: refused, naming the place.
+    let err = delete_as(&mut set, DN_OPERATOR, ObjectType::Dn, 20, true).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConfigError::AccessDenied { person: 14, right: Right::Change, object }
+                if object.object_type == ObjectType::Place && object.dbid == 30
+        ),
+        "{err}"
+    );
+    assert_eq!(err.code(), "access_denied");
+    assert!(err.to_string().contains("desk1"), "the refusal names the place: {err}");
+    assert_eq!(set, before, "nothing changed");
+    assert_eq!(
+        obj(&set, ObjectType::Place, 30).fields.get("dns").cloned(),
+        Some(Value::RefList(vec![20]))
+    );
+
+    // The same from the switch: the DN goes with it (Delete is granted), the place is cleared
+    // (Change is not): refused as a whole.
+    let err = delete_as(&mut set, DN_OPERATOR, ObjectType::Switch, 10, true).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::AccessDenied { right: Right::Change, object, .. } if object.dbid == 30),
+        "{err}"
+    );
+    assert_eq!(set, before, "nothing changed");
+    assert_consistent(&set);
+}
+
+#[test]
+fn a_cascade_with_change_rights_on_the_referrers_succeeds() {
+    let mut set = telephony_with_an_operator();
+    set.update(
+        ObjectType::AccessGroup,
+        43,
+        &Delta::new().set_field(
+            "grants",
+            Value::Grants(vec![
+                Grant::new(Some(ObjectType::Dn), None, &[Right::Read, Right::Delete]),
+                Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
+                Grant::new(Some(ObjectType::Place), None, &[Right::Change]),
+            ]),
+        ),
+    )
+    .unwrap();
+
+    let changes = delete_as(&mut set, DN_OPERATOR, ObjectType::Dn, 20, true).expect("cascade");
+    let keys: Vec<_> = changes.iter().map(tandem_config::Change::key).collect();
+    assert_eq!(keys, vec![(ObjectType::Place, 30), (ObjectType::Dn, 20)]);
+    assert!(set.get(ObjectType::Dn, 20).is_none());
+    let desk = obj(&set, ObjectType::Place, 30);
+    assert_eq!(desk.fields.get("dns").cloned(), Some(Value::RefList(vec![])));
+    assert_eq!(desk.version, 2);
+    assert_consistent(&set);
+}
+
+#[test]
+fn a_cascade_needs_delete_rights_on_every_object_it_deletes() {
+    let mut set = telephony_with_an_operator();
+    // Only switches: the cascade from the switch would delete its DN too.
+    set.update(
+        ObjectType::AccessGroup,
+        43,
+        &Delta::new().set_field(
+            "grants",
+            Value::Grants(vec![
+                Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
+                Grant::new(Some(ObjectType::Place), None, &[Right::Change]),
+            ]),
+        ),
+    )
+    .unwrap();
+    let before = set.clone();
+    let err = delete_as(&mut set, DN_OPERATOR, ObjectType::Switch, 10, true).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConfigError::AccessDenied { right: Right::Delete, object, .. }
+                if object.object_type == ObjectType::Dn && object.dbid == 20
+        ),
+        "{err}"
+    );
+    assert_eq!(set, before, "nothing changed");
 }

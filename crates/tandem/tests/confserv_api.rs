@@ -1,7 +1,8 @@
 //! The master Configuration Server's client API, through real processes: CRUD, every kind of
 //! validation refusal, referential integrity and cascades, permissions (read-only users, folder
 //! rights), the audit trail, modes, notifications (order, deltas, catch-up, reload required,
-//! retention), export → import → export, and the `tandem cfg` command line (JSON and YAML documents).
+//! retention by count and by age), export → import → export, and the `tandem cfg` command line
+//! (JSON and YAML documents).
 
 mod confserv_common;
 
@@ -678,6 +679,98 @@ async fn must_eventually_oldest(admin: &ConfClient, at_least: u64) {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_history_age_limit_reload_required_and_retention() {
+    init_tracing();
+    let _serial = serial().await;
+    const AGE_MS: u64 = 1_200;
+    // The young record is written this long after the old ones: it is still young when they
+    // have aged, and when retention removes them.
+    const YOUNG_AFTER_MS: u64 = 400;
+    info!("--- a server keeping {AGE_MS} ms of history (records: the default 1000), retention every 100 ms");
+    let age = AGE_MS.to_string();
+    let pair = Pair::start(
+        &[Kind::Sync],
+        1,
+        &["--history-max-age-ms", &age, "--retention-interval-ms", "100"],
+    )
+    .await;
+    let admin = pair.admin().await;
+
+    info!("--- three changes; a client resuming while they are young catches up");
+    let mut sub = admin.subscribe(SubscribeFilter::default(), None);
+    let start = must_next(&mut sub).await.seq;
+    for i in 0..3 {
+        must_create(&admin, obj(ObjectType::Skill, &format!("old{i}"))).await;
+    }
+    let mut old_when_ms = 0;
+    for _ in 0..3 {
+        old_when_ms = must_next_change(&mut sub).await.when_ms;
+    }
+    let last = sub.last_seq().expect("last");
+    assert_eq!(last, start + 3);
+    let mut young = admin.subscribe(SubscribeFilter::default(), Some(last - 1));
+    assert_eq!(
+        must_next(&mut young).await.seq,
+        last,
+        "the history serves a young record"
+    );
+    drop(young);
+
+    info!("--- a fourth change, younger");
+    // The ages are the point of the test: records carry the server's time, the waits follow it.
+    sleep_until_ms(old_when_ms + YOUNG_AFTER_MS).await;
+    let fresh = must_create(&admin, obj(ObjectType::Skill, "young")).await;
+    let n = must_next_change(&mut sub).await;
+    assert_eq!((n.seq, n.dbid), (last + 1, fresh.dbid));
+    let young_when_ms = n.when_ms;
+    drop(sub);
+
+    info!("--- past the age of the first three, resuming before them gets reload-required, saying why");
+    sleep_until_ms(old_when_ms + AGE_MS + 50).await;
+    let mut stale = admin.subscribe(SubscribeFilter::default(), Some(start));
+    let e = assert_refused(stale.next().await, error_kind::RELOAD_REQUIRED, None);
+    assert!(e.message.contains("older than the history keeps"), "{e:?}");
+    assert_eq!(e.seq, Some(last + 1), "{e:?}");
+    let mut after_old = admin.subscribe(SubscribeFilter::default(), Some(last));
+    let n = must_next_change(&mut after_old).await;
+    assert_eq!(
+        (n.seq, n.name.as_str()),
+        (last + 1, "young"),
+        "resuming just before the young record works"
+    );
+    let mut caught_up = admin.subscribe(SubscribeFilter::default(), Some(last + 1));
+    assert_eq!(
+        must_next(&mut caught_up).await.kind,
+        "live",
+        "a client that missed nothing resumes"
+    );
+
+    info!("--- retention removes the old records from the database (the audit trail), not the young one");
+    let (records, answered_by_ms) =
+        tandem_testkit::must_eventually("retention to remove the old records", EVENT_TIMEOUT, || async {
+            match admin.audit(pb::AuditRequest::default()).await {
+                Ok((records, _)) if records.iter().all(|r| r.seq > last) => Ok((records, now_ms())),
+                Ok((records, _)) => Err(format!("oldest kept: {:?}", records.first().map(|r| r.seq))),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+    if answered_by_ms < young_when_ms + AGE_MS {
+        // The retention pass that removed the old records ran before this answer, so while the
+        // young record was younger than the age.
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![last + 1], "a record younger than the age is kept");
+    } else {
+        info!("the young record aged too before the audit answered: only the removal is checked");
+    }
+}
+
+/// Sleeps until the wall clock reaches `at_ms` (ms since the epoch).
+async fn sleep_until_ms(at_ms: u64) {
+    tokio::time::sleep(Duration::from_millis(at_ms.saturating_sub(now_ms()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,6 +137,11 @@ pub struct LoginArgs {
     /// Print the token instead of saving it.
     #[arg(long)]
     print_token: bool,
+    /// Print a JSON object: user, login_tenant, person, super_admin, expires_at_ms, the server
+    /// that answered, and the session file (or, with --print-token, the token). Never the
+    /// password.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -606,21 +611,33 @@ async fn login(args: LoginArgs) -> anyhow::Result<()> {
         .login(&user, &args.conn.password()?, &args.conn.login_tenant)
         .await
         .with_context(|| format!("cannot log in as {user}"))?;
-    if args.print_token {
-        println!("{}", response.token);
+    let saved_in = if args.print_token {
+        None
+    } else {
+        let path = args.conn.session_file();
+        save_session(&path, &response.token)?;
+        Some(path)
+    };
+    if args.json {
+        let mut answer = json!({
+            "user": user,
+            "login_tenant": args.conn.login_tenant,
+            "person": response.person,
+            "super_admin": response.super_admin,
+            "expires_at_ms": response.expires_at_ms,
+            "server": client.last_answered(),
+            "session_file": saved_in.as_ref().map(|p| p.display().to_string()),
+        });
+        if args.print_token {
+            answer["token"] = json!(response.token);
+        }
+        println!("{answer}");
         return Ok(());
     }
-    let path = args.conn.session_file();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&path, format!("{}\n", response.token))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", path.display()))?;
-    }
+    let Some(path) = saved_in else {
+        println!("{}", response.token);
+        return Ok(());
+    };
     println!(
         "logged in as {user} (person {}{}); session kept in {} until {}",
         response.person,
@@ -633,6 +650,17 @@ async fn login(args: LoginArgs) -> anyhow::Result<()> {
         when_text(response.expires_at_ms)
     );
     Ok(())
+}
+
+/// Keeps a session token in `path`, readable by its owner only.
+fn save_session(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))
 }
 
 async fn get(args: GetArgs) -> anyhow::Result<()> {

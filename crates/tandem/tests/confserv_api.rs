@@ -913,6 +913,53 @@ async fn t50_command_line() {
     info!("--- login keeps the session; create, query, get, update, delete");
     let out = must(&["login", "--user", ADMIN, "--password-file", pw.to_str().unwrap()]);
     assert!(out.contains("Super Administrator"), "{out}");
+
+    info!("--- login --json: who, which server answered, where the session is; the token only if asked");
+    let out = must(&[
+        "login",
+        "--user",
+        ADMIN,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--json",
+    ]);
+    let login: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(login["user"], ADMIN, "{login}");
+    assert_eq!(login["super_admin"], true, "{login}");
+    assert!(login["person"].as_u64().is_some_and(|p| p > 0), "{login}");
+    assert!(login["expires_at_ms"].as_u64().is_some_and(|t| t > now_ms()), "{login}");
+    let answered = login["server"].as_str().expect("the server that answered");
+    assert!(pair.addrs().iter().any(|a| a == answered), "{login}");
+    assert_eq!(login["session_file"].as_str(), session.to_str(), "{login}");
+    assert!(
+        login.get("token").is_none(),
+        "the token stays in the session file: {login}"
+    );
+    let kept = std::fs::read_to_string(&session).expect("the session file");
+    assert!(!out.contains(kept.trim()), "{out}");
+    let out = must(&[
+        "login",
+        "--user",
+        ADMIN,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--json",
+        "--print-token",
+    ]);
+    assert!(!out.contains(ADMIN_PASSWORD), "never the password: {out}");
+    let login: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(login["session_file"].is_null(), "--print-token saves nothing: {login}");
+    let token = login["token"].as_str().expect("the token");
+    assert_eq!(
+        std::fs::read_to_string(&session).expect("the session file"),
+        kept,
+        "the session file is left alone"
+    );
+    assert_eq!(
+        must(&["mode", "--token", token]).trim(),
+        "normal",
+        "the printed token is a session"
+    );
     let out = must(&[
         "create",
         "host",

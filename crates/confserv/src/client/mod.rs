@@ -320,6 +320,12 @@ impl ConfClient {
         self.inner.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The address of the server that last answered a read or a login, if any (with calls in
+    /// flight at once, the last of them to be answered).
+    pub fn last_answered(&self) -> Option<String> {
+        self.inner.preferred.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A stub on a connection to `addr` chosen by how many calls are in flight, and the count of
     /// this call among them while the returned guard lives.
     fn stub(&self, addr: &str) -> Result<(ConfServClient<Channel>, InFlight<'_>), ConfError> {

@@ -1,8 +1,8 @@
 //! The master Configuration Server's client API, through real processes: CRUD, every kind of
 //! validation refusal, referential integrity and cascades, permissions (read-only users, folder
 //! rights), the audit trail, modes, notifications (order, deltas, catch-up, reload required,
-//! retention by count and by age), export → import → export, and the `tandem cfg` command line
-//! (JSON and YAML documents).
+//! retention by count and by age), export → import → export (of everything, and of a folder
+//! through `tandem cfg`), and the `tandem cfg` command line (JSON and YAML documents).
 
 mod confserv_common;
 
@@ -45,6 +45,32 @@ async fn must_next_change(sub: &mut tandem_confserv::client::Subscription) -> pb
             return n;
         }
     }
+}
+
+/// Runs `tandem cfg ARGS` against `servers` with the session kept in `session`; returns whether
+/// it succeeded, its output and its errors.
+fn run_cfg(servers: &str, session: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(TANDEM)
+        .arg("cfg")
+        .args(args)
+        .arg("--servers")
+        .arg(servers)
+        .arg("--session-file")
+        .arg(session)
+        .output()
+        .expect("run tandem cfg");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// [`run_cfg`] that must succeed; returns its output.
+fn must_cfg(servers: &str, session: &std::path::Path, args: &[&str]) -> String {
+    let (ok, out, err) = run_cfg(servers, session, args);
+    assert!(ok, "tandem cfg {args:?} failed:\n{out}\n{err}");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,6 +906,128 @@ async fn t40_export_import_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t45_folder_export_import_through_the_command_line() {
+    init_tracing();
+    let _serial = serial().await;
+    info!("--- a folder Site1 (a host, a sub-folder with an application on that host) and objects outside it");
+    let source = Pair::start(&[Kind::Sync], 1, &[]).await;
+    let admin = source.admin().await;
+    let site1 = must_create(&admin, obj(ObjectType::Folder, "Site1")).await;
+    let site1_apps = must_create(
+        &admin,
+        obj(ObjectType::Folder, "Site1 Apps")
+            .with_field("object_type", "application")
+            .in_folder(site1.dbid),
+    )
+    .await;
+    let host = |name: &str| obj(ObjectType::Host, name).with_field("ip_address", "10.0.0.1");
+    let s1_host = must_create(
+        &admin,
+        host("s1-host").with_option("lca", "port", "4999").in_folder(site1.dbid),
+    )
+    .await;
+    let app = |name: &str, host: u64| {
+        obj(ObjectType::Application, name)
+            .with_field("app_type", "tserver")
+            .with_field("host", Value::Ref(host))
+            .with_field("port", 7000)
+    };
+    must_create(
+        &admin,
+        app("s1-app", s1_host.dbid)
+            .with_annex("x", "y", "z")
+            .in_folder(site1_apps.dbid),
+    )
+    .await;
+    let site2 = must_create(&admin, obj(ObjectType::Folder, "Site2")).await;
+    let s2_host = must_create(&admin, host("s2-host").in_folder(site2.dbid)).await;
+    must_create(&admin, app("s2-app", s2_host.dbid).in_folder(site2.dbid)).await;
+    must_create(&admin, host("root-host")).await;
+    // Outside the folder, referring into it: not part of its export.
+    must_create(&admin, app("root-app", s1_host.dbid)).await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let source_servers = source.addrs().join(",");
+    let source_session = dir.path().join("source-session");
+    let pw = write_file(dir.path(), "pw", ADMIN_PASSWORD);
+    let pw = pw.to_str().expect("path");
+    must_cfg(
+        &source_servers,
+        &source_session,
+        &["login", "--user", ADMIN, "--password-file", pw],
+    );
+
+    info!("--- tandem cfg export --folder: the folder's subtree and nothing else");
+    let file = dir.path().join("site1.json");
+    let file_arg = file.to_str().expect("path");
+    let site1_arg = site1.dbid.to_string();
+    must_cfg(
+        &source_servers,
+        &source_session,
+        &["export", "--folder", &site1_arg, "--output", file_arg],
+    );
+    let exported = Document::from_json(&std::fs::read_to_string(&file).expect("read")).expect("a document");
+    let mut names: Vec<(ObjectType, &str)> = exported
+        .objects
+        .iter()
+        .map(|o| (o.object_type, o.name.as_str()))
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        (ObjectType::Folder, "Site1"),
+        (ObjectType::Folder, "Site1 Apps"),
+        (ObjectType::Host, "s1-host"),
+        (ObjectType::Application, "s1-app"),
+    ];
+    expected.sort();
+    assert_eq!(names, expected, "only the folder, its sub-folder and their contents");
+    let (ok, _, err) = run_cfg(&source_servers, &source_session, &["export", "--folder", "999999"]);
+    assert!(!ok && err.contains("999999"), "an unknown folder is refused: {err}");
+
+    info!("--- imported into an empty master, exported again: the same document");
+    let target = Pair::start(&[Kind::Sync], 1, &[]).await;
+    let target_servers = target.addrs().join(",");
+    let target_session = dir.path().join("target-session");
+    must_cfg(
+        &target_servers,
+        &target_session,
+        &["login", "--user", ADMIN, "--password-file", pw],
+    );
+    let out = must_cfg(&target_servers, &target_session, &["import", file_arg, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["created"].as_array().map(Vec::len), Some(4), "{report}");
+    assert_eq!(report["changed"].as_array().map(Vec::len), Some(0), "{report}");
+    let out = must_cfg(
+        &target_servers,
+        &target_session,
+        &["get", "folder", "--name", "Site1", "--json"],
+    );
+    let imported: ConfigObject = serde_json::from_str(&out).expect("the folder");
+    let out = must_cfg(
+        &target_servers,
+        &target_session,
+        &["export", "--folder", &imported.dbid.to_string()],
+    );
+    let again = Document::from_json(&out).expect("a document");
+    assert_eq!(
+        again, exported,
+        "folder export → import → export gives the same document"
+    );
+    let whole = target.admin().await.export(None).await.expect("export everything");
+    assert_eq!(
+        whole.objects.len(),
+        exported.objects.len() + 3,
+        "the target holds the bootstrap objects and the folder, nothing else"
+    );
+    let app = whole
+        .objects
+        .iter()
+        .find(|o| o.name == "s1-app")
+        .expect("the application");
+    assert_eq!(app.folder.as_deref(), Some("Site1 Apps"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t50_command_line() {
     init_tracing();
     let _serial = serial().await;
@@ -888,27 +1036,8 @@ async fn t50_command_line() {
     let pw = write_file(dir.path(), "pw", ADMIN_PASSWORD);
     let session = dir.path().join("session");
     let servers = pair.addrs().join(",");
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new(TANDEM)
-            .arg("cfg")
-            .args(args)
-            .arg("--servers")
-            .arg(&servers)
-            .arg("--session-file")
-            .arg(&session)
-            .output()
-            .expect("run tandem cfg");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let must = |args: &[&str]| {
-        let (ok, out, err) = run(args);
-        assert!(ok, "tandem cfg {args:?} failed:\n{out}\n{err}");
-        out
-    };
+    let run = |args: &[&str]| run_cfg(&servers, &session, args);
+    let must = |args: &[&str]| must_cfg(&servers, &session, args);
 
     info!("--- login keeps the session; create, query, get, update, delete");
     let out = must(&["login", "--user", ADMIN, "--password-file", pw.to_str().unwrap()]);

@@ -65,10 +65,18 @@ struct ForFollower {
     matched: Option<LogId<ReplicaId>>,
 }
 
-/// A running sender to one follower.
+/// A running sender to one follower; dropping it stops the sender (so none outlives its
+/// engine: the dispatcher is one of the engine's tasks).
 struct Follower {
     addr: String,
     queue: mpsc::Sender<ForFollower>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Starts early replication: returns where the log store hands over own entries, and the task
@@ -118,8 +126,15 @@ async fn dispatch(
             if followers.get(&target).is_none_or(|f| f.addr != node.addr) {
                 let (queue, rx) = mpsc::channel(QUEUE);
                 let link = network.new_client(target, &node).await;
-                tokio::spawn(send_to(link, rx, timeout, counts.clone()));
-                followers.insert(target, Follower { addr: node.addr, queue });
+                let task = tokio::spawn(send_to(link, rx, timeout, counts.clone()));
+                followers.insert(
+                    target,
+                    Follower {
+                        addr: node.addr,
+                        queue,
+                        task,
+                    },
+                );
             }
             if let Some(follower) = followers.get(&target) {
                 let _ = follower.queue.try_send(ForFollower {
@@ -131,7 +146,7 @@ async fn dispatch(
     }
 }
 
-/// Sends batches to one follower, one message at a time, until the dispatcher drops the queue.
+/// Sends batches to one follower, one message at a time, until the dispatcher drops it.
 async fn send_to(
     mut link: crate::network::PeerLink,
     mut queue: mpsc::Receiver<ForFollower>,

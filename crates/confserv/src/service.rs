@@ -340,8 +340,9 @@ fn history_in(
     if after >= state.seq {
         return Ok((Vec::new(), state.seq));
     }
-    let floor = state.history_floor();
-    if after < floor {
+    // The same floor as the status shows: no record after it is older than the history keeps.
+    let floor = state.history_floor(now_ms().saturating_sub(history_max_age_ms));
+    if after < state.ring_floor() {
         return Err(CfgError::ReloadRequired {
             reason: format!(
                 "the history after notification {after} is no longer kept (it resumes after {floor}; up to {} records \
@@ -351,14 +352,16 @@ fn history_in(
             seq: state.seq,
         });
     }
-    let records: Vec<Arc<LogRecord>> = state.ring.iter().filter(|r| r.seq > after).cloned().collect();
-    let cutoff_ms = now_ms().saturating_sub(history_max_age_ms);
-    if records.first().is_some_and(|r| r.when_ms < cutoff_ms) {
+    if after < floor {
         return Err(CfgError::ReloadRequired {
-            reason: format!("the history after notification {after} is older than the history keeps"),
+            reason: format!(
+                "the history after notification {after} is older than the history keeps (it resumes after {floor}; \
+                 records are kept {history_max_age_ms} ms)"
+            ),
             seq: state.seq,
         });
     }
+    let records: Vec<Arc<LogRecord>> = state.ring.iter().filter(|r| r.seq > after).cloned().collect();
     Ok((records, state.seq))
 }
 
@@ -1369,11 +1372,16 @@ impl ConfServ for Service {
 
 /// A server's status now: what `Status` answers and the metrics show.
 pub fn status_of(shared: &Shared, backend: &Backend) -> pb::StatusResponse {
+    let history_max_age_ms = match backend {
+        Backend::Master(node) => node.config.history_max_age_ms,
+        Backend::Proxy(proxy) => proxy.config.history_max_age_ms,
+    };
     let state = shared.read();
     let mut status = pb::StatusResponse {
         mode: state.mode.name().into(),
         last_seq: state.seq,
-        history_oldest_seq: state.history_floor(),
+        // What a resume is checked against (see `history_in`), the age limit included.
+        history_oldest_seq: state.history_floor(now_ms().saturating_sub(history_max_age_ms)),
         objects: state.set.len() as u64,
         db_revision: state.revision,
         epoch: state.epoch,

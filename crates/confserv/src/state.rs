@@ -200,13 +200,40 @@ impl State {
         self.last_dbid.get(&object_type).copied().unwrap_or(0) + 1
     }
 
-    /// The oldest number after which a client can still resume (the ring's first record - 1),
-    /// or `seq` when the ring is empty.
-    pub fn history_floor(&self) -> u64 {
+    /// The oldest number after which a client can still resume, records written before
+    /// `cutoff_ms` (ms since the epoch) being too old to serve. It is the latest of:
+    /// - where the ring's coverage begins ([`State::ring_floor`], the record limit);
+    /// - the last record retention removed from the database (`log_first` - 1);
+    /// - the newest record of the ring written before `cutoff_ms` (the age limit), so that
+    ///   nothing served from the ring after the floor is older than the history keeps.
+    ///
+    /// Retention runs on the primary only, now and then, and never trims the ring: the age is
+    /// applied here, when asked, so that every server (primary, standby, proxy) answers by it
+    /// alike and at once.
+    pub fn history_floor(&self, cutoff_ms: u64) -> u64 {
+        let retained = self.log_first.saturating_sub(1).min(self.seq);
+        self.ring_floor().max(retained).max(self.aged_floor(cutoff_ms))
+    }
+
+    /// Where the ring's coverage begins: the number after which it holds every record (of the
+    /// tenants held, with a scope), that is its first record - 1, or `seq` when it is empty.
+    pub fn ring_floor(&self) -> u64 {
         match self.scope {
             Some(_) => self.scope_floor.min(self.seq),
             None => self.ring.front().map_or(self.seq, |r| r.seq - 1),
         }
+    }
+
+    /// The number of the newest record of the ring written before `cutoff_ms`, or 0 when none
+    /// is. Records are in commit order, so their times nearly are; the newest such record is
+    /// looked for, not the first, so that a clock that stepped back cannot let an old record
+    /// through.
+    fn aged_floor(&self, cutoff_ms: u64) -> u64 {
+        self.ring
+            .iter()
+            .rev()
+            .find(|r| r.when_ms < cutoff_ms)
+            .map_or(0, |r| r.seq)
     }
 
     fn push_ring(&mut self, record: Arc<LogRecord>) {
@@ -484,7 +511,7 @@ mod tests {
         let state = shared.read();
         assert_eq!(state.set.len(), 3);
         assert_eq!(state.ring.len(), 2, "ring keeps its capacity");
-        assert_eq!(state.history_floor(), 1);
+        assert_eq!(state.history_floor(0), 1);
         assert_eq!(state.next_dbid(ObjectType::Tenant), 4);
     }
 
@@ -546,9 +573,44 @@ mod tests {
         let ring: Vec<u64> = state.ring.iter().map(|r| r.seq).collect();
         assert_eq!(ring, vec![7, 8]);
         assert_eq!(
-            state.history_floor(),
+            state.history_floor(0),
             3,
             "a client after 3 (or after 4..=6, which were the other tenant's) misses only 7 and 8"
+        );
+    }
+
+    #[test]
+    fn the_history_floor_moves_past_records_older_than_the_cutoff_and_those_retention_removed() {
+        let shared = Shared::new(10);
+        let timed = |seq: u64, when_ms: u64| LogRecord {
+            when_ms,
+            ..created(seq, &format!("t{seq}"))
+        };
+        // A clock that stepped back at 4: record 4 is older than record 3.
+        let records = [(1, 100), (2, 200), (3, 400), (4, 300), (5, 500)];
+        shared
+            .apply_records(records.iter().map(|&(seq, when_ms)| timed(seq, when_ms)).collect(), 5)
+            .unwrap();
+        let state = shared.read();
+        assert_eq!(state.history_floor(0), 0, "no age limit: the whole ring");
+        assert_eq!(state.history_floor(100), 0, "written at the cutoff is not older");
+        assert_eq!(state.history_floor(250), 2, "1 and 2 are too old");
+        assert_eq!(
+            state.history_floor(350),
+            4,
+            "4 is too old, so 3 before it cannot be served either"
+        );
+        assert_eq!(
+            state.history_floor(10_000),
+            5,
+            "all too old: only a client that missed nothing"
+        );
+        drop(state);
+        shared.update(|s| s.log_first = 3);
+        assert_eq!(
+            shared.read().history_floor(0),
+            2,
+            "records retention removed are not resumable, even when the ring still holds them"
         );
     }
 

@@ -715,11 +715,11 @@ async fn t35_history_age_limit_reload_required_and_retention() {
     // The young record is written this long after the old ones: it is still young when they
     // have aged, and when retention removes them.
     const YOUNG_AFTER_MS: u64 = 400;
-    info!("--- a server keeping {AGE_MS} ms of history (records: the default 1000), retention every 100 ms");
+    info!("--- a pair keeping {AGE_MS} ms of history (records: the default 1000), retention every 100 ms");
     let age = AGE_MS.to_string();
     let pair = Pair::start(
         &[Kind::Sync],
-        1,
+        2,
         &["--history-max-age-ms", &age, "--retention-interval-ms", "100"],
     )
     .await;
@@ -744,6 +744,13 @@ async fn t35_history_age_limit_reload_required_and_retention() {
         "the history serves a young record"
     );
     drop(young);
+    // Both servers, the primary and the standby that follows the feed, say so.
+    for (addr, floor) in must_resumable_after(&pair).await {
+        assert!(
+            floor <= start,
+            "{addr}: the young records are resumable, yet it says after {floor}"
+        );
+    }
 
     info!("--- a fourth change, younger");
     // The ages are the point of the test: records carry the server's time, the waits follow it.
@@ -760,6 +767,12 @@ async fn t35_history_age_limit_reload_required_and_retention() {
     let e = assert_refused(stale.next().await, error_kind::RELOAD_REQUIRED, None);
     assert!(e.message.contains("older than the history keeps"), "{e:?}");
     assert_eq!(e.seq, Some(last + 1), "{e:?}");
+    for (addr, floor) in must_resumable_after(&pair).await {
+        assert_eq!(
+            floor, last,
+            "{addr}: the status's oldest resumable number is past the aged records, not past the young one"
+        );
+    }
     let mut after_old = admin.subscribe(SubscribeFilter::default(), Some(last));
     let n = must_next_change(&mut after_old).await;
     assert_eq!(
@@ -792,6 +805,20 @@ async fn t35_history_age_limit_reload_required_and_retention() {
     } else {
         info!("the young record aged too before the audit answered: only the removal is checked");
     }
+}
+
+/// The number each server of `pair` says a client can resume after (the status's
+/// `history_oldest_seq`).
+async fn must_resumable_after(pair: &Pair) -> Vec<(String, u64)> {
+    let answers = pair.client().status_all().await;
+    assert_eq!(answers.len(), pair.servers.len(), "every server answers");
+    answers
+        .into_iter()
+        .map(|(addr, status)| {
+            let floor = status.expect("status").history_oldest_seq;
+            (addr, floor)
+        })
+        .collect()
 }
 
 /// Sleeps until the wall clock reaches `at_ms` (ms since the epoch).

@@ -4,7 +4,7 @@
 //! object type's schema (`port=7000` is an integer, `host=3` a reference to host 3).
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -117,14 +117,7 @@ impl Conn {
                 .await
                 .with_context(|| format!("cannot log in as {user}"))?;
         } else {
-            let path = self.session_file();
-            let token = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "not logged in: run `tandem cfg login --user USER`, or give --user or --token ({} not readable)",
-                    path.display()
-                )
-            })?;
-            client.set_token(token.trim());
+            client.set_token(&read_session(&self.session_file())?);
         }
         Ok(client)
     }
@@ -652,15 +645,46 @@ async fn login(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps a session token in `path`, readable by its owner only.
-fn save_session(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))
+/// Keeps a session token in `path`, readable by its owner only from the start: the token is
+/// written to a new file of the same directory, created with mode 0600, which then replaces
+/// `path`. No other user can read the token even for a moment, whatever `path` was before, and
+/// a crash leaves either the old session or the new one, never half of one.
+fn save_session(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".cfg-session.")
+        .make_in(dir, |name| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(name)
+        })
+        .with_context(|| format!("cannot create a new session file in {}", dir.display()))?;
+    // The new file is removed if anything below fails, and `path` is left as it was.
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", file.path().display()))?;
+    file.persist(path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// The session token kept in `path` by [`save_session`].
+fn read_session(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "not logged in: run `tandem cfg login --user USER`, or give --user or --token ({} not readable)",
+            path.display()
+        )
+    })?;
+    Ok(text.trim().to_owned())
 }
 
 async fn get(args: GetArgs) -> anyhow::Result<()> {
@@ -1101,4 +1125,73 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         bail!("no server is primary: writes are refused");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::{read_session, save_session};
+
+    /// The permission bits of `path`, in octal.
+    fn mode(path: &Path) -> String {
+        format!(
+            "{:o}",
+            std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+        )
+    }
+
+    /// The names in `dir`.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_session_file_is_its_owners_alone_and_gives_back_the_token() {
+        let root = tempfile::tempdir().expect("dir");
+        let dir = root.path().join("home").join(".tandem");
+        let path = dir.join("cfg-session");
+
+        // A new file, in a directory not there yet.
+        save_session(&path, "first.token").expect("save");
+        assert_eq!(mode(&path), "600", "readable by its owner only");
+        assert_eq!(read_session(&path).expect("read"), "first.token");
+        assert_eq!(names(&dir), vec!["cfg-session"], "nothing left beside it");
+
+        // An existing file others could read is replaced, not rewritten in place.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let before = std::fs::metadata(&path).expect("metadata").ino();
+        save_session(&path, "second.token").expect("save again");
+        assert_eq!(mode(&path), "600", "an existing file ends up its owner's alone too");
+        assert_ne!(
+            std::fs::metadata(&path).expect("metadata").ino(),
+            before,
+            "written aside and renamed: the old file, readable by others, never holds the new token"
+        );
+        assert_eq!(read_session(&path).expect("read"), "second.token");
+        assert_eq!(names(&dir), vec!["cfg-session"], "nothing left beside it");
+    }
+
+    #[test]
+    fn a_session_that_cannot_be_written_leaves_the_old_one_and_no_stray_file() {
+        let root = tempfile::tempdir().expect("dir");
+        let path = root.path().join("cfg-session");
+        save_session(&path, "kept.token").expect("save");
+        // A directory where the file should be: the rename fails after the token is written.
+        let blocked = root.path().join("blocked");
+        std::fs::create_dir(&blocked).expect("mkdir");
+        assert!(save_session(&blocked, "lost.token").is_err());
+        assert_eq!(read_session(&path).expect("read"), "kept.token");
+        assert_eq!(
+            names(root.path()),
+            vec!["blocked", "cfg-session"],
+            "the new file is removed"
+        );
+    }
 }

@@ -66,6 +66,13 @@ fn run_cfg(servers: &str, session: &std::path::Path, args: &[&str]) -> (bool, St
     )
 }
 
+/// The permission bits of `path`, in octal.
+fn mode_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).expect("metadata").permissions().mode();
+    format!("{:o}", mode & 0o777)
+}
+
 /// [`run_cfg`] that must succeed; returns its output.
 fn must_cfg(servers: &str, session: &std::path::Path, args: &[&str]) -> String {
     let (ok, out, err) = run_cfg(servers, session, args);
@@ -1069,6 +1076,7 @@ async fn t50_command_line() {
     info!("--- login keeps the session; create, query, get, update, delete");
     let out = must(&["login", "--user", ADMIN, "--password-file", pw.to_str().unwrap()]);
     assert!(out.contains("Super Administrator"), "{out}");
+    assert_eq!(mode_of(&session), "600", "the session file is its owner's alone");
 
     info!("--- login --json: who, which server answered, where the session is; the token only if asked");
     let out = must(&[
@@ -1093,6 +1101,11 @@ async fn t50_command_line() {
     );
     let kept = std::fs::read_to_string(&session).expect("the session file");
     assert!(!out.contains(kept.trim()), "{out}");
+    assert_eq!(
+        mode_of(&session),
+        "600",
+        "a session file replaced is its owner's alone too"
+    );
     let out = must(&[
         "login",
         "--user",

@@ -17,6 +17,7 @@
 //! append writes it in its own transaction. openraft awaits `save_committed` before it applies a
 //! committed entry, so writing it there and then held up every write.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,11 @@ use crate::types::{Fence, ReplicaId, TypeConfig};
 
 /// The log database's file name inside the data directory.
 pub const LOG_FILE: &str = "log.db";
+
+/// The newest entries kept in memory for openraft's replication reads (see [`Tail`]): at most
+/// this many entries, and about this many bytes (encoded).
+const TAIL_ENTRIES: usize = 1024;
+const TAIL_BYTES: usize = 8 * 1024 * 1024;
 
 /// The epoch of a freshly initialised replica.
 const INITIAL_EPOCH: u64 = 1;
@@ -82,6 +88,79 @@ struct Shared {
     last: Mutex<Option<Option<LogId<ReplicaId>>>>,
     /// Where a primary's own new entries go before they are written, if anywhere.
     own_appends: Mutex<Option<mpsc::Sender<OwnAppend>>>,
+    /// The newest entries written, so that replicating them reads no database.
+    tail: Mutex<Tail>,
+}
+
+/// The newest entries of the log, in memory: a consecutive run ending at the log's last entry,
+/// exactly as written. Appends add to it (after they are durable), truncations and purges cut
+/// it as they cut the log, and it forgets its oldest entries beyond [`TAIL_ENTRIES`] or
+/// [`TAIL_BYTES`]. A read it covers entirely is answered from it.
+#[derive(Default)]
+struct Tail {
+    /// The entries, each with its encoded size.
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    /// Sum of the encoded sizes.
+    bytes: usize,
+}
+
+impl Tail {
+    /// Adds entries just written; starts over when they do not follow the last one kept.
+    fn extend(&mut self, written: impl IntoIterator<Item = (Entry<TypeConfig>, usize)>) {
+        for (entry, size) in written {
+            let follows = self
+                .entries
+                .back()
+                .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+            if !follows {
+                self.clear();
+            }
+            self.bytes += size;
+            self.entries.push_back((entry, size));
+        }
+        while self.entries.len() > TAIL_ENTRIES || (self.bytes > TAIL_BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Forgets the entries from `index` on (a truncation).
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Forgets the entries up to `index` (a purge).
+    fn purge(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries with indexes in `[start, end)`, if they are all here (an empty range: none).
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let count = usize::try_from(end - start).ok()?;
+        Some(self.entries.range(from..from + count).map(|(e, _)| e.clone()).collect())
+    }
 }
 
 /// New entries this replica made as primary, handed over before its own log has them (see
@@ -173,6 +252,7 @@ impl LogStore {
                 vote: Mutex::new(vote),
                 last: Mutex::new(Some(last)),
                 own_appends: Mutex::new(None),
+                tail: Mutex::new(Tail::default()),
             }),
         })
     }
@@ -187,7 +267,7 @@ impl LogStore {
 
     /// Hands `entries` to the listener of own appends, if there is one and they are this
     /// primary's own new entries (made under its current vote, right after the last entry).
-    fn hand_over_if_own(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(), StoreError> {
+    fn hand_over_if_own(&self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
         let Some(listener) = db::lock(&self.shared.own_appends)?.clone() else {
             return Ok(());
         };
@@ -206,6 +286,7 @@ impl LogStore {
         if prev.map_or(0, |p| p.index + 1) != first.log_id.index {
             return Ok(());
         }
+        let entries = entries.to_vec();
         if let Err(e) = listener.try_send(OwnAppend { vote, prev, entries }) {
             tracing::debug!(error = %e, "own entries not handed over early");
         }
@@ -293,6 +374,7 @@ impl LogStore {
         let mut conn = self.shared.conn.lock()?;
         // The old epoch's committed id means nothing in the new one.
         *db::lock(&self.shared.unsaved_committed)? = None;
+        db::lock(&self.shared.tail)?.clear();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM log", [])?;
         db::meta_set_blob(&tx, "last_purged", &Some(start))?;
@@ -412,6 +494,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => sql_index(i),
             Bound::Unbounded => i64::MAX,
         };
+        if let (Ok(from), Ok(to)) = (u64::try_from(start), u64::try_from(end)) {
+            let cached = db::lock(&self.shared.tail)
+                .map_err(StoreError::into_read_logs)?
+                .get(from, to);
+            if let Some(entries) = cached {
+                return Ok(entries);
+            }
+        }
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT payload FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
             let mut rows = stmt.query(params![start, end])?;
@@ -501,7 +591,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(StoreError::into_write_logs)?;
         // A primary's own entries go to its followers while they are written here.
-        self.hand_over_if_own(entries).map_err(StoreError::into_write_logs)?;
+        self.hand_over_if_own(&entries).map_err(StoreError::into_write_logs)?;
         let count = rows.len() as u64;
         let shared = self.shared.clone();
         let written = self
@@ -522,6 +612,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 shared.appends.fetch_add(1, Ordering::Relaxed);
                 shared.entries_appended.fetch_add(count, Ordering::Relaxed);
                 *db::lock(&shared.last)? = Some(Some(last));
+                let sizes = rows.iter().map(|(_, _, payload)| payload.len());
+                db::lock(&shared.tail)?.extend(entries.into_iter().zip(sizes));
                 Ok(())
             })
             .await;
@@ -543,6 +635,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.with_conn(move |conn| {
             // Unknown until the next append (which a truncation always precedes).
             *db::lock(&shared.last)? = None;
+            db::lock(&shared.tail)?.truncate(log_id.index);
             conn.execute("DELETE FROM log WHERE idx >= ?1", [since])?;
             Ok(())
         })
@@ -551,7 +644,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<ReplicaId>) -> Result<(), StorageError<ReplicaId>> {
+        let shared = self.shared.clone();
         self.with_conn(move |conn| {
+            db::lock(&shared.tail)?.purge(log_id.index);
             let tx = conn.transaction()?;
             db::meta_set_blob(&tx, "last_purged", &Some(log_id))?;
             tx.execute("DELETE FROM log WHERE idx <= ?1", [sql_index(log_id.index)])?;
@@ -560,5 +655,68 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(StoreError::into_write_logs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> (Entry<TypeConfig>, usize) {
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        (entry, 100)
+    }
+
+    fn indexes(entries: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        entries.map(|entries| entries.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn the_tail_answers_only_reads_it_covers_entirely() {
+        let mut tail = Tail::default();
+        assert_eq!(indexes(tail.get(1, 2)), None, "empty");
+        tail.extend((5..=9).map(entry));
+        assert_eq!(indexes(tail.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(tail.get(7, 8)), Some(vec![7]));
+        assert_eq!(indexes(tail.get(4, 6)), None, "starts before the tail");
+        assert_eq!(indexes(tail.get(9, 11)), None, "ends after it");
+        assert_eq!(indexes(tail.get(7, 7)), None, "an empty range is left to the database");
+    }
+
+    #[test]
+    fn the_tail_follows_appends_truncations_and_purges() {
+        let mut tail = Tail::default();
+        tail.extend((1..=6).map(entry));
+        tail.truncate(5);
+        assert_eq!(indexes(tail.get(1, 5)), Some(vec![1, 2, 3, 4]));
+        assert_eq!(indexes(tail.get(4, 6)), None, "5 was truncated");
+        tail.extend((5..=7).map(entry));
+        tail.purge(2);
+        assert_eq!(indexes(tail.get(3, 8)), Some(vec![3, 4, 5, 6, 7]));
+        assert_eq!(indexes(tail.get(2, 4)), None, "2 was purged");
+        assert_eq!(tail.bytes, 5 * 100);
+        // Entries that do not follow the last one kept replace the tail.
+        tail.extend((20..=21).map(entry));
+        assert_eq!(indexes(tail.get(20, 22)), Some(vec![20, 21]));
+        assert_eq!(indexes(tail.get(7, 8)), None);
+        assert_eq!(tail.bytes, 2 * 100);
+    }
+
+    #[test]
+    fn the_tail_forgets_its_oldest_entries_beyond_its_bounds() {
+        let mut tail = Tail::default();
+        tail.extend((1..=TAIL_ENTRIES as u64 + 10).map(entry));
+        assert_eq!(tail.entries.len(), TAIL_ENTRIES);
+        assert_eq!(indexes(tail.get(11, 12)), Some(vec![11]));
+        assert_eq!(indexes(tail.get(10, 12)), None);
+        // One entry larger than the byte bound is still kept alone (the newest is always kept).
+        tail.extend([(entry(TAIL_ENTRIES as u64 + 11).0, TAIL_BYTES + 1)]);
+        assert_eq!(tail.entries.len(), 1);
+        assert_eq!(tail.bytes, TAIL_BYTES + 1);
     }
 }

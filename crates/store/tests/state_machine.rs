@@ -953,13 +953,9 @@ fn committed_on_disk(dir: &Path) -> Option<LogId<u64>> {
     blob.and_then(|blob| bincode::deserialize::<Option<LogId<u64>>>(&blob).unwrap())
 }
 
+/// Blank entries `indexes` with the ids [`log_id`] gives.
 fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
-    indexes
-        .map(|i| Entry {
-            log_id: log_id(i),
-            payload: EntryPayload::Blank,
-        })
-        .collect()
+    blanks_of(1, 0, indexes)
 }
 
 #[tokio::test]

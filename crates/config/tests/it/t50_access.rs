@@ -224,6 +224,16 @@ fn telephony_with_an_operator() -> ConfigSet {
     set
 }
 
+/// Replaces the grants of the operator's group (43).
+fn grant_operator(set: &mut ConfigSet, grants: Vec<Grant>) {
+    set.update(
+        ObjectType::AccessGroup,
+        43,
+        &Delta::new().set_field("grants", Value::Grants(grants)),
+    )
+    .expect("the operator's group takes new grants");
+}
+
 /// A delete as the server makes it: planned on the set, every planned change checked against
 /// the person's rights, and only then applied.
 fn delete_as(
@@ -287,19 +297,14 @@ fn a_cascade_needs_change_rights_on_every_referrer_it_clears() {
 #[test]
 fn a_cascade_with_change_rights_on_the_referrers_succeeds() {
     let mut set = telephony_with_an_operator();
-    set.update(
-        ObjectType::AccessGroup,
-        43,
-        &Delta::new().set_field(
-            "grants",
-            Value::Grants(vec![
-                Grant::new(Some(ObjectType::Dn), None, &[Right::Read, Right::Delete]),
-                Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
-                Grant::new(Some(ObjectType::Place), None, &[Right::Change]),
-            ]),
-        ),
-    )
-    .unwrap();
+    grant_operator(
+        &mut set,
+        vec![
+            Grant::new(Some(ObjectType::Dn), None, &[Right::Read, Right::Delete]),
+            Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
+            Grant::new(Some(ObjectType::Place), None, &[Right::Change]),
+        ],
+    );
 
     let changes = delete_as(&mut set, DN_OPERATOR, ObjectType::Dn, 20, true).expect("cascade");
     let keys: Vec<_> = changes.iter().map(tandem_config::Change::key).collect();
@@ -315,18 +320,13 @@ fn a_cascade_with_change_rights_on_the_referrers_succeeds() {
 fn a_cascade_needs_delete_rights_on_every_object_it_deletes() {
     let mut set = telephony_with_an_operator();
     // Only switches: the cascade from the switch would delete its DN too.
-    set.update(
-        ObjectType::AccessGroup,
-        43,
-        &Delta::new().set_field(
-            "grants",
-            Value::Grants(vec![
-                Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
-                Grant::new(Some(ObjectType::Place), None, &[Right::Change]),
-            ]),
-        ),
-    )
-    .unwrap();
+    grant_operator(
+        &mut set,
+        vec![
+            Grant::new(Some(ObjectType::Switch), None, &[Right::Read, Right::Delete]),
+            Grant::new(Some(ObjectType::Place), None, &[Right::Change]),
+        ],
+    );
     let before = set.clone();
     let err = delete_as(&mut set, DN_OPERATOR, ObjectType::Switch, 10, true).unwrap_err();
     assert!(

@@ -41,6 +41,12 @@ pub const LOG_FILE: &str = "log.db";
 const TAIL_ENTRIES: usize = 1024;
 const TAIL_BYTES: usize = 8 * 1024 * 1024;
 
+/// About the most log (encoded bytes) one AppendEntries carries: openraft gives each one only
+/// the heartbeat interval to be sent, written and answered, and its own limit counts entries
+/// (300), which for entries of a few hundred KiB would make messages that can never arrive in
+/// time. A single larger entry still goes alone.
+pub const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+
 /// The epoch of a freshly initialised replica.
 const INITIAL_EPOCH: u64 = 1;
 
@@ -150,16 +156,52 @@ impl Tail {
         }
     }
 
-    /// The entries with indexes in `[start, end)`, if they are all here (an empty range: none).
-    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+    /// The entries with indexes in `[start, end)`, if they are all here (an empty range: none),
+    /// cut after about `budget` bytes (see [`Budget`]): then only the ones from `start` that fit
+    /// need be here.
+    fn get(&self, start: u64, end: u64, budget: usize) -> Option<Vec<Entry<TypeConfig>>> {
         let first = self.entries.front()?.0.log_id.index;
         let last = self.entries.back()?.0.log_id.index;
-        if start < first || end > last + 1 || start >= end {
+        if start < first || start > last || start >= end {
             return None;
         }
         let from = usize::try_from(start - first).ok()?;
-        let count = usize::try_from(end - start).ok()?;
-        Some(self.entries.range(from..from + count).map(|(e, _)| e.clone()).collect())
+        let mut budget = Budget::new(budget);
+        let mut entries = Vec::new();
+        for (entry, size) in self.entries.range(from..) {
+            if entry.log_id.index >= end || !budget.take(*size) {
+                return Some(entries);
+            }
+            entries.push(entry.clone());
+        }
+        // Ran out of entries before `end` and before the budget was spent: not all here.
+        (last + 1 >= end).then_some(entries)
+    }
+}
+
+/// A byte budget for a run of log entries: the first entry always fits, each further one only
+/// while the run stays within the budget.
+struct Budget {
+    left: usize,
+    first: bool,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Budget {
+        Budget {
+            left: bytes,
+            first: true,
+        }
+    }
+
+    /// Whether an entry of `size` bytes still fits (and if so, spends its size).
+    fn take(&mut self, size: usize) -> bool {
+        let fits = self.first || size <= self.left;
+        if fits {
+            self.first = false;
+            self.left = self.left.saturating_sub(size);
+        }
+        fits
     }
 }
 
@@ -478,10 +520,13 @@ fn last_entry_log_id(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, Stor
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
+impl LogStore {
+    /// The entries with indexes in `range`, in order, cut after about `budget` encoded bytes
+    /// (see [`Budget`]): from the in-memory tail when it has them, else from the database.
+    async fn read_entries<RB: RangeBounds<u64>>(
+        &self,
         range: RB,
+        budget: usize,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<ReplicaId>> {
         // [start, end) in SQLite integers; an empty range when start >= end.
         let start = match range.start_bound() {
@@ -497,7 +542,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let (Ok(from), Ok(to)) = (u64::try_from(start), u64::try_from(end)) {
             let cached = db::lock(&self.shared.tail)
                 .map_err(StoreError::into_read_logs)?
-                .get(from, to);
+                .get(from, to, budget);
             if let Some(entries) = cached {
                 return Ok(entries);
             }
@@ -505,15 +550,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT payload FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
             let mut rows = stmt.query(params![start, end])?;
+            let mut budget = Budget::new(budget);
             let mut entries = Vec::new();
             while let Some(row) = rows.next()? {
-                let payload: Vec<u8> = row.get(0)?;
-                entries.push(decode_entry(&payload)?);
+                let payload = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                if !budget.take(payload.len()) {
+                    break;
+                }
+                entries.push(decode_entry(payload)?);
             }
             Ok(entries)
         })
         .await
         .map_err(StoreError::into_read_logs)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<ReplicaId>> {
+        self.read_entries(range, usize::MAX).await
+    }
+
+    /// What replication sends in one AppendEntries: at most about
+    /// [`REPLICATION_BATCH_BYTES`] of the range (never nothing when it is not empty).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<ReplicaId>> {
+        self.read_entries(start..end, REPLICATION_BATCH_BYTES).await
     }
 }
 
@@ -672,6 +740,9 @@ mod tests {
         (entry, 100)
     }
 
+    /// No byte budget.
+    const ALL: usize = usize::MAX;
+
     fn indexes(entries: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
         entries.map(|entries| entries.iter().map(|e| e.log_id.index).collect())
     }
@@ -679,13 +750,17 @@ mod tests {
     #[test]
     fn the_tail_answers_only_reads_it_covers_entirely() {
         let mut tail = Tail::default();
-        assert_eq!(indexes(tail.get(1, 2)), None, "empty");
+        assert_eq!(indexes(tail.get(1, 2, ALL)), None, "empty");
         tail.extend((5..=9).map(entry));
-        assert_eq!(indexes(tail.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
-        assert_eq!(indexes(tail.get(7, 8)), Some(vec![7]));
-        assert_eq!(indexes(tail.get(4, 6)), None, "starts before the tail");
-        assert_eq!(indexes(tail.get(9, 11)), None, "ends after it");
-        assert_eq!(indexes(tail.get(7, 7)), None, "an empty range is left to the database");
+        assert_eq!(indexes(tail.get(5, 10, ALL)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(tail.get(7, 8, ALL)), Some(vec![7]));
+        assert_eq!(indexes(tail.get(4, 6, ALL)), None, "starts before the tail");
+        assert_eq!(indexes(tail.get(9, 11, ALL)), None, "ends after it");
+        assert_eq!(
+            indexes(tail.get(7, 7, ALL)),
+            None,
+            "an empty range is left to the database"
+        );
     }
 
     #[test]
@@ -693,17 +768,17 @@ mod tests {
         let mut tail = Tail::default();
         tail.extend((1..=6).map(entry));
         tail.truncate(5);
-        assert_eq!(indexes(tail.get(1, 5)), Some(vec![1, 2, 3, 4]));
-        assert_eq!(indexes(tail.get(4, 6)), None, "5 was truncated");
+        assert_eq!(indexes(tail.get(1, 5, ALL)), Some(vec![1, 2, 3, 4]));
+        assert_eq!(indexes(tail.get(4, 6, ALL)), None, "5 was truncated");
         tail.extend((5..=7).map(entry));
         tail.purge(2);
-        assert_eq!(indexes(tail.get(3, 8)), Some(vec![3, 4, 5, 6, 7]));
-        assert_eq!(indexes(tail.get(2, 4)), None, "2 was purged");
+        assert_eq!(indexes(tail.get(3, 8, ALL)), Some(vec![3, 4, 5, 6, 7]));
+        assert_eq!(indexes(tail.get(2, 4, ALL)), None, "2 was purged");
         assert_eq!(tail.bytes, 5 * 100);
         // Entries that do not follow the last one kept replace the tail.
         tail.extend((20..=21).map(entry));
-        assert_eq!(indexes(tail.get(20, 22)), Some(vec![20, 21]));
-        assert_eq!(indexes(tail.get(7, 8)), None);
+        assert_eq!(indexes(tail.get(20, 22, ALL)), Some(vec![20, 21]));
+        assert_eq!(indexes(tail.get(7, 8, ALL)), None);
         assert_eq!(tail.bytes, 2 * 100);
     }
 
@@ -712,11 +787,38 @@ mod tests {
         let mut tail = Tail::default();
         tail.extend((1..=TAIL_ENTRIES as u64 + 10).map(entry));
         assert_eq!(tail.entries.len(), TAIL_ENTRIES);
-        assert_eq!(indexes(tail.get(11, 12)), Some(vec![11]));
-        assert_eq!(indexes(tail.get(10, 12)), None);
+        assert_eq!(indexes(tail.get(11, 12, ALL)), Some(vec![11]));
+        assert_eq!(indexes(tail.get(10, 12, ALL)), None);
         // One entry larger than the byte bound is still kept alone (the newest is always kept).
         tail.extend([(entry(TAIL_ENTRIES as u64 + 11).0, TAIL_BYTES + 1)]);
         assert_eq!(tail.entries.len(), 1);
         assert_eq!(tail.bytes, TAIL_BYTES + 1);
+    }
+
+    #[test]
+    fn a_budget_cuts_a_run_after_the_entries_that_fit_but_never_before_the_first() {
+        let mut budget = Budget::new(250);
+        assert!(budget.take(100));
+        assert!(budget.take(100));
+        assert!(!budget.take(100), "300 > 250");
+        assert!(budget.take(50), "a smaller one still fits");
+        let mut budget = Budget::new(10);
+        assert!(budget.take(100), "the first entry always goes");
+        assert!(!budget.take(1));
+    }
+
+    #[test]
+    fn the_tail_answers_a_limited_read_it_covers_up_to_the_budget() {
+        let mut tail = Tail::default();
+        tail.extend((5..=9).map(entry));
+        assert_eq!(indexes(tail.get(5, 100, 250)), Some(vec![5, 6]), "cut by the budget");
+        assert_eq!(indexes(tail.get(6, 8, 1000)), Some(vec![6, 7]), "cut by the range");
+        assert_eq!(indexes(tail.get(8, 100, 1)), Some(vec![8]), "one entry at least");
+        assert_eq!(
+            indexes(tail.get(8, 100, 1000)),
+            None,
+            "the budget is not spent when the tail ends: the rest is in the database"
+        );
+        assert_eq!(indexes(tail.get(4, 100, 250)), None, "starts before the tail");
     }
 }

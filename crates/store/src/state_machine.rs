@@ -1152,6 +1152,13 @@ impl StateReader {
         self.read(|conn| Ok(read_applied_state(conn)?.0)).await
     }
 
+    /// The log id of the last applied entry and the membership as of it, read together.
+    pub async fn applied_state(
+        &self,
+    ) -> Result<(Option<LogId<ReplicaId>>, StoredMembership<ReplicaId, Replica>), StoreError> {
+        self.read(|conn| read_applied_state(conn)).await
+    }
+
     /// The last applied membership.
     pub async fn membership(&self) -> Result<StoredMembership<ReplicaId, Replica>, StoreError> {
         self.read(|conn| Ok(read_applied_state(conn)?.1)).await

@@ -1135,3 +1135,68 @@ fn check_dir_is_clean(dir: &Path) {
         .collect();
     assert!(names.is_empty(), "{names:?}");
 }
+
+/// Entries `indexes` each carrying a put of a `bytes`-byte value.
+fn big_entries(indexes: std::ops::RangeInclusive<u64>, bytes: usize) -> Vec<Entry<TypeConfig>> {
+    indexes
+        .map(|i| Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(Command::Txn(Txn {
+                compares: Vec::new(),
+                ops: vec![Op::Put {
+                    key: format!("k{i}"),
+                    value: vec![b'v'; bytes],
+                }],
+                fence: None,
+                now_ms: 0,
+            })),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn replication_reads_are_cut_to_about_a_megabyte_but_plain_reads_are_not() {
+    use tandem_store::log_store::REPLICATION_BATCH_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    // Each entry a little over 0.3 of the budget: three fit, the fourth does not.
+    let size = REPLICATION_BATCH_BYTES * 3 / 10;
+    log.blocking_append(big_entries(1..=8, size)).await.unwrap();
+    log.blocking_append(big_entries(9..=9, REPLICATION_BATCH_BYTES * 2))
+        .await
+        .unwrap();
+    let indexes = |entries: Vec<Entry<TypeConfig>>| entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+
+    // From the in-memory tail (just appended), then from the database (reopened: no tail).
+    for source in ["tail", "database"] {
+        let mut reader = log.get_log_reader().await;
+        assert_eq!(
+            indexes(reader.limited_get_log_entries(1, 10).await.unwrap()),
+            vec![1, 2, 3],
+            "{source}"
+        );
+        assert_eq!(
+            indexes(reader.limited_get_log_entries(7, 10).await.unwrap()),
+            vec![7, 8],
+            "{source}"
+        );
+        assert_eq!(
+            indexes(reader.limited_get_log_entries(2, 4).await.unwrap()),
+            vec![2, 3],
+            "{source}"
+        );
+        assert_eq!(
+            indexes(reader.limited_get_log_entries(9, 10).await.unwrap()),
+            vec![9],
+            "{source}: an entry larger than the budget goes alone"
+        );
+        assert_eq!(
+            indexes(reader.try_get_log_entries(1..10).await.unwrap()),
+            (1..=9).collect::<Vec<_>>(),
+            "{source}: the whole range when not replicating"
+        );
+        drop(reader);
+        drop(log);
+        log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    }
+}

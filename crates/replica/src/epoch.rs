@@ -44,20 +44,17 @@ async fn probe(core: &Core, addr: &str) -> Result<pb::StatusResponse, Status> {
     Ok(AdminClient::new(channel).status(request).await?.into_inner())
 }
 
-/// Every member this replica's storage knows of: the applied membership and any membership
-/// entry in the log past it. Read from storage, not from openraft's metrics, which are not yet
+/// Every member this replica's storage knows of: the membership as of the last applied entry
+/// and any membership entry in the log past that entry (only those entries are read: the log
+/// before them may be long). Read from storage, not from openraft's metrics, which are not yet
 /// published when an engine starts.
 async fn stored_members(engine: &Engine) -> BTreeMap<ReplicaId, Replica> {
     let mut members = BTreeMap::new();
-    let applied = engine.reader.membership().await.ok();
-    if let Some(applied) = &applied {
-        members.extend(applied.membership().nodes().map(|(id, node)| (*id, node.clone())));
+    let applied = engine.reader.applied_state().await.ok();
+    if let Some((_, membership)) = &applied {
+        members.extend(membership.membership().nodes().map(|(id, node)| (*id, node.clone())));
     }
-    let after = applied
-        .as_ref()
-        .and_then(|m| *m.log_id())
-        .map(|id| id.index)
-        .unwrap_or(0);
+    let after = applied.and_then(|(last, _)| last).map(|id| id.index).unwrap_or(0);
     let log = engine.log.clone();
     let tail = tokio::task::spawn_blocking(move || log.entries_after(after)).await;
     for entry in tail.ok().and_then(Result::ok).unwrap_or_default() {

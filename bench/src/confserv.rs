@@ -84,6 +84,9 @@ pub(crate) struct ConfservArgs {
     /// Imports in flight while loading objects for the start-up figure.
     #[arg(long, default_value_t = 4)]
     load_concurrency: usize,
+    /// Fresh masters started one after the other on the loaded database (the figure is the median).
+    #[arg(long, default_value_t = 3)]
+    startup_tries: usize,
     /// Phases to run (comma-separated): writes, reads, takeover, startup.
     #[arg(long, value_delimiter = ',', default_value = "writes,reads,takeover,startup")]
     phases: Vec<CsPhase>,
@@ -572,18 +575,46 @@ struct Startup {
     /// The number the pair had reached.
     seq: u64,
     load: Load,
-    /// Process start → `Status` answers with `seq`.
-    ready: Duration,
-    /// Process start → primary (after the killed pair's lease expired).
-    primary: Option<Duration>,
-    /// Peak RSS of the fresh master once primary.
-    memory: Option<Memory>,
+    /// Each fresh master's start, in the order tried.
+    tries: Vec<FreshStart>,
     /// Peak RSS of the pair's primary after the load (its set built write by write).
     pair_primary_memory: Option<Memory>,
 }
 
-/// Loads `n` DNs through the pair, kills the pair, and times a fresh master's start.
-async fn startup(pair: &mut Pair, setup: &MasterSetup, n: u64, concurrency: usize) -> anyhow::Result<Startup> {
+impl Startup {
+    /// The median time to ready over the tries.
+    fn ready(&self) -> Duration {
+        let times: Vec<Duration> = self.tries.iter().map(|t| t.ready).collect();
+        median(&times).unwrap_or_default()
+    }
+
+    /// The highest peak RSS over the tries.
+    fn peak_kib(&self) -> Option<u64> {
+        self.tries.iter().filter_map(|t| t.memory.map(|m| m.peak_kib)).max()
+    }
+}
+
+/// One fresh master's start on the loaded database.
+struct FreshStart {
+    /// Process start → `Status` answers with the pair's number.
+    ready: Duration,
+    /// Process start → primary (after the killed pair's lease expired, for the first try).
+    primary: Option<Duration>,
+    /// Objects it reported once ready.
+    objects: u64,
+    /// Its memory once primary.
+    memory: Option<Memory>,
+}
+
+/// Loads `n` DNs through the pair, kills the pair, and times `tries` fresh masters' starts,
+/// one after the other (each killed before the next starts).
+async fn startup(
+    pair: &mut Pair,
+    setup: &MasterSetup,
+    n: u64,
+    concurrency: usize,
+    tries: usize,
+) -> anyhow::Result<Startup> {
     eprintln!("    loading {n} DN objects (imports of {IMPORT_BATCH}, {concurrency} in flight)");
     let load = load_dns(&pair.admin, "s-", n, concurrency).await?;
     eprintln!(
@@ -595,9 +626,37 @@ async fn startup(pair: &mut Pair, setup: &MasterSetup, n: u64, concurrency: usiz
     let pair_primary_memory = pair.masters[primary].memory();
     pair.stop().await;
 
-    eprintln!("    starting a fresh master on the database (number {seq})");
+    let mut starts = Vec::new();
+    for i in 0..tries.max(1) {
+        eprintln!(
+            "    starting a fresh master on the database (number {seq}), try {}",
+            i + 1
+        );
+        let start = fresh_start(setup, &format!("m{}", 3 + i), seq).await?;
+        eprintln!(
+            "    ready after {:.2} s, primary after {}",
+            start.ready.as_secs_f64(),
+            start
+                .primary
+                .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or("never (within the limit)".into())
+        );
+        starts.push(start);
+    }
+    Ok(Startup {
+        objects: starts.first().map_or(0, |s| s.objects),
+        seq,
+        load,
+        tries: starts,
+        pair_primary_memory,
+    })
+}
+
+/// Starts a fresh master named `name`, waits until it answers with `seq` and is primary, and
+/// kills it.
+async fn fresh_start(setup: &MasterSetup, name: &str, seq: u64) -> anyhow::Result<FreshStart> {
     let started = Instant::now();
-    let mut fresh = setup.start("m3").await?;
+    let mut fresh = setup.start(name).await?;
     let client = client_of(vec![fresh.addr.clone()], Duration::from_secs(5), Duration::from_secs(5))?;
     let mut ready = None;
     let mut primary_at = None;
@@ -632,14 +691,11 @@ async fn startup(pair: &mut Pair, setup: &MasterSetup, n: u64, concurrency: usiz
     if let Err(e) = fresh.kill().await {
         eprintln!("warning: master {}: {e:#}", fresh.name);
     }
-    Ok(Startup {
-        objects,
-        seq,
-        load,
+    Ok(FreshStart {
         ready,
         primary: primary_at,
+        objects,
         memory,
-        pair_primary_memory,
     })
 }
 
@@ -812,7 +868,7 @@ pub(crate) async fn run(args: ConfservArgs) -> anyhow::Result<()> {
     }
     if has(CsPhase::Startup) {
         eprintln!("--- start-up: {objects} DN objects in the database, then a fresh master");
-        let s = match startup(&mut pair, &setup, objects, args.load_concurrency).await {
+        let s = match startup(&mut pair, &setup, objects, args.load_concurrency, args.startup_tries).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("    start-up failed: {e:#}");
@@ -833,12 +889,17 @@ pub(crate) async fn run(args: ConfservArgs) -> anyhow::Result<()> {
                 format!("{} at this count (the goal is for 1,000,000: `--full`)", yes_no(ok))
             }
         };
-        let peak = s.memory.map(|m| mib(m.peak_kib));
+        let peak = s.peak_kib().map(mib);
+        let each: Vec<String> = s
+            .tries
+            .iter()
+            .map(|t| format!("{:.2}", t.ready.as_secs_f64()))
+            .collect();
         rows.push(row(
-            format!("start-up of a master, {} objects in the database: s", s.objects),
-            format!("{:.2}", s.ready.as_secs_f64()),
+            format!("start-up of a master, {} objects in the database: median s", s.objects),
+            format!("{:.2} ([{}])", s.ready().as_secs_f64(), each.join(", ")),
             "≤ 10 (1,000,000 objects)",
-            &met(s.ready.as_secs_f64() <= GOAL_STARTUP_SECS),
+            &met(s.ready().as_secs_f64() <= GOAL_STARTUP_SECS),
         ));
         rows.push(row(
             format!("peak RSS (VmHWM) of that master, {} objects: MiB", s.objects),
@@ -851,18 +912,23 @@ pub(crate) async fn run(args: ConfservArgs) -> anyhow::Result<()> {
         notes.push(format!(
             "- Start-up load: {objects} DNs imported through the pair in {:.0} s ({:.0} objects/s; an import \
              of {IMPORT_BATCH} took {} ms on average in the first tenth, {} ms in the last tenth); the pair \
-             then reached number {}; the fresh master answered with it after {:.2} s and was primary after {}; \
-             current RSS then {} MiB. The pair's primary, which built its set write by write, peaked at {} MiB.",
+             then reached number {}; the first fresh master answered with it after {:.2} s and was primary after \
+             {} (once the killed pair's lease had expired); its RSS then {} MiB. The pair's primary, which built \
+             its set write by write, peaked at {} MiB.",
             s.load.took.as_secs_f64(),
             objects as f64 / s.load.took.as_secs_f64().max(1e-9),
             ms(early),
             ms(late),
             s.seq,
-            s.ready.as_secs_f64(),
-            s.primary
+            s.tries[0].ready.as_secs_f64(),
+            s.tries[0]
+                .primary
                 .map(|d| format!("{:.2} s", d.as_secs_f64()))
                 .unwrap_or("never (within the limit)".into()),
-            s.memory.map(|m| format!("{:.0}", mib(m.rss_kib))).unwrap_or("?".into()),
+            s.tries[0]
+                .memory
+                .map(|m| format!("{:.0}", mib(m.rss_kib)))
+                .unwrap_or("?".into()),
             s.pair_primary_memory
                 .map(|m| format!("{:.0}", mib(m.peak_kib)))
                 .unwrap_or("?".into()),
@@ -909,11 +975,13 @@ async fn report(
              ({} tries). Every acknowledged write is read back by name at the end.",
             args.takeover_tries
         ),
-        "- Start-up: DNs loaded through the pair as import documents of 400 objects (the server's limit per \
-         write); both masters killed; a fresh master started on the same database; figure = process start → \
-         `Status` answers with the number the pair had reached; peak RSS = VmHWM from /proc/PID/status once it \
-         is primary."
-            .to_owned(),
+        format!(
+            "- Start-up: DNs loaded through the pair as import documents of 400 objects (the server's limit per \
+             write); both masters killed; fresh masters started on the same database one after the other, each \
+             killed before the next ({} tries); figure = median of process start → `Status` answers with the \
+             number the pair had reached; peak RSS = the highest VmHWM from /proc/PID/status once primary.",
+            args.startup_tries
+        ),
     ];
     all_notes.extend(notes);
     all_notes.push(String::new());

@@ -531,6 +531,9 @@ impl Client {
     /// Every key under `prefix` as [`Client::range`] reads them, handed to `each` one page at a
     /// time (in key order; `page_limit` keys per request, 0 for the server's default), so that a
     /// large prefix need not be held in memory at once. Stops at the first error `each` returns.
+    ///
+    /// The next page is requested before `each` gets the current one, so the server reads it
+    /// while `each` works (at most two pages are in memory at once).
     pub async fn range_each<E: From<ClientError>>(
         &self,
         prefix: &str,
@@ -538,39 +541,65 @@ impl Client {
         page_limit: u32,
         mut each: impl FnMut(Vec<KeyValue>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut start_after = String::new();
-        loop {
+        // The page in flight; dropping the set (an early return, or this future dropped)
+        // aborts it.
+        let mut in_flight = tokio::task::JoinSet::new();
+        let request_after = |in_flight: &mut tokio::task::JoinSet<_>, start_after: String| {
             let request = pb::RangeRequest {
                 prefix: prefix.to_owned(),
-                start_after: start_after.clone(),
+                start_after,
                 limit: page_limit,
                 stale: stale_from.is_some(),
             };
-            let page = match stale_from {
-                Some(addr) => {
-                    let mut kv = self.kv(addr)?;
-                    kv.range(self.request(request))
-                        .await
-                        .map_err(ClientError::Refused)?
-                        .into_inner()
+            let client = self.clone();
+            let stale_from = stale_from.map(str::to_owned);
+            in_flight.spawn(async move { client.range_page(request, stale_from).await });
+        };
+        request_after(&mut in_flight, String::new());
+        loop {
+            let page = match in_flight.join_next().await {
+                Some(Ok(page)) => page?,
+                Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Some(Err(e)) => {
+                    return Err(ClientError::Unavailable {
+                        reason: format!("a range request was cancelled: {e}"),
+                    }
+                    .into())
                 }
-                None => {
-                    self.on_primary(false, |addr| {
-                        let request = request.clone();
-                        async move {
-                            let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-                            Ok(kv.range(self.request(request)).await?.into_inner())
-                        }
-                    })
-                    .await?
-                }
+                None => unreachable!("a page is requested before each wait"),
             };
-            if let Some(last) = page.kvs.last() {
-                start_after = last.key.clone();
+            match page.kvs.last().filter(|_| page.more) {
+                Some(last) => request_after(&mut in_flight, last.key.clone()),
+                None => return each(page.kvs),
             }
             each(page.kvs)?;
-            if !page.more {
-                return Ok(());
+        }
+    }
+
+    /// One page of a range: from `stale_from` (stale), or from the primary.
+    async fn range_page(
+        &self,
+        request: pb::RangeRequest,
+        stale_from: Option<String>,
+    ) -> Result<pb::RangeResponse, ClientError> {
+        match stale_from {
+            Some(addr) => {
+                let mut kv = self.kv(&addr)?;
+                Ok(kv
+                    .range(self.request(request))
+                    .await
+                    .map_err(ClientError::Refused)?
+                    .into_inner())
+            }
+            None => {
+                self.on_primary(false, |addr| {
+                    let request = request.clone();
+                    async move {
+                        let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+                        Ok(kv.range(self.request(request)).await?.into_inner())
+                    }
+                })
+                .await
             }
         }
     }

@@ -31,6 +31,9 @@ use crate::model::{ConfigObject, ObjectKey, ObjectType, Value, ENVIRONMENT_TENAN
 use crate::schema::{self, FieldKind, OnDelete};
 use crate::validate::View;
 
+/// From this many objects on, [`ConfigSet::check_all`] checks parts of the set in parallel.
+const CHECK_IN_PARTS_FROM: usize = 10_000;
+
 /// How many referrers a [`ConfigError::Referenced`] lists.
 pub const REFERRERS_REPORTED_MAX: usize = 10;
 
@@ -186,6 +189,67 @@ fn index_of(objects: &[(ObjectKey, ConfigObject)], key: ObjectKey) -> usize {
     objects.partition_point(|(k, _)| *k < key)
 }
 
+/// The result of a scoped thread; a panic there goes on here.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The name index of `objects` (sorted by key), refused if two share a name.
+fn name_index(objects: &[(ObjectKey, ConfigObject)]) -> Result<NameIndex, ConfigError> {
+    let mut names: Vec<(NameKey, u64)> = objects
+        .iter()
+        .map(|(_, o)| ((o.object_type, o.tenant, o.name.clone()), o.dbid))
+        .collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        let ((object_type, tenant, _), existing) = pair[0];
+        let (_, dbid) = pair[1];
+        return Err(ConfigError::DuplicateName {
+            object: ObjectRef::of(&objects[index_of(objects, (object_type, dbid))].1),
+            tenant,
+            existing: ObjectRef::of(&objects[index_of(objects, (object_type, existing))].1),
+        });
+    }
+    Ok(nest_names(names))
+}
+
+/// The unique-value index of `objects` (sorted by key), refused if two share a value.
+fn unique_value_index(objects: &[(ObjectKey, ConfigObject)]) -> Result<BTreeMap<UniqueKey, u64>, ConfigError> {
+    let mut unique_values: Vec<(UniqueKey, u64)> = objects
+        .iter()
+        .flat_map(|(_, o)| unique_keys(o).into_iter().map(|key| (key, o.dbid)))
+        .collect();
+    unique_values.sort_unstable();
+    if let Some(pair) = unique_values.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        let ((object_type, _, field, _), existing) = pair[0];
+        let (_, dbid) = pair[1];
+        return Err(ConfigError::DuplicateValue {
+            object: ObjectRef::of(&objects[index_of(objects, (object_type, dbid))].1),
+            field: field.to_owned(),
+            existing: ObjectRef::of(&objects[index_of(objects, (object_type, existing))].1),
+        });
+    }
+    Ok(unique_values.into_iter().collect())
+}
+
+/// Who refers to whom among `objects`.
+fn referrer_index(objects: &[(ObjectKey, ConfigObject)]) -> BTreeMap<ObjectKey, BTreeSet<(ObjectKey, Link)>> {
+    let mut links: Vec<(ObjectKey, (ObjectKey, Link))> = objects
+        .iter()
+        .flat_map(|(key, o)| links_of(o).into_iter().map(|(target, link)| (target, (*key, link))))
+        .collect();
+    links.sort_unstable();
+    let mut referrers = BTreeMap::new();
+    let mut rest = links.as_slice();
+    while let Some(&(target, _)) = rest.first() {
+        let end = rest.partition_point(|(t, _)| *t == target);
+        let sources: BTreeSet<(ObjectKey, Link)> = rest[..end].iter().map(|(_, source)| *source).collect();
+        referrers.insert(target, sources);
+        rest = &rest[end..];
+    }
+    referrers
+}
+
 impl ConfigSet {
     /// An empty set.
     pub fn new() -> Self {
@@ -207,54 +271,19 @@ impl ConfigSet {
             });
         }
 
-        let mut names: Vec<(NameKey, u64)> = objects
-            .iter()
-            .map(|(_, o)| ((o.object_type, o.tenant, o.name.clone()), o.dbid))
-            .collect();
-        names.sort_unstable();
-        if let Some(pair) = names.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            let ((object_type, tenant, _), existing) = pair[0];
-            let (_, dbid) = pair[1];
-            return Err(ConfigError::DuplicateName {
-                object: ObjectRef::of(&objects[index_of(&objects, (object_type, dbid))].1),
-                tenant,
-                existing: ObjectRef::of(&objects[index_of(&objects, (object_type, existing))].1),
-            });
-        }
-
-        let mut unique_values: Vec<(UniqueKey, u64)> = objects
-            .iter()
-            .flat_map(|(_, o)| unique_keys(o).into_iter().map(|key| (key, o.dbid)))
-            .collect();
-        unique_values.sort_unstable();
-        if let Some(pair) = unique_values.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            let ((object_type, _, field, _), existing) = pair[0];
-            let (_, dbid) = pair[1];
-            return Err(ConfigError::DuplicateValue {
-                object: ObjectRef::of(&objects[index_of(&objects, (object_type, dbid))].1),
-                field: field.to_owned(),
-                existing: ObjectRef::of(&objects[index_of(&objects, (object_type, existing))].1),
-            });
-        }
-
-        let mut links: Vec<(ObjectKey, (ObjectKey, Link))> = objects
-            .iter()
-            .flat_map(|(key, o)| links_of(o).into_iter().map(|(target, link)| (target, (*key, link))))
-            .collect();
-        links.sort_unstable();
-        let mut referrers = BTreeMap::new();
-        let mut rest = links.as_slice();
-        while let Some(&(target, _)) = rest.first() {
-            let end = rest.partition_point(|(t, _)| *t == target);
-            let sources: BTreeSet<(ObjectKey, Link)> = rest[..end].iter().map(|(_, source)| *source).collect();
-            referrers.insert(target, sources);
-            rest = &rest[end..];
-        }
+        // The three indexes are independent: each is built on a thread of its own.
+        let (names, unique_values, referrers) = std::thread::scope(|scope| {
+            let names = scope.spawn(|| name_index(&objects));
+            let unique_values = scope.spawn(|| unique_value_index(&objects));
+            let referrers = referrer_index(&objects);
+            (join(names), join(unique_values), referrers)
+        });
+        let (names, unique_values) = (names?, unique_values?);
 
         Ok(ConfigSet {
             objects: objects.into_iter().collect(),
-            names: nest_names(names),
-            unique_values: unique_values.into_iter().collect(),
+            names,
+            unique_values,
             referrers,
         })
     }
@@ -784,9 +813,20 @@ impl ConfigSet {
     /// Validates every object against the schema and the rest of the set, as after loading it
     /// from the store. The first invalid object is reported.
     pub fn check_all(&self) -> Result<(), ConfigError> {
-        for obj in self.objects.values() {
-            self.check_object(obj)?;
+        // A large set is checked in as many parts as there are cores, each on a thread of its
+        // own; the error reported is still the first in key order.
+        let objects: Vec<&ConfigObject> = self.objects.values().collect();
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if parts == 1 || objects.len() < CHECK_IN_PARTS_FROM {
+            return objects.iter().try_for_each(|obj| self.check_object(obj));
         }
-        Ok(())
+        let part = objects.len().div_ceil(parts);
+        std::thread::scope(|scope| {
+            let checks: Vec<_> = objects
+                .chunks(part)
+                .map(|objects| scope.spawn(move || objects.iter().try_for_each(|obj| self.check_object(obj))))
+                .collect();
+            checks.into_iter().try_for_each(join)
+        })
     }
 }

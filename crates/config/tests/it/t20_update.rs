@@ -221,3 +221,30 @@ fn a_set_loaded_from_stored_objects_equals_the_original() {
         other => panic!("expected DuplicateValue, got {other:?}"),
     }
 }
+
+#[test]
+fn a_large_set_is_indexed_and_checked_in_parts_with_the_first_error_in_key_order() {
+    // Large enough that the indexes and the check run on several threads.
+    let mut objects: Vec<_> = base().iter().cloned().collect();
+    objects.push(switch(100, "sw", ENV));
+    objects.extend((0..20_000u64).map(|i| dn(1_000 + i, &format!("{i:05}"), ENV, 100)));
+    let loaded = tandem_config::ConfigSet::from_objects(objects.iter().rev().cloned()).unwrap();
+    assert_eq!(loaded.len(), objects.len());
+    assert_consistent(&loaded);
+    loaded.check_all().expect("valid");
+
+    // Two DNs of a switch that does not exist, one early in key order and one late: the early
+    // one is reported, whichever part finishes first.
+    for dbid in [20_500, 1_500] {
+        let index = objects
+            .iter()
+            .position(|o| o.dbid == dbid && o.object_type == ObjectType::Dn)
+            .unwrap();
+        objects[index] = dn(dbid, &format!("bad{dbid}"), ENV, 999_999);
+    }
+    let broken = tandem_config::ConfigSet::from_objects(objects.iter().cloned()).unwrap();
+    match broken.check_all() {
+        Err(ConfigError::DanglingReference { object, .. }) => assert_eq!(object.dbid, 1_500),
+        other => panic!("expected the first dangling reference, got {other:?}"),
+    }
+}

@@ -22,6 +22,10 @@ mod drill;
 mod up;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -815,11 +815,11 @@ impl ConfigSet {
     pub fn check_all(&self) -> Result<(), ConfigError> {
         // A large set is checked in as many parts as there are cores, each on a thread of its
         // own; the error reported is still the first in key order.
-        let objects: Vec<&ConfigObject> = self.objects.values().collect();
         let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if parts == 1 || objects.len() < CHECK_IN_PARTS_FROM {
-            return objects.iter().try_for_each(|obj| self.check_object(obj));
+        if parts == 1 || self.objects.len() < CHECK_IN_PARTS_FROM {
+            return self.objects.values().try_for_each(|obj| self.check_object(obj));
         }
+        let objects: Vec<&ConfigObject> = self.objects.values().collect();
         let part = objects.len().div_ceil(parts);
         std::thread::scope(|scope| {
             let checks: Vec<_> = objects

@@ -1159,11 +1159,6 @@ impl StateReader {
         self.read(|conn| read_applied_state(conn)).await
     }
 
-    /// The last applied membership.
-    pub async fn membership(&self) -> Result<StoredMembership<ReplicaId, Replica>, StoreError> {
-        self.read(|conn| Ok(read_applied_state(conn)?.1)).await
-    }
-
     /// The stored lease with this token. It may be expired (judge `expires_at_ms` against a
     /// clock) or superseded by a newer lease of its name (see [`StateReader::lease_by_name`]).
     pub async fn lease(&self, token: u64) -> Result<Option<Lease>, StoreError> {

@@ -683,7 +683,7 @@ async fn one_apply_call_is_one_transaction_with_many_results() {
     assert_eq!(applied, Some(log_id(4)));
     assert_eq!(stored.log_id(), &Some(log_id(2)));
     assert_eq!(stored.membership(), &membership);
-    assert_eq!(f.reader.membership().await.unwrap(), stored);
+    assert_eq!(f.reader.applied_state().await.unwrap().1, stored);
 }
 
 /// The transactions of `a_batch_applies_each_transaction_as_if_proposed_alone`, given the
@@ -824,7 +824,7 @@ async fn everything(reader: &StateReader) -> impl PartialEq + std::fmt::Debug {
             .changes_after(reader.oldest_revision().await.unwrap() - 1, 10_000)
             .await
             .unwrap(),
-        reader.membership().await.unwrap(),
+        reader.applied_state().await.unwrap().1,
     )
 }
 

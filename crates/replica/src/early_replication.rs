@@ -21,6 +21,12 @@
 //! only once openraft has seen that follower's answer, and the primary counts itself only after
 //! its own log sync.
 //!
+//! A follower may so hold entries the primary never wrote (it was killed while syncing them). A
+//! restarted primary must therefore not lead on in its old term, or it would give their log ids
+//! to other entries; openraft 0.9 would, so the log store's open drops the committed mark of a
+//! replica's own vote (`tandem_store::LogStore::open`), and it leads again only after a new
+//! election.
+//!
 //! A follower gets an early message only while it is known to hold the entry just before it
 //! (openraft reports it matched, or it accepted the previous early message); batches that queue
 //! up behind a slow follower are merged into one message. A follower that failed to answer gets

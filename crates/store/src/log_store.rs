@@ -10,7 +10,10 @@
 //!
 //! A primary's own new entries can also be handed, before they are written, to a listener
 //! ([`LogStore::send_own_appends_to`]): the replica sends them to its followers while this
-//! store syncs them (see `tandem_replica::early_replication`).
+//! store syncs them (see `tandem_replica::early_replication`). Because followers may then hold
+//! entries this replica never wrote, opening the store makes a vote this replica won uncommitted
+//! again: after a restart it leads only once elected in a higher term (see
+//! `resign_own_leadership`).
 //!
 //! The committed log id is only a hint (openraft re-applies up to it at start-up, and learns it
 //! again from the primary): [`RaftLogStorage::save_committed`] keeps it in memory, and the next
@@ -270,6 +273,10 @@ impl LogStore {
                 })
             }
         };
+        let vote = match resign_own_leadership(&conn, vote, replica_id) {
+            Ok(vote) => vote,
+            Err(source) => return Err(OpenError::Sqlite { file: path, source }),
+        };
         let fence = match db::meta_get_blob::<Fence>(&conn, "fence") {
             Ok(fence) => fence,
             Err(e) => {
@@ -497,6 +504,31 @@ fn decode_entry(payload: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
 
 fn read_vote(conn: &Connection) -> Result<Option<Vote<ReplicaId>>, StoreError> {
     db::meta_get_blob(conn, "vote")
+}
+
+/// Makes a vote this replica won as primary uncommitted again (durably), so that after a restart
+/// it must win a new election, in a higher term, before it leads again; any other vote is kept.
+///
+/// openraft 0.9 restarts a replica whose stored vote is its own committed one as primary at
+/// once, in the same term, appending after the last entry of its own log. But a primary's
+/// followers may hold entries it handed to early replication and never wrote itself (it was
+/// killed while syncing them): resuming in the same term it would give those log ids
+/// (term, primary, index) to other entries, followers holding the old ones would take them for
+/// the same entries, and the replicas' states would diverge. In a higher term every new entry
+/// has a log id no follower has seen, and Raft's usual conflict check replaces the stale ones.
+fn resign_own_leadership(
+    conn: &Connection,
+    vote: Option<Vote<ReplicaId>>,
+    replica_id: ReplicaId,
+) -> rusqlite::Result<Option<Vote<ReplicaId>>> {
+    let Some(won) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(replica_id)) else {
+        return Ok(vote);
+    };
+    let resigned = Vote::new(won.leader_id().term, replica_id);
+    let blob = bincode::serialize(&resigned).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e))?;
+    db::meta_set(conn, "vote", blob)?;
+    tracing::info!(vote = %won, now = %resigned, "this replica led before it stopped: it must win a new election before it leads again");
+    Ok(Some(resigned))
 }
 
 fn read_committed(conn: &Connection) -> Result<Option<LogId<ReplicaId>>, StoreError> {

@@ -1047,6 +1047,42 @@ async fn a_primarys_own_entries_are_handed_over_before_they_are_written() {
 }
 
 #[tokio::test]
+async fn a_primary_reopened_is_only_a_candidate_of_its_old_term_so_it_must_be_elected_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Replica 7 led term 3; its followers may hold entries of term 3 it never wrote.
+        let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+        log.save_vote(&Vote::new_committed(3, 7)).await.unwrap();
+        log.blocking_append(blanks_of(3, 7, 1..=2)).await.unwrap();
+    }
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new(3, 7)),
+        "the same term and candidate, but not committed: openraft starts it as a follower"
+    );
+    // Not a primary's vote any more: nothing it appends is handed over early.
+    let (tx, mut own) = tokio::sync::mpsc::channel(16);
+    log.send_own_appends_to(tx);
+    log.blocking_append(blanks_of(3, 7, 3..=3)).await.unwrap();
+    assert!(own.try_recv().is_err(), "not a primary after a restart");
+    drop(log);
+    // Written, not only cached: a second restart reads the same.
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
+    drop(log);
+
+    // A follower's committed vote (for replica 3) is kept as it is.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+        log.save_vote(&Vote::new_committed(4, 3)).await.unwrap();
+    }
+    let mut log = LogStore::open(dir.path(), CLUSTER, 7).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(4, 3)));
+}
+
+#[tokio::test]
 async fn the_log_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -1,7 +1,9 @@
 //! Whole-cluster restarts: every replica stopped (SIGTERM) and started again, then every replica
-//! killed (`kill -9`) and started again. Committed data survives both. The set is formed and
-//! inspected through the command line, so this also covers `tandem db init` and
-//! `tandem db status --json`.
+//! killed (`kill -9`) and started again. Committed data survives both, and each time the set
+//! leads on only after a new election (a higher term): a primary killed while its followers held
+//! entries it had sent early and not yet written must never give those entries' log ids to other
+//! entries. The set is formed and inspected through the command line, so this also covers
+//! `tandem db init` and `tandem db status --json`.
 
 mod common;
 
@@ -24,6 +26,23 @@ async fn write_some(cluster: &Cluster, history: &Arc<History>, prefix: &str, cou
     writers.must_wait_acknowledged(count, EVENT_TIMEOUT).await;
     let report = writers.stop().await;
     info!(%report, prefix, "writers stopped");
+}
+
+/// The primary's term, once there is a primary.
+async fn primary_term(cluster: &Cluster) -> u64 {
+    let primary = cluster.must_wait_primary().await;
+    cluster.must_status(primary).await.term
+}
+
+/// Waits for a primary after a whole-cluster restart; it must have been elected in a term above
+/// `before` (no replica resumes as primary in the term it led before it stopped).
+async fn must_elect_in_a_new_term(cluster: &Cluster, before: u64) {
+    let term = primary_term(cluster).await;
+    assert!(
+        term > before,
+        "the primary after the restart leads in term {term}, not above the term before it ({before})"
+    );
+    info!(before, term, "a primary was elected in a new term");
 }
 
 /// Every replica holds exactly what the history allows, read on each replica after catching up.
@@ -67,6 +86,7 @@ async fn all_replicas_stopped_or_killed_and_restarted_keep_committed_data() {
     must_hold_everything(&cluster, &history, "restart/").await;
 
     info!("--- SIGTERM every replica; each exits cleanly");
+    let term = primary_term(&cluster).await;
     history.note("SIGTERM every replica");
     for id in IDS {
         cluster.must_terminate(id).await;
@@ -77,7 +97,7 @@ async fn all_replicas_stopped_or_killed_and_restarted_keep_committed_data() {
     for id in IDS {
         cluster.must_restart(id).await;
     }
-    cluster.must_wait_primary().await;
+    must_elect_in_a_new_term(&cluster, term).await;
     must_hold_everything(&cluster, &history, "restart/").await;
     assert_eq!(
         cluster.must_get("cli/greeting").await.map(|kv| kv.value),
@@ -91,6 +111,7 @@ async fn all_replicas_stopped_or_killed_and_restarted_keep_committed_data() {
         "restart/b",
     );
     writers.must_wait_acknowledged(150, EVENT_TIMEOUT).await;
+    let term = primary_term(&cluster).await;
     history.note("kill -9 every replica");
     for id in IDS {
         cluster.must_kill9(id);
@@ -101,7 +122,7 @@ async fn all_replicas_stopped_or_killed_and_restarted_keep_committed_data() {
     for id in IDS {
         cluster.must_restart(id).await;
     }
-    cluster.must_wait_primary().await;
+    must_elect_in_a_new_term(&cluster, term).await;
     writers.must_wait_more(50, EVENT_TIMEOUT).await;
     let report = writers.stop().await;
     info!(%report, "writers stopped");

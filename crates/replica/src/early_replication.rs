@@ -29,7 +29,8 @@
 //!
 //! A follower gets an early message only while it is known to hold the entry just before it
 //! (openraft reports it matched, or it accepted the previous early message); batches that queue
-//! up behind a slow follower are merged into one message. A follower that failed to answer gets
+//! up behind a slow follower are merged into one message (of about a megabyte at most, as
+//! openraft's own are). A follower that failed to answer gets
 //! nothing early until openraft reports it caught up again.
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ use std::time::Duration;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::{LogId, RaftMetrics};
+use tandem_store::log_store::REPLICATION_BATCH_BYTES;
 use tandem_store::{OwnAppend, Replica, ReplicaId, TypeConfig};
 use tokio::sync::{mpsc, watch};
 
@@ -201,8 +203,9 @@ async fn send_to(
 }
 
 /// One AppendEntries carrying the newest run of consecutive batches in `pending` (same vote,
-/// each starting right after the previous one), if the follower holds the entry before it: it
-/// matched it (as openraft last reported) or accepted it early.
+/// each starting right after the previous one, together within about
+/// [`REPLICATION_BATCH_BYTES`]: the newest batch always goes), if the follower holds the entry
+/// before it: it matched it (as openraft last reported) or accepted it early.
 fn merge(
     pending: &[ForFollower],
     accepted: Option<LogId<ReplicaId>>,
@@ -210,9 +213,14 @@ fn merge(
 ) -> Option<AppendEntriesRequest<TypeConfig>> {
     let newest = pending.last()?;
     let mut start = pending.len() - 1;
+    let mut bytes = newest.append.bytes;
     while start > 0 {
         let (before, batch) = (&pending[start - 1].append, &pending[start].append);
         if before.vote != batch.vote || before.entries.last().map(|e| e.log_id) != batch.prev {
+            break;
+        }
+        bytes = bytes.saturating_add(before.bytes);
+        if bytes > REPLICATION_BATCH_BYTES {
             break;
         }
         start -= 1;
@@ -247,8 +255,13 @@ mod tests {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
-    /// A batch of blank entries `from..=to` of `term`, after `prev`.
+    /// A batch of blank entries `from..=to` of `term`, after `prev`, said to be 100 bytes.
     fn batch(term: u64, prev: Option<u64>, from: u64, to: u64) -> ForFollower {
+        sized_batch(term, prev, from, to, 100)
+    }
+
+    /// [`batch`], said to be `bytes` long.
+    fn sized_batch(term: u64, prev: Option<u64>, from: u64, to: u64, bytes: usize) -> ForFollower {
         let entries = (from..=to)
             .map(|i| Entry {
                 log_id: log_id(term, i),
@@ -260,6 +273,7 @@ mod tests {
                 vote: Vote::new_committed(term, 1),
                 prev: prev.map(|p| log_id(term, p)),
                 entries,
+                bytes,
             }),
             matched: None,
         }
@@ -298,6 +312,31 @@ mod tests {
         let request = merge(&pending, None, Some(log_id(2, 6))).expect("matched 6");
         assert_eq!(indexes(&request), vec![7]);
         assert_eq!(request.vote, Vote::new_committed(3, 1));
+    }
+
+    #[test]
+    fn a_merged_message_keeps_to_about_a_megabyte_but_the_newest_batch_always_goes() {
+        let third = REPLICATION_BATCH_BYTES * 3 / 10;
+        let pending = [
+            sized_batch(2, Some(4), 5, 5, third),
+            sized_batch(2, Some(5), 6, 6, third),
+            sized_batch(2, Some(6), 7, 7, third),
+            sized_batch(2, Some(7), 8, 8, third),
+        ];
+        // 4 × 0.3 MB do not fit: the newest three do, after 5 (which the follower must hold).
+        let request = merge(&pending, None, Some(log_id(2, 5))).expect("matched 5");
+        assert_eq!(indexes(&request), vec![6, 7, 8]);
+        assert_eq!(request.prev_log_id, Some(log_id(2, 5)));
+        assert!(
+            merge(&pending, None, Some(log_id(2, 4))).is_none(),
+            "holding only 4, the follower cannot take 6..8, and 5..8 is too large"
+        );
+        let huge = [
+            sized_batch(2, Some(4), 5, 5, 10),
+            sized_batch(2, Some(5), 6, 6, 2 * REPLICATION_BATCH_BYTES),
+        ];
+        let request = merge(&huge, None, Some(log_id(2, 5))).expect("matched 5");
+        assert_eq!(indexes(&request), vec![6], "a batch larger than the budget goes alone");
     }
 
     #[test]

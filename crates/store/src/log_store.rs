@@ -219,6 +219,8 @@ pub struct OwnAppend {
     pub prev: Option<LogId<ReplicaId>>,
     /// The entries, in log order.
     pub entries: Vec<Entry<TypeConfig>>,
+    /// Their encoded size, in bytes (as the log stores them).
+    pub bytes: usize,
 }
 
 impl Drop for Shared {
@@ -316,7 +318,7 @@ impl LogStore {
 
     /// Hands `entries` to the listener of own appends, if there is one and they are this
     /// primary's own new entries (made under its current vote, right after the last entry).
-    fn hand_over_if_own(&self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
+    fn hand_over_if_own(&self, entries: &[Entry<TypeConfig>], bytes: usize) -> Result<(), StoreError> {
         let Some(listener) = db::lock(&self.shared.own_appends)?.clone() else {
             return Ok(());
         };
@@ -336,7 +338,12 @@ impl LogStore {
             return Ok(());
         }
         let entries = entries.to_vec();
-        if let Err(e) = listener.try_send(OwnAppend { vote, prev, entries }) {
+        if let Err(e) = listener.try_send(OwnAppend {
+            vote,
+            prev,
+            entries,
+            bytes,
+        }) {
             tracing::debug!(error = %e, "own entries not handed over early");
         }
         Ok(())
@@ -691,7 +698,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<Result<Vec<_>, StoreError>>()
             .map_err(StoreError::into_write_logs)?;
         // A primary's own entries go to its followers while they are written here.
-        self.hand_over_if_own(&entries).map_err(StoreError::into_write_logs)?;
+        let bytes = rows.iter().map(|(_, _, payload)| payload.len()).sum();
+        self.hand_over_if_own(&entries, bytes)
+            .map_err(StoreError::into_write_logs)?;
         let count = rows.len() as u64;
         let shared = self.shared.clone();
         let written = self

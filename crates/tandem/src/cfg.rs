@@ -645,18 +645,25 @@ async fn login(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps a session token in `path`, readable by its owner only from the start: the token is
+/// Keeps a session token in `path`, readable by its owner only from the start (a directory
+/// made for it gets mode 0700): the token is
 /// written to a new file of the same directory, created with mode 0600, which then replaces
 /// `path`. No other user can read the token even for a moment, whatever `path` was before, and
 /// a crash leaves either the old session or the new one, never half of one.
 fn save_session(path: &Path, token: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Directories made here (e.g. `~/.tandem`) are their owner's alone too; existing ones are
+    // left as they are.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let mut file = tempfile::Builder::new()
         .prefix(".cfg-session.")
         .make_in(dir, |name| {
@@ -1161,6 +1168,7 @@ mod tests {
         // A new file, in a directory not there yet.
         save_session(&path, "first.token").expect("save");
         assert_eq!(mode(&path), "600", "readable by its owner only");
+        assert_eq!(mode(&dir), "700", "the directory made for it is its owner's alone");
         assert_eq!(read_session(&path).expect("read"), "first.token");
         assert_eq!(names(&dir), vec!["cfg-session"], "nothing left beside it");
 

@@ -183,10 +183,12 @@ impl Tail {
 }
 
 /// A byte budget for a run of log entries: the first entry always fits, each further one only
-/// while the run stays within the budget.
+/// while the run stays within the budget. The run ends at the first entry that does not fit:
+/// nothing after it fits either, however small (a run has no gaps).
 struct Budget {
     left: usize,
     first: bool,
+    ended: bool,
 }
 
 impl Budget {
@@ -194,15 +196,19 @@ impl Budget {
         Budget {
             left: bytes,
             first: true,
+            ended: false,
         }
     }
 
-    /// Whether an entry of `size` bytes still fits (and if so, spends its size).
+    /// Whether the next entry of the run, of `size` bytes, still fits (and if so, spends its
+    /// size).
     fn take(&mut self, size: usize) -> bool {
-        let fits = self.first || size <= self.left;
+        let fits = !self.ended && (self.first || size <= self.left);
         if fits {
             self.first = false;
             self.left = self.left.saturating_sub(size);
+        } else {
+            self.ended = true;
         }
         fits
     }
@@ -842,7 +848,7 @@ mod tests {
         assert!(budget.take(100));
         assert!(budget.take(100));
         assert!(!budget.take(100), "300 > 250");
-        assert!(budget.take(50), "a smaller one still fits");
+        assert!(!budget.take(50), "the run ended: a smaller one does not follow a gap");
         let mut budget = Budget::new(10);
         assert!(budget.take(100), "the first entry always goes");
         assert!(!budget.take(1));

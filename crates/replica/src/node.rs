@@ -215,12 +215,20 @@ impl Core {
     }
 
     /// The highest commit index this replica knows of.
+    ///
+    /// Asked on a task of its own: a caller that gives up (a status call past its deadline)
+    /// drops only the task's handle, and openraft still has someone to hand the answer to (it
+    /// logs an error when the asker is gone).
     pub async fn commit_index(&self, engine: &Engine) -> u64 {
-        engine
-            .raft
-            .with_raft_state(|state| state.committed.map(|id| id.index).unwrap_or(0))
-            .await
-            .unwrap_or(0)
+        let raft = engine.raft.clone();
+        let ask = tokio::spawn(async move {
+            raft.with_raft_state(|state| state.committed.map(|id| id.index).unwrap_or(0))
+                .await
+        });
+        match ask.await {
+            Ok(Ok(index)) => index,
+            Ok(Err(_)) | Err(_) => 0,
+        }
     }
 
     /// Records what a primary just told this replica (on every AppendEntries it accepts).

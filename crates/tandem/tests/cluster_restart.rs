@@ -2,8 +2,9 @@
 //! killed (`kill -9`) and started again. Committed data survives both, and each time the set
 //! leads on only after a new election (a higher term): a primary killed while its followers held
 //! entries it had sent early and not yet written must never give those entries' log ids to other
-//! entries. The set is formed and inspected through the command line, so this also covers
-//! `tandem db init` and `tandem db status --json`.
+//! entries. The same holds when the primary alone is killed and started again at once. The set is
+//! formed and inspected through the command line, so this also covers `tandem db init` and
+//! `tandem db status --json`.
 
 mod common;
 
@@ -134,5 +135,39 @@ async fn all_replicas_stopped_or_killed_and_restarted_keep_committed_data() {
 
     info!("--- the restarted set takes new writes");
     write_some(&cluster, &history, "restart/c", 50).await;
+    must_hold_everything(&cluster, &history, "restart/").await;
+}
+
+/// The primary alone is killed under writes and started again at once, before its followers'
+/// election timers run out: it must not lead on in its old term (its followers may hold entries
+/// it sent them early and never wrote), so the set elects a primary in a new term; the writers go
+/// on and every replica ends up holding exactly what the history allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_and_restarted_at_once_leads_only_after_a_new_election() {
+    init_tracing();
+
+    info!("--- start three sync replicas; two clients write");
+    let mut cluster =
+        Cluster::must_start(TANDEM, &[Kind::Sync, Kind::Sync, Kind::Sync], ClusterOptions::default()).await;
+    let primary = cluster.must_wait_primary().await;
+    let history = Arc::new(History::new());
+    let writers = Writers::start(
+        vec![cluster.new_client(), cluster.new_client()],
+        history.clone(),
+        "restart/p",
+    );
+    writers.must_wait_acknowledged(100, EVENT_TIMEOUT).await;
+    let term = primary_term(&cluster).await;
+
+    info!("--- kill -9 the primary (replica {primary}) and start it again at once");
+    history.note(format!("kill -9 replica {primary} (the primary), restart at once"));
+    cluster.must_kill9(primary);
+    cluster.must_restart(primary).await;
+    must_elect_in_a_new_term(&cluster, term).await;
+
+    info!("--- the writers go on; every replica holds the same, as the history allows");
+    writers.must_wait_more(50, EVENT_TIMEOUT).await;
+    let report = writers.stop().await;
+    info!(%report, "writers stopped");
     must_hold_everything(&cluster, &history, "restart/").await;
 }

@@ -19,9 +19,10 @@ use serde::Serialize;
 use tandem_proto::db::raft_client::RaftClient;
 use tandem_proto::db::{RaftReply, RaftRequest, EPOCH_KEY, PRIMARY_ADDR_KEY};
 use tandem_store::{Fence, Replica, ReplicaId, StateReader, TypeConfig};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::progress::Progress;
+use crate::refusal;
 use tandem_tls::ChannelCache;
 use tonic::transport::{Channel, ClientTlsConfig};
 
@@ -160,6 +161,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             ready: self.ready.clone(),
             target,
             addr: node.addr.clone(),
+            stream: None,
         }
     }
 }
@@ -173,6 +175,8 @@ pub struct PeerLink {
     ready: Arc<AtomicBool>,
     target: ReplicaId,
     addr: String,
+    /// AppendEntries go on this stream (opened on first use, and again after a failure).
+    stream: Option<AppendStream>,
 }
 
 /// The four kinds of peer call.
@@ -234,36 +238,53 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     spec: PeerCallSpec<'_>,
     req: &Req,
 ) -> Result<Resp, PeerError> {
-    let PeerCallSpec {
-        target,
-        addr,
-        call,
-        timeout,
-        stamp,
-    } = spec;
-    let unreachable = |reason: String| PeerError::Unreachable {
+    let mut client = channels
+        .raft_client(spec.addr)
+        .map_err(|e| unreachable(spec.addr, e.to_string()))?;
+    let mut request = tonic::Request::new(envelope(identity, &spec, req)?);
+    request.set_timeout(spec.timeout);
+    let reply = match spec.call {
+        PeerCall::AppendEntries => client.append_entries(request).await,
+        PeerCall::Vote => client.vote(request).await,
+        PeerCall::InstallSnapshot => client.install_snapshot(request).await,
+        PeerCall::ElectNow => client.elect_now(request).await,
+    };
+    answer(identity, spec.addr, reply.map(tonic::Response::into_inner))
+}
+
+fn unreachable(addr: &str, reason: String) -> PeerError {
+    PeerError::Unreachable {
         addr: addr.to_owned(),
         reason,
-    };
-    let mut client = channels.raft_client(addr).map_err(|e| unreachable(e.to_string()))?;
-    let mut envelope = identity.envelope(target, encode(req)?);
-    if let Some(stamp) = stamp {
+    }
+}
+
+/// The envelope of one message, stamped as `spec` says.
+fn envelope<Req: Serialize>(
+    identity: &PeerIdentity,
+    spec: &PeerCallSpec<'_>,
+    req: &Req,
+) -> Result<RaftRequest, PeerError> {
+    let mut envelope = identity.envelope(spec.target, encode(req)?);
+    if let Some(stamp) = spec.stamp {
         envelope.primary_last_index = stamp.last_index;
         envelope.primary_revision = stamp.revision;
         envelope.primary_time_ms = crate::node::now_ms();
         envelope.in_sync_set = stamp.in_sync_set;
         envelope.strict = stamp.strict;
     }
-    let mut request = tonic::Request::new(envelope);
-    request.set_timeout(timeout);
-    let reply: Result<tonic::Response<RaftReply>, tonic::Status> = match call {
-        PeerCall::AppendEntries => client.append_entries(request).await,
-        PeerCall::Vote => client.vote(request).await,
-        PeerCall::InstallSnapshot => client.install_snapshot(request).await,
-        PeerCall::ElectNow => client.elect_now(request).await,
-    };
+    Ok(envelope)
+}
+
+/// Decodes a peer's answer, or says why there is none. A refusal that reveals a newer epoch is
+/// reported to the identity (which fences this replica).
+fn answer<Resp: DeserializeOwned>(
+    identity: &PeerIdentity,
+    addr: &str,
+    reply: Result<RaftReply, tonic::Status>,
+) -> Result<Resp, PeerError> {
     match reply {
-        Ok(reply) => Ok(decode(&reply.into_inner().payload)?),
+        Ok(reply) => Ok(decode(&reply.payload)?),
         Err(status) => {
             if let Some(epoch) = metadata_u64(&status, EPOCH_KEY) {
                 let primary = status
@@ -277,7 +298,7 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::Cancelled
-                | tonic::Code::Unknown => Err(unreachable(status.to_string())),
+                | tonic::Code::Unknown => Err(unreachable(addr, status.to_string())),
                 _ => Err(PeerError::Refused {
                     addr: addr.to_owned(),
                     status,
@@ -287,13 +308,99 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
     }
 }
 
+/// A long-lived `AppendStream` to one peer: requests go in one at a time and their replies
+/// come back in order. Dropped after any failure (a new one is opened for the next message),
+/// so a reply can never be taken for the answer to a later request.
+struct AppendStream {
+    requests: mpsc::Sender<RaftRequest>,
+    replies: tonic::Streaming<RaftReply>,
+    /// The number of the last request sent.
+    seq: u64,
+}
+
+impl AppendStream {
+    async fn open(channels: &PeerChannels, addr: &str) -> Result<AppendStream, tonic::Status> {
+        let mut client = channels
+            .raft_client(addr)
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (requests, outgoing) = mpsc::channel(1);
+        let replies = client
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await?
+            .into_inner();
+        Ok(AppendStream {
+            requests,
+            replies,
+            seq: 0,
+        })
+    }
+
+    /// Sends one request and waits for its reply (a refusal comes back as its status).
+    async fn call(&mut self, mut request: RaftRequest) -> Result<RaftReply, tonic::Status> {
+        self.seq += 1;
+        request.seq = self.seq;
+        if self.requests.send(request).await.is_err() {
+            return Err(tonic::Status::unavailable("the append stream was closed"));
+        }
+        let reply = self
+            .replies
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the peer ended the append stream"))?;
+        if reply.seq != self.seq {
+            return Err(tonic::Status::unavailable(format!(
+                "the append stream answered request {} instead of {}",
+                reply.seq, self.seq
+            )));
+        }
+        match reply.refusal {
+            Some(refusal) => Err(refusal::from_message(refusal)),
+            None => Ok(reply),
+        }
+    }
+}
+
 fn metadata_u64(status: &tonic::Status, key: &str) -> Option<u64> {
     status.metadata().get(key)?.to_str().ok()?.parse().ok()
 }
 
+/// One message on a link's [`AppendStream`], within `spec.timeout` (opening the stream
+/// included). The stream is kept only after a reply: a failure, a timeout or this future
+/// being dropped mid-call closes it.
+async fn call_on_stream<Req: Serialize, Resp: DeserializeOwned>(
+    identity: &PeerIdentity,
+    channels: &PeerChannels,
+    kept: &mut Option<AppendStream>,
+    spec: &PeerCallSpec<'_>,
+    req: &Req,
+) -> Result<Resp, PeerError> {
+    let request = envelope(identity, spec, req)?;
+    let taken = kept.take();
+    let exchange = async move {
+        let mut stream = match taken {
+            Some(stream) => stream,
+            None => AppendStream::open(channels, spec.addr).await?,
+        };
+        let reply = stream.call(request).await?;
+        Ok::<_, tonic::Status>((stream, reply))
+    };
+    let reply = match tokio::time::timeout(spec.timeout, exchange).await {
+        Ok(Ok((stream, reply))) => {
+            *kept = Some(stream);
+            Ok(reply)
+        }
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {:?}",
+            spec.timeout
+        ))),
+    };
+    answer(identity, spec.addr, reply)
+}
+
 impl PeerLink {
     async fn call<Req, Resp, E>(
-        &self,
+        &mut self,
         call: PeerCall,
         req: &Req,
         option: &RPCOption,
@@ -327,8 +434,12 @@ impl PeerLink {
             timeout: option.hard_ttl(),
             stamp,
         };
-        let result: Result<Result<Resp, RaftError<ReplicaId, E>>, PeerError> =
-            call_peer(&self.identity, &self.channels, spec, req).await;
+        let result: Result<Result<Resp, RaftError<ReplicaId, E>>, PeerError> = match call {
+            PeerCall::AppendEntries => {
+                call_on_stream(&self.identity, &self.channels, &mut self.stream, &spec, req).await
+            }
+            _ => call_peer(&self.identity, &self.channels, spec, req).await,
+        };
         match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),

@@ -1,8 +1,15 @@
 //! The server side of replica-to-replica traffic. Every message's envelope is checked (cluster,
 //! addressee, epoch) before its payload is decoded and handed to openraft, so a replica of
 //! another replica set or another epoch can neither vote here nor append here.
+//!
+//! Replication sends AppendEntries on a long-lived stream per link (`AppendStream`), answered in
+//! order: a message is handled only after the one before it, as a replication link sends them
+//! one at a time anyway. A refused message is answered with its refusal and the stream goes on.
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::Stream;
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -10,12 +17,13 @@ use serde::Serialize;
 use tandem_proto::db::raft_server::Raft;
 use tandem_proto::db::{RaftReply, RaftRequest};
 use tandem_store::{ReplicaId, TypeConfig};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{decode, encode};
 use crate::node::Core;
 use crate::refusal;
 
+#[derive(Clone)]
 pub struct RaftService {
     core: Arc<Core>,
 }
@@ -30,8 +38,7 @@ impl RaftService {
     /// A fenced replica refuses every message (its old epoch must not reach a quorum through
     /// it). A message of a newer epoch fences this replica; one of an older epoch is refused with
     /// this replica's epoch, which fences its sender.
-    fn admit(&self, request: Request<RaftRequest>) -> Result<RaftRequest, Status> {
-        let message = request.into_inner();
+    fn admit(&self, message: RaftRequest) -> Result<RaftRequest, Status> {
         let identity = &self.core.identity;
         let epoch = identity.epoch();
         let primary = self.core.metrics().ok().and_then(|m| self.core.primary_addr(&m));
@@ -72,11 +79,30 @@ impl RaftService {
         }
         Ok(engine.raft.clone())
     }
+
+    async fn append(&self, message: RaftRequest) -> Result<RaftReply, Status> {
+        let message = self.admit(message)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = payload(&message)?;
+        let raft = self.raft()?;
+        let result = raft.append_entries(rpc).await;
+        if message.primary_last_index > 0 && result.as_ref().is_ok_and(|r| r.is_success()) {
+            let own_last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+            self.core.heard_from_primary(&message, own_last);
+        }
+        encoded(&result)
+    }
+}
+
+fn encoded<T: Serialize>(value: &T) -> Result<RaftReply, Status> {
+    let payload = encode(value).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+    Ok(RaftReply {
+        payload,
+        ..RaftReply::default()
+    })
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
-    let payload = encode(value).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
-    Ok(Response::new(RaftReply { payload }))
+    encoded(value).map(Response::new)
 }
 
 fn payload<T: serde::de::DeserializeOwned>(message: &RaftRequest) -> Result<T, Status> {
@@ -86,32 +112,51 @@ fn payload<T: serde::de::DeserializeOwned>(message: &RaftRequest) -> Result<T, S
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let message = self.admit(request)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = payload(&message)?;
-        let raft = self.raft()?;
-        let result = raft.append_entries(rpc).await;
-        if message.primary_last_index > 0 && result.as_ref().is_ok_and(|r| r.is_success()) {
-            let own_last = raft.metrics().borrow().last_log_index.unwrap_or(0);
-            self.core.heard_from_primary(&message, own_last);
-        }
-        reply(&result)
+        self.append(request.into_inner()).await.map(Response::new)
+    }
+
+    type AppendStreamStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        // Polled by the connection itself: no task of its own, one message at a time.
+        let replies = futures::stream::unfold(
+            (request.into_inner(), self.clone()),
+            |(mut requests, service)| async move {
+                // A broken request stream ends the reply stream: the sender opens a new one.
+                let message = requests.message().await.ok()??;
+                let seq = message.seq;
+                let reply = match service.append(message).await {
+                    Ok(reply) => RaftReply { seq, ..reply },
+                    Err(status) => RaftReply {
+                        seq,
+                        refusal: Some(refusal::to_message(&status)),
+                        ..RaftReply::default()
+                    },
+                };
+                Some((Ok(reply), (requests, service)))
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let message = self.admit(request)?;
+        let message = self.admit(request.into_inner())?;
         let rpc: VoteRequest<ReplicaId> = payload(&message)?;
         reply(&self.raft()?.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let message = self.admit(request)?;
+        let message = self.admit(request.into_inner())?;
         let rpc: InstallSnapshotRequest<TypeConfig> = payload(&message)?;
         let result: Result<_, RaftError<ReplicaId, InstallSnapshotError>> = self.raft()?.install_snapshot(rpc).await;
         reply(&result)
     }
 
     async fn elect_now(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let message = self.admit(request)?;
+        let message = self.admit(request.into_inner())?;
         tracing::info!(from = message.from, "asked to campaign for primary now");
         let result: Result<(), String> = self.raft()?.trigger().elect().await.map_err(|e| e.to_string());
         reply(&result)

@@ -10,7 +10,7 @@ use std::path::Path;
 use common::{start_set, TestReplica};
 use tandem_client::{ClientError, Txn};
 use tandem_proto::db::raft_client::RaftClient;
-use tandem_proto::db::{error_code, RaftRequest, ERROR_CODE_KEY};
+use tandem_proto::db::{error_code, RaftRequest, EPOCH_KEY, ERROR_CODE_KEY};
 use tandem_replica::StartError;
 use tandem_store::OpenError;
 use tandem_tls::TlsFiles;
@@ -175,8 +175,48 @@ async fn bad_requests_are_refused_and_the_replica_keeps_serving() {
         payload: vec![0xde, 0xad],
         ..Default::default()
     };
-    let status = raft.append_entries(ours).await.expect_err("undecodable refused");
+    let status = raft
+        .append_entries(ours.clone())
+        .await
+        .expect_err("undecodable refused");
     assert_eq!(status.code(), Code::InvalidArgument);
+
+    eprintln!("--- the same two on one append stream: each refused in a reply, in order, the stream going on");
+    let foreign_on_stream = RaftRequest {
+        cluster: "someone-else".into(),
+        epoch: 1,
+        from: 9,
+        to: 1,
+        payload: vec![1, 2, 3],
+        seq: 1,
+        ..Default::default()
+    };
+    let ours_on_stream = RaftRequest { seq: 2, ..ours };
+    let requests = futures::stream::iter([foreign_on_stream, ours_on_stream]);
+    let mut replies = raft.append_stream(requests).await.expect("stream opened").into_inner();
+    let first = replies.message().await.expect("first reply").expect("a reply");
+    assert_eq!(first.seq, 1);
+    assert!(first.payload.is_empty());
+    let refusal = first.refusal.expect("foreign cluster refused");
+    assert_eq!(refusal.code, Code::FailedPrecondition as i32);
+    assert_eq!(
+        refusal.metadata.get(ERROR_CODE_KEY).map(String::as_str),
+        Some(error_code::WRONG_CLUSTER)
+    );
+    assert!(
+        refusal.metadata.contains_key(EPOCH_KEY),
+        "the refusal carries the epoch: {refusal:?}"
+    );
+    let second = replies.message().await.expect("second reply").expect("a reply");
+    assert_eq!(second.seq, 2);
+    assert_eq!(
+        second.refusal.expect("undecodable refused").code,
+        Code::InvalidArgument as i32
+    );
+    assert!(
+        replies.message().await.expect("clean end").is_none(),
+        "the stream ends when its requests do"
+    );
 
     eprintln!("--- the replica set still serves");
     client.put("ok/after", "2").await.expect("put after bad input");

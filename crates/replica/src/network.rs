@@ -319,20 +319,32 @@ struct AppendStream {
 }
 
 impl AppendStream {
-    async fn open(channels: &PeerChannels, addr: &str) -> Result<AppendStream, tonic::Status> {
+    /// Opens a stream with `first` as its first request (sent with the stream's headers, so a
+    /// new stream costs no extra round trip) and waits for its reply.
+    async fn open(
+        channels: &PeerChannels,
+        addr: &str,
+        mut first: RaftRequest,
+    ) -> Result<(AppendStream, RaftReply), tonic::Status> {
         let mut client = channels
             .raft_client(addr)
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let (requests, outgoing) = mpsc::channel(1);
+        first.seq = 1;
+        if requests.try_send(first).is_err() {
+            return Err(tonic::Status::internal("a new append stream's queue is full"));
+        }
         let replies = client
             .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
             .await?
             .into_inner();
-        Ok(AppendStream {
+        let mut stream = AppendStream {
             requests,
             replies,
-            seq: 0,
-        })
+            seq: 1,
+        };
+        let reply = stream.reply().await?;
+        Ok((stream, reply))
     }
 
     /// Sends one request and waits for its reply (a refusal comes back as its status).
@@ -342,6 +354,11 @@ impl AppendStream {
         if self.requests.send(request).await.is_err() {
             return Err(tonic::Status::unavailable("the append stream was closed"));
         }
+        self.reply().await
+    }
+
+    /// The reply to the last request sent.
+    async fn reply(&mut self) -> Result<RaftReply, tonic::Status> {
         let reply = self
             .replies
             .message()
@@ -377,12 +394,13 @@ async fn call_on_stream<Req: Serialize, Resp: DeserializeOwned>(
     let request = envelope(identity, spec, req)?;
     let taken = kept.take();
     let exchange = async move {
-        let mut stream = match taken {
-            Some(stream) => stream,
-            None => AppendStream::open(channels, spec.addr).await?,
-        };
-        let reply = stream.call(request).await?;
-        Ok::<_, tonic::Status>((stream, reply))
+        match taken {
+            Some(mut stream) => {
+                let reply = stream.call(request).await?;
+                Ok::<_, tonic::Status>((stream, reply))
+            }
+            None => AppendStream::open(channels, spec.addr, request).await,
+        }
     };
     let reply = match tokio::time::timeout(spec.timeout, exchange).await {
         Ok(Ok((stream, reply))) => {

@@ -362,13 +362,13 @@ pub async fn serve_with_metrics(
         )
         .add_service(AdminServer::new(AdminService::new(core.clone())).max_decoding_message_size(max_request))
         .add_service(
-            RaftServer::new(RaftService::new(core.clone()))
+            RaftServer::new(RaftService::new(core.clone(), stopped_rx.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
-            // Ends open watch streams, which would otherwise hold the server open.
+            // Ends open watch and append streams, which would otherwise hold the server open.
             let _ = stopped_tx.send(true);
         })
         .await;

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tandem_proto::db::raft_server::Raft;
 use tandem_proto::db::{RaftReply, RaftRequest};
 use tandem_store::{ReplicaId, TypeConfig};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{decode, encode};
@@ -26,11 +27,14 @@ use crate::refusal;
 #[derive(Clone)]
 pub struct RaftService {
     core: Arc<Core>,
+    /// Becomes true when the replica shuts down: open append streams end then (a graceful
+    /// shutdown waits for every open stream, and a primary never ends its own).
+    stopped: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(core: Arc<Core>) -> Self {
-        RaftService { core }
+    pub fn new(core: Arc<Core>, stopped: watch::Receiver<bool>) -> Self {
+        RaftService { core, stopped }
     }
 
     /// Checks the envelope and returns the payload.
@@ -125,8 +129,12 @@ impl Raft for RaftService {
         let replies = futures::stream::unfold(
             (request.into_inner(), self.clone()),
             |(mut requests, service)| async move {
+                let mut stopped = service.stopped.clone();
                 // A broken request stream ends the reply stream: the sender opens a new one.
-                let message = requests.message().await.ok()??;
+                let message = tokio::select! {
+                    message = requests.message() => message.ok()??,
+                    _ = stopped.wait_for(|s| *s) => return None,
+                };
                 let seq = message.seq;
                 let reply = match service.append(message).await {
                     Ok(reply) => RaftReply { seq, ..reply },

@@ -86,10 +86,11 @@ async fn all_replicas_stopped_or_killed_and_restarted_keep_committed_data() {
     write_some(&cluster, &history, "restart/a", 150).await;
     must_hold_everything(&cluster, &history, "restart/").await;
 
-    info!("--- SIGTERM every replica; each exits cleanly");
+    info!("--- SIGTERM every replica, the secondaries first (while the primary still holds its streams to them); each exits cleanly");
     let term = primary_term(&cluster).await;
+    let primary = cluster.must_wait_primary().await;
     history.note("SIGTERM every replica");
-    for id in IDS {
+    for id in IDS.into_iter().filter(|&id| id != primary).chain([primary]) {
         cluster.must_terminate(id).await;
     }
 

@@ -158,7 +158,7 @@ async fn bad_requests_are_refused_and_the_replica_keeps_serving() {
         payload: vec![1, 2, 3],
         ..Default::default()
     };
-    let status = raft.vote(foreign).await.expect_err("foreign cluster refused");
+    let status = raft.vote(foreign.clone()).await.expect_err("foreign cluster refused");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(
         status.metadata().get(ERROR_CODE_KEY).and_then(|v| v.to_str().ok()),
@@ -182,15 +182,7 @@ async fn bad_requests_are_refused_and_the_replica_keeps_serving() {
     assert_eq!(status.code(), Code::InvalidArgument);
 
     eprintln!("--- the same two on one append stream: each refused in a reply, in order, the stream going on");
-    let foreign_on_stream = RaftRequest {
-        cluster: "someone-else".into(),
-        epoch: 1,
-        from: 9,
-        to: 1,
-        payload: vec![1, 2, 3],
-        seq: 1,
-        ..Default::default()
-    };
+    let foreign_on_stream = RaftRequest { seq: 1, ..foreign };
     let ours_on_stream = RaftRequest { seq: 2, ..ours };
     let requests = futures::stream::iter([foreign_on_stream, ours_on_stream]);
     let mut replies = raft.append_stream(requests).await.expect("stream opened").into_inner();

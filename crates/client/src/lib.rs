@@ -12,6 +12,7 @@
 //!   so: the write may or may not be applied, and only an idempotent retry (compare-and-set) is
 //!   safe.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ use tandem_proto::db::{error_code, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_
 use tandem_tls::{ChannelCache, TlsFiles};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+pub mod watch_mux;
 
 pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, RecoverResponse, RejoinResponse, StatusResponse};
 
@@ -129,6 +132,9 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Per-attempt timeout of one gRPC call.
     pub attempt_timeout: Duration,
+    /// Batches of events a watch may have waiting before it is cancelled on the shared stream
+    /// and opened again (see [`Watch`]).
+    pub watch_buffer: usize,
 }
 
 impl Default for ClientOptions {
@@ -137,6 +143,7 @@ impl Default for ClientOptions {
             tls: TlsFiles::default(),
             deadline: DEFAULT_DEADLINE,
             attempt_timeout: Duration::from_secs(5),
+            watch_buffer: watch_mux::WATCH_BUFFER,
         }
     }
 }
@@ -230,8 +237,15 @@ pub fn is_connection_refused(status: &Status) -> bool {
 }
 
 /// A live change feed.
+///
+/// The watches of one [`Client`] on one replica share one stream (see [`watch_mux`]). A watch
+/// whose reader falls more than [`ClientOptions::watch_buffer`] batches behind is cancelled there,
+/// so that it does not hold up the others, and opened again after its last revision once its
+/// reader has read what it holds: the reader sees every change once, in order.
 pub struct Watch {
-    stream: tonic::Streaming<pb::WatchResponse>,
+    client: Client,
+    prefix: String,
+    watch: watch_mux::MuxWatch,
     /// The last revision received.
     last_revision: u64,
 }
@@ -239,21 +253,32 @@ pub struct Watch {
 impl Watch {
     /// The next batch of events (whole transactions), `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, ClientError>> {
-        match self.stream.next().await? {
-            Ok(response) => {
-                if let Some(last) = response.events.last() {
-                    self.last_revision = last.revision;
+        loop {
+            let status = match self.watch.next().await {
+                Some(Ok(events)) => {
+                    if let Some(last) = events.last() {
+                        self.last_revision = last.revision;
+                    }
+                    return Some(Ok(events));
                 }
-                Some(Ok(response.events))
-            }
-            Err(status) => Some(Err(match classify_read(status) {
+                Some(Err(status)) => status,
+                None if self.watch.fell_behind() => {
+                    match self.client.open_watch(&self.prefix, self.last_revision).await {
+                        Ok(watch) => self.watch = watch,
+                        Err(e) => return Some(Err(e)),
+                    }
+                    continue;
+                }
+                None => return None,
+            };
+            return Some(Err(match classify_read(status) {
                 Verdict::Fail(ClientError::Compacted { oldest, .. }) => ClientError::Compacted {
                     requested: self.last_revision,
                     oldest,
                 },
                 Verdict::Fail(e) => e,
                 Verdict::Retry { reason, .. } => ClientError::Unavailable { reason },
-            })),
+            }));
         }
     }
 
@@ -277,6 +302,8 @@ struct Inner {
     channels: ChannelCache,
     /// The primary as last found.
     primary: Mutex<Option<String>>,
+    /// The `WatchMany` stream to each replica watched, by address.
+    watch_muxes: tokio::sync::Mutex<HashMap<String, Arc<watch_mux::Mux>>>,
 }
 
 impl Client {
@@ -293,6 +320,7 @@ impl Client {
             options,
             channels: ChannelCache::new(tls),
             primary: Mutex::default(),
+            watch_muxes: tokio::sync::Mutex::default(),
         };
         Ok(Client { inner: Arc::new(inner) })
     }
@@ -653,29 +681,48 @@ impl Client {
         }
     }
 
-    /// Opens the change feed of `prefix` after `after_revision`, on the primary.
+    /// Opens the change feed of `prefix` after `after_revision`, on the primary. The watches of
+    /// this client on one replica share one `WatchMany` stream.
     pub async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch, ClientError> {
-        let stream = self
-            .on_primary(false, |addr| async move {
-                let mut kv = self.kv(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-                let request = pb::WatchRequest {
-                    prefix: prefix.to_owned(),
-                    after_revision,
-                };
-                Ok(kv.watch(tonic::Request::new(request)).await?.into_inner())
-            })
-            .await
-            .map_err(|e| match e {
-                ClientError::Compacted { oldest, .. } => ClientError::Compacted {
-                    requested: after_revision,
-                    oldest,
-                },
-                other => other,
-            })?;
+        let watch = self.open_watch(prefix, after_revision).await?;
         Ok(Watch {
-            stream,
+            client: self.clone(),
+            prefix: prefix.to_owned(),
+            watch,
             last_revision: after_revision,
         })
+    }
+
+    async fn open_watch(&self, prefix: &str, after_revision: u64) -> Result<watch_mux::MuxWatch, ClientError> {
+        self.on_primary(false, |addr| async move {
+            let mux = self.watch_mux(&addr).await?;
+            let request = pb::WatchRequest {
+                prefix: prefix.to_owned(),
+                after_revision,
+            };
+            let options = &self.inner.options;
+            mux.open(request, options.attempt_timeout, options.watch_buffer).await
+        })
+        .await
+        .map_err(|e| match e {
+            ClientError::Compacted { oldest, .. } => ClientError::Compacted {
+                requested: after_revision,
+                oldest,
+            },
+            other => other,
+        })
+    }
+
+    /// The watch stream to `addr`: the open one, or a new one when there is none or it broke.
+    async fn watch_mux(&self, addr: &str) -> Result<Arc<watch_mux::Mux>, Status> {
+        let mut muxes = self.inner.watch_muxes.lock().await;
+        if let Some(mux) = muxes.get(addr).filter(|mux| mux.usable()) {
+            return Ok(mux.clone());
+        }
+        let kv = self.kv(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mux = watch_mux::Mux::connect(kv, self.inner.options.attempt_timeout).await?;
+        muxes.insert(addr.to_owned(), mux.clone());
+        Ok(mux)
     }
 
     pub async fn lease_grant(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<LeaseGrant, ClientError> {

@@ -267,6 +267,7 @@ impl Node {
                 tls: config.db_tls.clone(),
                 deadline: Duration::from_secs(5),
                 attempt_timeout: Duration::from_secs(3),
+                ..ClientOptions::default()
             },
         )?;
         let lease_db = Client::new(
@@ -275,6 +276,7 @@ impl Node {
                 tls: config.db_tls.clone(),
                 deadline: (ttl / 2).max(Duration::from_millis(200)),
                 attempt_timeout: (ttl / 2).max(Duration::from_millis(200)),
+                ..ClientOptions::default()
             },
         )?;
         let (role_changed, _) = watch::channel(Role::Starting);

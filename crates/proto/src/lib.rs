@@ -5,7 +5,8 @@
 //! - [`confserv`]: the Configuration Server's client service `ConfServ` (masters and proxies).
 //!
 //! Architecture invariant: generated code only, plus the names of the metadata keys that carry
-//! structured error details. No behaviour lives here.
+//! structured error details and the conversion of a gRPC status to and from its message form
+//! ([`db::StatusMessage`]). No other behaviour lives here.
 
 pub mod db {
     tonic::include_proto!("tandem.db.v1");
@@ -39,6 +40,42 @@ pub mod db {
         /// This replica's epoch was superseded by a forced recovery elsewhere; it refuses to act
         /// until it rejoins. `tandem-primary` names the new primary when known.
         pub const FENCED: &str = "fenced";
+    }
+
+    impl StatusMessage {
+        /// `status` as a message, for a stream that must go on after it (a refused
+        /// `AppendStream` request, an ended watch of `WatchMany`): its code, message and ASCII
+        /// metadata.
+        pub fn from_status(status: &tonic::Status) -> StatusMessage {
+            use tonic::metadata::KeyAndValueRef;
+            let metadata = status
+                .metadata()
+                .iter()
+                .filter_map(|entry| match entry {
+                    KeyAndValueRef::Ascii(key, value) => {
+                        Some((key.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+                    }
+                    KeyAndValueRef::Binary(..) => None,
+                })
+                .collect();
+            StatusMessage {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                metadata,
+            }
+        }
+
+        /// The status this message stands for (metadata that is not valid is left out).
+        pub fn into_status(self) -> tonic::Status {
+            use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
+            let mut metadata = MetadataMap::new();
+            for (key, value) in self.metadata {
+                if let (Ok(key), Ok(value)) = (key.parse::<MetadataKey<Ascii>>(), MetadataValue::try_from(value)) {
+                    metadata.insert(key, value);
+                }
+            }
+            tonic::Status::with_metadata(tonic::Code::from_i32(self.code), self.message, metadata)
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The client API: reads, transactions, the change feed and leases.
+//! The client API: reads, transactions, the change feed (see [`crate::watch`]) and leases.
 //!
 //! Reads are linearizable unless the caller asks for a stale read, which any data replica serves
 //! from what it has applied. Writes go through [`Core::write`]: only the primary accepts them, and
@@ -6,22 +6,20 @@
 //! proposed, so a bad request changes nothing.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
 use tandem_proto::db as pb;
 use tandem_proto::db::kv_server::Kv;
-use tandem_store::{
-    Change, ChangeKind, Command, CommandResult, Compare, KeyValue, LeaseResult, Op, StoreError, Txn, TxnResult,
-};
-use tokio::sync::{broadcast, watch};
-use tonic::{Request, Response, Status};
+use tandem_store::{Command, CommandResult, Compare, KeyValue, LeaseResult, Op, Txn, TxnResult};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::Engine;
 use crate::node::{now_ms, Core};
 use crate::refusal;
+use crate::watch::{self as feed, stop_reason, store_error, Feed};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -35,8 +33,6 @@ pub const RANGE_LIMIT_MAX: usize = 10_000;
 /// Lease TTL bounds.
 pub const LEASE_TTL_MS_MIN: u64 = 100;
 pub const LEASE_TTL_MS_MAX: u64 = 3_600_000;
-/// Changes read from the history per page while a watcher catches up.
-const WATCH_PAGE: usize = 1000;
 
 pub struct KvService {
     core: Arc<Core>,
@@ -56,13 +52,6 @@ impl KvService {
         } else {
             self.core.linearize().await
         }
-    }
-}
-
-fn store_error(e: StoreError) -> Status {
-    match e {
-        StoreError::Compacted { requested, oldest } => refusal::compacted(requested, oldest),
-        other => Status::internal(format!("store: {other}")),
     }
 }
 
@@ -86,19 +75,6 @@ fn to_pb(kv: KeyValue) -> pb::KeyValue {
         version: kv.version,
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
-    }
-}
-
-fn event(change: &Change) -> pb::Event {
-    pb::Event {
-        revision: change.revision,
-        key: change.key.clone(),
-        kind: match change.kind {
-            ChangeKind::Put => pb::EventKind::Put as i32,
-            ChangeKind::Delete => pb::EventKind::Delete as i32,
-        },
-        value: change.value.clone(),
-        version: change.version,
     }
 }
 
@@ -217,23 +193,29 @@ impl Kv for KvService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let request = request.into_inner();
         let (engine, _) = self.core.check_serves_clients()?;
-        let reader = engine.reader.clone();
+        let feed = Feed::new(engine.reader.clone(), request.into_inner());
         // Subscribe before reading the history so that nothing falls between the two.
-        let live = reader.subscribe();
+        let live = engine.reader.subscribe();
         // Fail fast (as a status, not a stream item) when the start is already compacted.
-        let first = reader
-            .changes_after(request.after_revision, WATCH_PAGE)
-            .await
-            .map_err(store_error)?;
-        let feed = Feed {
-            reader,
-            prefix: request.prefix,
-            last: request.after_revision,
-        };
+        let first = feed.history().await?;
         let stop = stop_reason(self.stopped.clone(), engine.stopped());
         Ok(Response::new(Box::pin(feed.stream(first, live, stop))))
+    }
+
+    type WatchManyStream = Pin<Box<dyn Stream<Item = Result<pb::WatchManyResponse, Status>> + Send>>;
+
+    async fn watch_many(
+        &self,
+        request: Request<Streaming<pb::WatchControl>>,
+    ) -> Result<Response<Self::WatchManyStream>, Status> {
+        let (engine, _) = self.core.check_serves_clients()?;
+        let stop = stop_reason(self.stopped.clone(), engine.stopped());
+        Ok(Response::new(Box::pin(feed::many(
+            engine.reader.clone(),
+            request.into_inner(),
+            stop,
+        ))))
     }
 
     async fn lease_grant(
@@ -312,111 +294,5 @@ impl Kv for KvService {
         let token = request.into_inner().token;
         self.core.write(Command::LeaseRevoke { token }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {}))
-    }
-}
-
-/// One watcher's feed: history first, then live changes, never a gap and never a repeat.
-///
-/// It is the response stream itself (no task of its own): the connection polls it, so a change
-/// wakes one task per watcher, and a watcher that reads slowly holds back only its own feed (it
-/// falls behind the live channel and catches up from the history).
-struct Feed {
-    reader: tandem_store::StateReader,
-    prefix: String,
-    /// The last revision delivered (or skipped as not matching the prefix).
-    last: u64,
-}
-
-/// Why a watch ends before its watcher leaves.
-enum Stop {
-    /// The replica is shutting down.
-    Shutdown,
-    /// The engine stopped (an epoch change).
-    Engine,
-}
-
-/// Resolves when the replica shuts down or the engine stops.
-async fn stop_reason(mut stopped: watch::Receiver<bool>, mut engine_stopped: watch::Receiver<bool>) -> Stop {
-    tokio::select! {
-        _ = stopped.wait_for(|s| *s) => Stop::Shutdown,
-        _ = engine_stopped.wait_for(|s| *s) => Stop::Engine,
-    }
-}
-
-impl Feed {
-    /// The changes after `self.last` in `changes` that match the prefix, as one response (none
-    /// when nothing matches); moves `self.last` past them all.
-    fn response(&mut self, changes: &[Change]) -> Option<pb::WatchResponse> {
-        let events: Vec<pb::Event> = changes
-            .iter()
-            .filter(|c| c.revision > self.last && c.key.starts_with(&self.prefix))
-            .map(event)
-            .collect();
-        if let Some(last) = changes.last() {
-            self.last = self.last.max(last.revision);
-        }
-        (!events.is_empty()).then_some(pb::WatchResponse { events })
-    }
-
-    /// The next page of the history after `self.last`.
-    async fn history(&self) -> Result<Vec<Change>, Status> {
-        self.reader
-            .changes_after(self.last, WATCH_PAGE)
-            .await
-            .map_err(store_error)
-    }
-
-    /// The feed as a stream: `first` (a page of history), the rest of the history, then `live`,
-    /// until `stop` resolves (or the watcher drops the stream).
-    fn stream(
-        mut self,
-        first: Vec<Change>,
-        mut live: broadcast::Receiver<Arc<Vec<Change>>>,
-        stop: impl Future<Output = Stop> + Send + 'static,
-    ) -> impl Stream<Item = Result<pb::WatchResponse, Status>> + Send {
-        async_stream::try_stream! {
-            // Kept across changes: one wait on the stop signals for the whole feed.
-            tokio::pin!(stop);
-            let mut page = first;
-            loop {
-                // Catch up from the history until it is exhausted.
-                while !page.is_empty() {
-                    if let Some(response) = self.response(&page) {
-                        yield response;
-                    }
-                    page = self.history().await?;
-                }
-                let received = tokio::select! {
-                    received = live.recv() => Ok(received),
-                    reason = &mut stop => Err(reason),
-                };
-                let received = match received {
-                    Ok(received) => received,
-                    Err(Stop::Shutdown) => return,
-                    Err(Stop::Engine) => Err(Status::unavailable(
-                        "this replica changed epoch; watch again from your last revision",
-                    ))?,
-                };
-                match received {
-                    Ok(changes) => {
-                        let Some(first) = changes.first() else { continue };
-                        if first.revision > self.last + 1 {
-                            // Something was published before we subscribed or skipped: read it
-                            // from the history (which covers these changes too).
-                            page = self.history().await?;
-                            continue;
-                        }
-                        if let Some(response) = self.response(&changes) {
-                            yield response;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        tracing::debug!(skipped, last = self.last, "a watcher fell behind the live feed; catching up from the history");
-                        page = self.history().await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`network`]: the client side of replica-to-replica traffic (openraft's `RaftNetwork`).
 //! - [`raft_service`]: the server side of it; checks each message's cluster/epoch envelope.
 //! - [`kv_service`]: the client API (reads, transactions, change feed, leases).
+//! - [`watch`]: the change feed, one watch per stream (`Watch`) or many on one (`WatchMany`).
 //! - [`admin_service`]: status, membership, switchover, snapshots.
 //! - [`early_replication`]: a primary sends its new entries to its followers while it syncs
 //!   them to its own log (openraft 0.9 would send them only after).
@@ -42,6 +43,7 @@ pub mod proposer;
 pub mod raft_service;
 pub mod read_barrier;
 pub mod refusal;
+pub mod watch;
 pub mod witness;
 
 pub use config::{ReplicaConfig, SyncMode, Timers};

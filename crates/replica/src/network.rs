@@ -22,7 +22,6 @@ use tandem_store::{Fence, Replica, ReplicaId, StateReader, TypeConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::progress::Progress;
-use crate::refusal;
 use tandem_tls::ChannelCache;
 use tonic::transport::{Channel, ClientTlsConfig};
 
@@ -371,7 +370,7 @@ impl AppendStream {
             )));
         }
         match reply.refusal {
-            Some(refusal) => Err(refusal::from_message(refusal)),
+            Some(refusal) => Err(refusal.into_status()),
             None => Ok(reply),
         }
     }

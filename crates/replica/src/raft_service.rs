@@ -140,7 +140,7 @@ impl Raft for RaftService {
                     Ok(reply) => RaftReply { seq, ..reply },
                     Err(status) => RaftReply {
                         seq,
-                        refusal: Some(refusal::to_message(&status)),
+                        refusal: Some(tandem_proto::db::StatusMessage::from_status(&status)),
                         ..RaftReply::default()
                     },
                 };

@@ -1,9 +1,9 @@
 //! The gRPC statuses a replica refuses with. Each carries a stable code in the `tandem-error`
 //! metadata key so that clients act on the kind of refusal, never on message text.
 
-use tandem_proto::db::{error_code, RaftRefusal, EPOCH_KEY, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
+use tandem_proto::db::{error_code, EPOCH_KEY, ERROR_CODE_KEY, OLDEST_REVISION_KEY, PRIMARY_ADDR_KEY};
 use tandem_store::Fence;
-use tonic::metadata::{Ascii, KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 fn coded(code: Code, error_code: &'static str, message: String) -> Status {
@@ -104,38 +104,10 @@ pub fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
 }
 
-/// A refusal as a message, for a stream that must go on after it (see `AppendStream`): the
-/// status's code, message and ASCII metadata.
-pub fn to_message(status: &Status) -> RaftRefusal {
-    let metadata = status
-        .metadata()
-        .iter()
-        .filter_map(|entry| match entry {
-            KeyAndValueRef::Ascii(key, value) => Some((key.as_str().to_owned(), value.to_str().ok()?.to_owned())),
-            KeyAndValueRef::Binary(..) => None,
-        })
-        .collect();
-    RaftRefusal {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-        metadata,
-    }
-}
-
-/// The status a [`to_message`] refusal stands for (metadata that is not valid is left out).
-pub fn from_message(refusal: RaftRefusal) -> Status {
-    let mut metadata = MetadataMap::new();
-    for (key, value) in refusal.metadata {
-        if let (Ok(key), Ok(value)) = (key.parse::<MetadataKey<Ascii>>(), MetadataValue::try_from(value)) {
-            metadata.insert(key, value);
-        }
-    }
-    Status::with_metadata(Code::from_i32(refusal.code), refusal.message, metadata)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_proto::db::StatusMessage;
 
     #[test]
     fn a_refusal_sent_as_a_message_is_the_same_status_again() {
@@ -144,7 +116,7 @@ mod tests {
             primary_addr: "10.0.0.1:2379".into(),
         };
         let status = fenced(6, &fence);
-        let again = from_message(to_message(&status));
+        let again = StatusMessage::from_status(&status).into_status();
         assert_eq!(again.code(), Code::Unavailable);
         assert_eq!(again.message(), status.message());
         for key in [ERROR_CODE_KEY, EPOCH_KEY, PRIMARY_ADDR_KEY] {

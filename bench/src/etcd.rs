@@ -69,23 +69,32 @@ impl Store for EtcdStore {
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    async fn watch(&self, prefix: String, tx: mpsc::Sender<(String, Instant)>) -> anyhow::Result<Watcher> {
-        let mut stream = self
-            .client
-            .clone()
-            .watch(prefix, Some(WatchOptions::new().with_prefix()))
-            .await?;
-        // The first answer confirms the watch; events before it would not be delivered.
-        let first = tokio::time::timeout(WATCH_CREATE_TIMEOUT, stream.message())
-            .await
-            .context("etcd did not confirm the watch in time")??
-            .context("etcd closed the watch stream")?;
-        if !first.created() {
-            bail!("etcd's first watch answer is not the confirmation");
+    async fn watch(
+        &self,
+        prefix: String,
+        count: usize,
+        tx: mpsc::Sender<(String, Instant)>,
+    ) -> anyhow::Result<Watcher> {
+        let options = WatchOptions::new().with_prefix();
+        let mut stream = self.client.clone().watch(prefix.clone(), Some(options.clone())).await?;
+        for _ in 1..count {
+            stream.watch(prefix.clone(), Some(options.clone())).await?;
+        }
+        // Each watch is confirmed by an answer of its own; events before it would not be
+        // delivered.
+        for _ in 0..count {
+            let answer = tokio::time::timeout(WATCH_CREATE_TIMEOUT, stream.message())
+                .await
+                .context("etcd did not confirm a watch in time")??
+                .context("etcd closed the watch stream")?;
+            if !answer.created() {
+                bail!("etcd answered a watch with something other than its confirmation");
+            }
         }
         let task = tokio::spawn(async move {
             while let Ok(Some(response)) = stream.message().await {
                 let now = Instant::now();
+                // One answer per watch (its id), so each event counts once per watch.
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -95,7 +104,7 @@ impl Store for EtcdStore {
                 }
             }
         });
-        Ok(Watcher { task })
+        Ok(Watcher { tasks: vec![task] })
     }
 }
 

@@ -259,8 +259,10 @@ pub(crate) fn method_notes(args: &RunArgs, keys: u64, steady_secs: u64, tandem_m
          3 replicas, etcd serializable range on the member the client picks."
             .into(),
         format!(
-            "- Watch: {} watch streams on one prefix; {} puts one after the other; latency from just before each \
-             put to the event's arrival at each watcher.",
+            "- Watch: {} watches on one prefix, all on one stream of one client each side (etcd: one `Watch` \
+             stream carrying them all, as etcd's Go client shares one; Tandem: its client's one `WatchMany` \
+             stream); {} puts one after the other; latency from just before each put to the event's arrival \
+             at each watch.",
             args.watchers, args.watch_puts
         ),
         format!(

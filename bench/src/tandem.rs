@@ -72,22 +72,32 @@ impl Store for TandemStore {
         Ok(kv.map(|kv| kv.value))
     }
 
-    async fn watch(&self, prefix: String, tx: mpsc::Sender<(String, Instant)>) -> anyhow::Result<Watcher> {
+    async fn watch(
+        &self,
+        prefix: String,
+        count: usize,
+        tx: mpsc::Sender<(String, Instant)>,
+    ) -> anyhow::Result<Watcher> {
         // Start after the primary's current revision, so that no history is replayed.
         let primary = self.client.discover().await?;
         let revision = self.client.status(&primary).await?.revision;
-        let mut watch = self.client.watch(&prefix, revision).await?;
-        let task = tokio::spawn(async move {
-            while let Some(Ok(batch)) = watch.next().await {
-                let now = Instant::now();
-                for event in batch {
-                    if tx.send((event.key, now)).await.is_err() {
-                        return;
+        let mut tasks = Vec::with_capacity(count);
+        for _ in 0..count {
+            // The client's watches on one replica share one stream.
+            let mut watch = self.client.watch(&prefix, revision).await?;
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(Ok(batch)) = watch.next().await {
+                    let now = Instant::now();
+                    for event in batch {
+                        if tx.send((event.key, now)).await.is_err() {
+                            return;
+                        }
                     }
                 }
-            }
-        });
-        Ok(Watcher { task })
+            }));
+        }
+        Ok(Watcher { tasks })
     }
 }
 

@@ -29,24 +29,29 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn delete(&self, key: String) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// The value of `key`, `None` when absent.
     fn get(&self, key: String, read: Read) -> impl Future<Output = anyhow::Result<Option<Vec<u8>>>> + Send;
-    /// Watches every key under `prefix` from now on, sending each event's key and the instant
-    /// it was received to `events`; returns once the watch is established.
+    /// Opens `count` watches of every key under `prefix` from now on, all on one stream (as a
+    /// client's watches share one: etcd's Go client does so, Tandem's client always does),
+    /// sending each event's key and the instant it was received to `events` once per watch;
+    /// returns once every watch is established.
     fn watch(
         &self,
         prefix: String,
+        count: usize,
         events: mpsc::Sender<(String, Instant)>,
     ) -> impl Future<Output = anyhow::Result<Watcher>> + Send;
 }
 
-/// A live watch; dropping it ends it.
+/// Live watches; dropping them ends them.
 pub struct Watcher {
-    /// The task reading the stream.
-    pub task: JoinHandle<()>,
+    /// The tasks reading the watches.
+    pub tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

@@ -146,21 +146,17 @@ pub fn mix(worker: u64, seq: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Watch delivery: `watchers` watches on one prefix, then `puts` puts one after the other; for
-/// each, the time from just before the put is sent to the event's arrival at each watcher.
+/// Watch delivery: `watchers` watches on one prefix (one stream), then `puts` puts one after the
+/// other; for each, the time from just before the put is sent to the event's arrival at each
+/// watcher.
 pub async fn watch_latency<S: Store>(store: &S, watchers: usize, puts: usize) -> anyhow::Result<Samples> {
     const PREFIX: &str = "w/";
     const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
     let (tx, mut events) = mpsc::channel(watchers * 4);
-    let mut handles = Vec::with_capacity(watchers);
-    for _ in 0..watchers {
-        let handle = tokio::time::timeout(OP_TIMEOUT, store.watch(PREFIX.to_owned(), tx.clone()))
-            .await
-            .context("opening a watch timed out")?
-            .context("cannot open a watch")?;
-        handles.push(handle);
-    }
-    drop(tx);
+    let watches = tokio::time::timeout(OP_TIMEOUT, store.watch(PREFIX.to_owned(), watchers, tx))
+        .await
+        .context("opening the watches timed out")?
+        .context("cannot open the watches")?;
     let mut samples = Samples::default();
     for i in 0..puts {
         let key = format!("{PREFIX}{i:06}");
@@ -186,7 +182,7 @@ pub async fn watch_latency<S: Store>(store: &S, watchers: usize, puts: usize) ->
             }
         }
     }
-    drop(handles);
+    drop(watches);
     Ok(samples)
 }
 

@@ -109,6 +109,18 @@ impl Writer {
         Ok(Writer { conn, checkpointer })
     }
 
+    /// Locks the connection if nobody holds it (the checkpointer may, while it rewinds the log).
+    pub(crate) fn try_lock(&self) -> Result<Option<WriterGuard<'_>>, StoreError> {
+        match self.conn.try_lock() {
+            Ok(conn) => Ok(Some(WriterGuard {
+                conn,
+                checkpointer: &self.checkpointer,
+            })),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(None),
+            Err(std::sync::TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
+        }
+    }
+
     /// Locks the connection, reporting poisoning as an error instead of panicking.
     pub(crate) fn lock(&self) -> Result<WriterGuard<'_>, StoreError> {
         Ok(WriterGuard {

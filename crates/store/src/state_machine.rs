@@ -48,6 +48,12 @@ pub const SNAPSHOT_FILE: &str = "snapshot.current";
 
 /// How many change batches the broadcast channel buffers before slow subscribers lag.
 pub const CHANGE_CHANNEL_CAPACITY: usize = 4096;
+/// A batch of committed entries this small (ops, and bytes of keys and values) is applied on
+/// the calling task when the writer is free, rather than on the blocking pool: a put is a few
+/// tens of microseconds of SQLite work without a sync (`state.db`'s commits are deferred), less
+/// than the two thread hand-overs the pool costs.
+const INLINE_APPLY_MAX_OPS: usize = 16;
+const INLINE_APPLY_MAX_BYTES: usize = 64 * 1024;
 
 /// How long an expired lease is kept (so a stale token is refused as `Expired` or `Superseded`
 /// rather than `Unknown`) before a grant sweeps it away.
@@ -295,6 +301,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        if is_small(&entries) {
+            // Unless the checkpointer holds the writer (a rewind waits for readers).
+            if let Some(conn) = self.shared.writer.try_lock().map_err(StoreError::into_write_sm)? {
+                return self
+                    .shared
+                    .apply_with(&conn, entries)
+                    .map_err(StoreError::into_write_sm);
+            }
+        }
         let shared = self.shared.clone();
         db::blocking(move || shared.apply(entries))
             .await
@@ -346,12 +361,44 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Whether applying `entries` is quick enough for the calling task (see [`INLINE_APPLY_MAX_OPS`]).
+fn is_small(entries: &[Entry<TypeConfig>]) -> bool {
+    let txn_size = |txn: &Txn| -> (usize, usize) {
+        let bytes = txn.ops.iter().map(|op| match op {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key } => key.len(),
+        });
+        (txn.ops.len() + txn.compares.len(), bytes.sum())
+    };
+    let (mut ops, mut bytes) = (0, 0);
+    for entry in entries {
+        let (o, b) = match &entry.payload {
+            EntryPayload::Normal(Command::Txn(txn)) => txn_size(txn),
+            EntryPayload::Normal(Command::Batch(txns)) => txns
+                .iter()
+                .map(txn_size)
+                .fold((0, 0), |(o, b), (o2, b2)| (o + o2, b + b2)),
+            _ => (1, 0),
+        };
+        ops += o;
+        bytes += b;
+        if ops > INLINE_APPLY_MAX_OPS || bytes > INLINE_APPLY_MAX_BYTES {
+            return false;
+        }
+    }
+    true
+}
+
 impl Shared {
     /// Applies a batch of committed entries in one transaction, then publishes the changes.
     fn apply(&self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<CommandResult>, StoreError> {
-        let conn = self.writer.lock()?;
+        self.apply_with(&*self.writer.lock()?, entries)
+    }
+
+    /// [`Shared::apply`] on the locked writer `conn`.
+    fn apply_with(&self, conn: &Connection, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<CommandResult>, StoreError> {
         let mut published = Vec::new();
-        let results = db::write_transaction(&conn, |tx| {
+        let results = db::write_transaction(conn, |tx| {
             let mut revision: u64 = db::meta_require(tx, "revision")?;
             let mut last_applied = None;
             let mut membership = None;
@@ -1206,6 +1253,42 @@ impl StateReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn txn_entry(index: u64, ops: usize, value_bytes: usize) -> Entry<TypeConfig> {
+        let ops = (0..ops)
+            .map(|i| Op::Put {
+                key: format!("k{i}"),
+                value: vec![b'v'; value_bytes],
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Batch(vec![Txn {
+                compares: vec![],
+                ops,
+                fence: None,
+                now_ms: 0,
+            }])),
+        }
+    }
+
+    #[test]
+    fn only_small_batches_are_applied_on_the_calling_task() {
+        assert!(is_small(&[txn_entry(1, 1, 256)]), "one put");
+        assert!(is_small(&[txn_entry(1, 8, 256), txn_entry(2, 8, 256)]), "16 ops in all");
+        assert!(!is_small(&[txn_entry(1, 8, 256), txn_entry(2, 9, 256)]), "17 ops");
+        assert!(
+            !is_small(&[txn_entry(1, 1, INLINE_APPLY_MAX_BYTES)]),
+            "a value past the bytes bound"
+        );
+        let blanks: Vec<Entry<TypeConfig>> = (1..=17)
+            .map(|i| Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Blank,
+            })
+            .collect();
+        assert!(!is_small(&blanks), "each entry counts");
+    }
 
     #[test]
     fn prefix_end_is_the_next_string() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use futures::StreamExt;
 use tandem_client::{Client, ClientOptions, Member, Txn, TxnOutcome};
 use tokio::sync::mpsc;
 
@@ -81,23 +82,28 @@ impl Store for TandemStore {
         // Start after the primary's current revision, so that no history is replayed.
         let primary = self.client.discover().await?;
         let revision = self.client.status(&primary).await?.revision;
-        let mut tasks = Vec::with_capacity(count);
+        // The client's watches on one replica share one stream; one task reads them all (as one
+        // task reads etcd's stream of all its watches).
+        let mut watches = Vec::with_capacity(count);
         for _ in 0..count {
-            // The client's watches on one replica share one stream.
-            let mut watch = self.client.watch(&prefix, revision).await?;
-            let tx = tx.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Some(Ok(batch)) = watch.next().await {
-                    let now = Instant::now();
-                    for event in batch {
-                        if tx.send((event.key, now)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            let watch = self.client.watch(&prefix, revision).await?;
+            watches.push(futures::stream::unfold(watch, |mut watch| async move {
+                let batch = watch.next().await?;
+                Some((batch, watch))
             }));
         }
-        Ok(Watcher { tasks })
+        let mut all = futures::stream::select_all(watches.into_iter().map(Box::pin));
+        let task = tokio::spawn(async move {
+            while let Some(Ok(batch)) = all.next().await {
+                let now = Instant::now();
+                for event in batch {
+                    if tx.send((event.key, now)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Watcher { tasks: vec![task] })
     }
 }
 

@@ -25,6 +25,7 @@ use tandem_tls::{ChannelCache, TlsFiles};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+pub mod stream_mux;
 pub mod watch_mux;
 
 pub use tandem_proto::db::{Event, EventKind, KeyValue, Member, RecoverResponse, RejoinResponse, StatusResponse};
@@ -256,6 +257,7 @@ impl Watch {
         loop {
             let status = match self.watch.next().await {
                 Some(Ok(events)) => {
+                    let events = Arc::unwrap_or_clone(events);
                     if let Some(last) = events.last() {
                         self.last_revision = last.revision;
                     }
@@ -701,7 +703,7 @@ impl Client {
                 after_revision,
             };
             let options = &self.inner.options;
-            mux.open(request, options.attempt_timeout, options.watch_buffer).await
+            watch_mux::open(&mux, request, options.attempt_timeout, options.watch_buffer).await
         })
         .await
         .map_err(|e| match e {
@@ -720,7 +722,7 @@ impl Client {
             return Ok(mux.clone());
         }
         let kv = self.kv(addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let mux = watch_mux::Mux::connect(kv, self.inner.options.attempt_timeout).await?;
+        let mux = watch_mux::connect(kv, self.inner.options.attempt_timeout).await?;
         muxes.insert(addr.to_owned(), mux.clone());
         Ok(mux)
     }

@@ -221,8 +221,8 @@ pub(crate) fn many(
                 received = live.recv() => Woke::Live(received),
                 reason = &mut stop => Woke::Stop(reason),
             };
-            // Watches to catch up from the history (ids, in order).
-            let mut behind: Vec<u64> = Vec::new();
+            // Watches to catch up from the history (ids, in order), with the page already read.
+            let mut behind: Vec<(u64, Option<Vec<Change>>)> = Vec::new();
             match woke {
                 // The client closed its side, or went away.
                 Woke::Control(Ok(None) | Err(_)) => return,
@@ -250,7 +250,7 @@ pub(crate) fn many(
                             yield many_response(vec![id], Event::Created(pb::WatchCreated {}));
                             watches.insert(id, feed);
                             if !first.is_empty() {
-                                behind.push(id);
+                                behind.push((id, Some(first)));
                             }
                         }
                     }
@@ -261,7 +261,7 @@ pub(crate) fn many(
                     let mut groups: HashMap<(String, u64), (Vec<u64>, Option<pb::WatchResponse>)> = HashMap::new();
                     for (&id, feed) in watches.iter_mut() {
                         if feed.misses(&changes) {
-                            behind.push(id);
+                            behind.push((id, None));
                             continue;
                         }
                         match groups.get_mut(&(feed.prefix.clone(), feed.last)) {
@@ -287,18 +287,21 @@ pub(crate) fn many(
                 }
                 Woke::Live(Err(broadcast::error::RecvError::Lagged(skipped))) => {
                     tracing::debug!(skipped, watches = watches.len(), "a watch stream fell behind the live feed; its watches catch up from the history");
-                    behind.extend(watches.keys().copied());
+                    behind.extend(watches.keys().map(|&id| (id, None)));
                 }
                 Woke::Live(Err(broadcast::error::RecvError::Closed)) | Woke::Stop(Stop::Shutdown) => return,
                 Woke::Stop(Stop::Engine) => Err(epoch_changed())?,
             }
             // Catch up the watches that need the history, one after the other.
-            for id in behind {
+            for (id, mut read) in behind {
                 let Some(feed) = watches.get_mut(&id) else { continue };
                 let outcome: Result<(), Status> = loop {
-                    let page = match feed.history().await {
-                        Ok(page) => page,
-                        Err(status) => break Err(status),
+                    let page = match read.take() {
+                        Some(page) => page,
+                        None => match feed.history().await {
+                            Ok(page) => page,
+                            Err(status) => break Err(status),
+                        },
                     };
                     if page.is_empty() {
                         break Ok(());

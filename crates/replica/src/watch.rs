@@ -264,13 +264,13 @@ pub(crate) fn many(
                             behind.push((id, None));
                             continue;
                         }
-                        match groups.get_mut(&(feed.prefix.clone(), feed.last)) {
+                        let key = (feed.prefix.clone(), feed.last);
+                        match groups.get_mut(&key) {
                             Some((ids, _)) => {
                                 ids.push(id);
                                 feed.pass(&changes);
                             }
                             None => {
-                                let key = (feed.prefix.clone(), feed.last);
                                 let response = feed.response(&changes);
                                 groups.insert(key, (vec![id], response));
                             }

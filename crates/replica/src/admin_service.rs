@@ -140,7 +140,7 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
     let appended = engine.log.append_counts();
     let proposed = engine.proposer.counts();
     let reads = engine.reads.counts();
-    let (early_sent, early_accepted) = engine.early.get();
+    let early = engine.early.get();
     Ok(pb::StatusResponse {
         id: core.config.id,
         addr: core.config.advertise.clone(),
@@ -187,8 +187,9 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         txn_entries_proposed: proposed.entries,
         linearizable_reads: reads.reads,
         read_checks: reads.checks,
-        early_appends_sent: early_sent,
-        early_appends_accepted: early_accepted,
+        early_appends_sent: early.sent,
+        early_appends_accepted: early.accepted,
+        early_appends_answered: early.answered,
     })
 }
 

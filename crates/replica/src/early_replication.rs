@@ -12,14 +12,22 @@
 //! sends them as an ordinary AppendEntries of the primary (same vote, the previous entry's id,
 //! no commit index), through the same peer link openraft uses, so the envelope, epoch and fence
 //! checks are those of any Raft message. The follower appends them through openraft like any
-//! other; when openraft's own replication sends the same entries a moment later, the follower
-//! finds them already in its log and answers at once.
+//! other, and answers once they are durable.
 //!
-//! Architecture invariant: nothing here decides anything. Answers to early messages are only
-//! used to choose whether to send the next one; progress, commitment and the sync gate still
-//! come only from openraft's own replication, so an entry counts as replicated to a follower
-//! only once openraft has seen that follower's answer, and the primary counts itself only after
-//! its own log sync.
+//! When openraft's own replication then hands the link to that follower an AppendEntries of
+//! the same vote whose entries the follower has accepted early (or is accepting: the link waits
+//! for the answer in flight), the link answers `Success` itself instead of sending them again
+//! ([`crate::network::PeerLink`], [`holds`]): a put so costs the primary one message to each
+//! follower, not two, and no round trip after its own sync. Raft allows it: a leader may count
+//! a follower's answer whenever it arrives, and this one was given once the entries were durable
+//! on the follower; under one vote nothing but this primary's own messages, which agree with
+//! its log, can replace them there. (An AppendEntries that does go, e.g. after an early message
+//! failed, finds the entries already in the follower's log and is answered at once.)
+//!
+//! Architecture invariant: progress, commitment and the sync gate still come only from
+//! openraft's replication; an early answer reaches them only as the answer to one of openraft's
+//! own AppendEntries, for entries the follower accepted under the same vote. The primary counts
+//! itself only after its own log sync. Heartbeats (which carry the commit index) always go.
 //!
 //! A follower may so hold entries the primary never wrote (it was killed while syncing them). A
 //! restarted primary must therefore not lead on in its old term, or it would give their log ids
@@ -35,12 +43,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
-use openraft::{LogId, RaftMetrics};
+use openraft::{LogId, RaftMetrics, Vote};
 use tandem_store::log_store::REPLICATION_BATCH_BYTES;
 use tandem_store::{OwnAppend, Replica, ReplicaId, TypeConfig};
 use tokio::sync::{mpsc, watch};
@@ -58,13 +66,81 @@ pub struct EarlyCounts {
     sent: AtomicU64,
     /// Those a follower accepted (it appended the entries, or already had them).
     accepted: AtomicU64,
+    /// openraft's own AppendEntries answered from early answers instead of being sent.
+    answered: AtomicU64,
+}
+
+/// [`EarlyCounts`] at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyFigures {
+    pub sent: u64,
+    pub accepted: u64,
+    pub answered: u64,
 }
 
 impl EarlyCounts {
-    /// Messages sent early, and how many of them followers accepted.
-    pub fn get(&self) -> (u64, u64) {
-        (self.sent.load(Ordering::Relaxed), self.accepted.load(Ordering::Relaxed))
+    pub fn get(&self) -> EarlyFigures {
+        EarlyFigures {
+            sent: self.sent.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            answered: self.answered.load(Ordering::Relaxed),
+        }
     }
+
+    /// Counts one of openraft's AppendEntries answered without being sent.
+    pub(crate) fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What early messages have shown of one follower's log: shared by the early sender to that
+/// follower and openraft's link to it (see [`crate::network::PeerLink`]), which answers
+/// openraft's AppendEntries from it instead of sending entries the follower already holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EarlyState {
+    /// The primary's vote on the messages below.
+    pub vote: Option<Vote<ReplicaId>>,
+    /// The last entry of an early message the follower accepted under `vote`. The follower
+    /// answers only once the entries are durable, and a log holding this entry holds every
+    /// entry of the primary's log up to it (Raft's log matching), so an AppendEntries of `vote`
+    /// ending at or before it is answered `Success` without being sent.
+    pub accepted: Option<LogId<ReplicaId>>,
+    /// The last entry of the early message waiting for its answer, if any.
+    pub in_flight: Option<LogId<ReplicaId>>,
+}
+
+/// [`EarlyState`] per follower, shared by every link to it, and what early replication has done.
+#[derive(Debug, Clone, Default)]
+pub struct EarlyAcks {
+    targets: Arc<Mutex<BTreeMap<ReplicaId, Arc<watch::Sender<EarlyState>>>>>,
+    pub counts: Arc<EarlyCounts>,
+}
+
+impl EarlyAcks {
+    /// The state of `target` (created empty on first use).
+    pub fn of(&self, target: ReplicaId) -> Arc<watch::Sender<EarlyState>> {
+        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        targets
+            .entry(target)
+            .or_insert_with(|| Arc::new(watch::channel(EarlyState::default()).0))
+            .clone()
+    }
+}
+
+/// What answers openraft's AppendEntries `request` to a follower whose early messages show
+/// `state`: `Some(true)` if the follower already holds all of its entries durably (answer
+/// `Success`), `Some(false)` if an early message in flight may show it (wait for its answer),
+/// `None` if the request must be sent (no entries, another vote, or entries past anything sent
+/// early).
+pub fn holds(state: &EarlyState, request: &AppendEntriesRequest<TypeConfig>) -> Option<bool> {
+    let last = request.entries.last()?.log_id;
+    if state.vote != Some(request.vote) {
+        return None;
+    }
+    if state.accepted.is_some_and(|a| a.index >= last.index) {
+        return Some(true);
+    }
+    state.in_flight.is_some_and(|f| f.index >= last.index).then_some(false)
 }
 
 /// One batch of own entries for one follower, with what openraft last reported it matched.
@@ -93,9 +169,9 @@ pub fn start(
     network: PeerNetwork,
     metrics: watch::Receiver<RaftMetrics<ReplicaId, Replica>>,
     timeout: Duration,
-    counts: Arc<EarlyCounts>,
 ) -> (mpsc::Sender<OwnAppend>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let counts = network.early.counts.clone();
     let task = tokio::spawn(dispatch(rx, network, metrics, timeout, counts));
     (tx, task)
 }
@@ -182,23 +258,41 @@ async fn send_to(
             continue;
         };
         let last = message.entries.last().map(|e| e.log_id);
+        let vote = message.vote;
+        link.early_state().send_modify(|state| {
+            if state.vote != Some(vote) {
+                *state = EarlyState {
+                    vote: Some(vote),
+                    ..EarlyState::default()
+                };
+            }
+            state.in_flight = last;
+        });
         counts.sent.fetch_add(1, Ordering::Relaxed);
-        match link.append_entries(message, RPCOption::new(timeout)).await {
-            Ok(AppendEntriesResponse::Success) => {
-                counts.accepted.fetch_add(1, Ordering::Relaxed);
-                accepted = last;
-            }
-            Ok(AppendEntriesResponse::PartialSuccess(upto)) => {
-                counts.accepted.fetch_add(1, Ordering::Relaxed);
-                accepted = upto;
-            }
-            Ok(AppendEntriesResponse::Conflict) | Ok(AppendEntriesResponse::HigherVote(_)) => accepted = None,
-            Err(e) => {
+        let answer = link.send_append_entries(&message, &RPCOption::new(timeout)).await;
+        // What the follower now holds for sure: entries it accepted stay in its log for as long
+        // as this vote lasts (only a message of this primary could replace them, and its
+        // entries agree with them), and counting an answer later is what Raft allows anyway.
+        let held = match answer {
+            Ok(AppendEntriesResponse::Success) => last,
+            Ok(AppendEntriesResponse::PartialSuccess(upto)) => upto,
+            Ok(AppendEntriesResponse::Conflict) | Ok(AppendEntriesResponse::HigherVote(_)) => None,
+            Err(ref e) => {
                 tracing::debug!(error = %e, "an early AppendEntries failed; waiting for openraft's replication");
                 wait_for = last.map(|l| l.index);
-                accepted = None;
+                None
             }
+        };
+        if held.is_some() {
+            counts.accepted.fetch_add(1, Ordering::Relaxed);
         }
+        accepted = held;
+        link.early_state().send_modify(|state| {
+            if state.vote == Some(vote) {
+                state.accepted = state.accepted.max(held);
+                state.in_flight = None;
+            }
+        });
     }
 }
 
@@ -337,6 +431,57 @@ mod tests {
         ];
         let request = merge(&huge, None, Some(log_id(2, 5))).expect("matched 5");
         assert_eq!(indexes(&request), vec![6], "a batch larger than the budget goes alone");
+    }
+
+    fn request(term: u64, prev: Option<u64>, from: u64, to: u64) -> AppendEntriesRequest<TypeConfig> {
+        let batch = batch(term, prev, from, to);
+        AppendEntriesRequest {
+            vote: batch.append.vote,
+            prev_log_id: batch.append.prev,
+            entries: batch.append.entries.clone(),
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn openraft_is_answered_only_for_entries_accepted_early_under_its_vote() {
+        let state = |term: u64, accepted: Option<u64>, in_flight: Option<u64>| EarlyState {
+            vote: Some(Vote::new_committed(term, 1)),
+            accepted: accepted.map(|i| log_id(term, i)),
+            in_flight: in_flight.map(|i| log_id(term, i)),
+        };
+        assert_eq!(holds(&state(2, Some(9), None), &request(2, Some(4), 5, 9)), Some(true));
+        assert_eq!(
+            holds(&state(2, Some(12), None), &request(2, Some(4), 5, 9)),
+            Some(true),
+            "holding 12 it holds everything before"
+        );
+        assert_eq!(
+            holds(&state(2, Some(8), None), &request(2, Some(4), 5, 9)),
+            None,
+            "9 was never sent early"
+        );
+        assert_eq!(
+            holds(&state(2, Some(4), Some(9)), &request(2, Some(4), 5, 9)),
+            Some(false),
+            "wait for the answer to the message carrying 9"
+        );
+        assert_eq!(holds(&state(2, None, Some(8)), &request(2, Some(4), 5, 9)), None);
+        assert_eq!(
+            holds(&state(2, Some(9), None), &request(3, Some(4), 5, 9)),
+            None,
+            "accepted under another vote"
+        );
+        assert_eq!(
+            holds(&EarlyState::default(), &request(2, Some(4), 5, 9)),
+            None,
+            "nothing sent early"
+        );
+        assert_eq!(
+            holds(&state(2, Some(9), None), &request(2, Some(9), 10, 9)),
+            None,
+            "a heartbeat always goes (it carries the commit index)"
+        );
     }
 
     #[test]

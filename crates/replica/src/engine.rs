@@ -134,6 +134,7 @@ impl Engine {
             progress: progress.clone(),
             reader: store.reader.clone(),
             ready: ready.clone(),
+            early: early_replication::EarlyAcks::default(),
         };
         let raft = Raft::new(
             config.id,
@@ -143,13 +144,9 @@ impl Engine {
             store.state,
         )
         .await?;
-        let early = Arc::new(EarlyCounts::default());
-        let (own_appends, early_task) = early_replication::start(
-            network,
-            raft.metrics(),
-            Duration::from_millis(timers.election_min_ms),
-            early.clone(),
-        );
+        let early = network.early.counts.clone();
+        let (own_appends, early_task) =
+            early_replication::start(network, raft.metrics(), Duration::from_millis(timers.election_min_ms));
         store.log.send_own_appends_to(own_appends);
         let (proposer, proposer_task) = Proposer::start(raft.clone(), config.write_timeout);
         let engine = Arc::new(Engine {

@@ -128,6 +128,12 @@ pub async fn render(core: &Core) -> Result<String, String> {
         "Those a follower accepted",
         s.early_appends_accepted,
     );
+    counter(
+        &mut registry,
+        "early_appends_answered",
+        "openraft AppendEntries answered from followers' answers to early messages instead of being sent",
+        s.early_appends_answered,
+    );
     let lag_entries: Family<ReplicaLabels, Gauge> = Family::default();
     let lag_ms: Family<ReplicaLabels, Gauge> = Family::default();
     let demoted: Family<ReplicaLabels, Gauge> = Family::default();

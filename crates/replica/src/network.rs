@@ -21,6 +21,7 @@ use tandem_proto::db::{RaftReply, RaftRequest, EPOCH_KEY, PRIMARY_ADDR_KEY};
 use tandem_store::{Fence, Replica, ReplicaId, StateReader, TypeConfig};
 use tokio::sync::{mpsc, watch};
 
+use crate::early_replication::{self, EarlyAcks, EarlyCounts, EarlyState};
 use crate::progress::Progress;
 use tandem_tls::ChannelCache;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -146,6 +147,8 @@ pub struct PeerNetwork {
     pub reader: StateReader,
     /// The engine's readiness: nothing is sent before its start probe is done.
     pub ready: Arc<AtomicBool>,
+    /// What early messages have shown of each follower's log.
+    pub early: EarlyAcks,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -158,6 +161,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             progress: self.progress.clone(),
             reader: self.reader.clone(),
             ready: self.ready.clone(),
+            early: self.early.of(target),
+            early_counts: self.early.counts.clone(),
             target,
             addr: node.addr.clone(),
             stream: None,
@@ -172,6 +177,9 @@ pub struct PeerLink {
     progress: Arc<Progress>,
     reader: StateReader,
     ready: Arc<AtomicBool>,
+    /// What early messages have shown of the peer's log (shared with every link to it).
+    early: Arc<watch::Sender<EarlyState>>,
+    early_counts: Arc<EarlyCounts>,
     target: ReplicaId,
     addr: String,
     /// AppendEntries go on this stream (opened on first use, and again after a failure).
@@ -416,6 +424,49 @@ async fn call_on_stream<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 impl PeerLink {
+    /// What early messages have shown of the peer's log (see [`crate::early_replication`]).
+    pub(crate) fn early_state(&self) -> &watch::Sender<EarlyState> {
+        &self.early
+    }
+
+    /// Sends an AppendEntries as it is, never answering it from early messages (the early
+    /// sender's own messages go this way).
+    pub(crate) async fn send_append_entries(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<ReplicaId>, RPCError<ReplicaId, Replica, RaftError<ReplicaId>>> {
+        self.call(PeerCall::AppendEntries, rpc, option).await
+    }
+
+    /// Whether the peer already holds every entry of `rpc` durably, as its answers to early
+    /// messages show (waiting, within the message's timeout, for an early message in flight
+    /// that carries them). A heartbeat, a message of another vote, or entries never sent early
+    /// are not answered here.
+    async fn holds_early(&self, rpc: &AppendEntriesRequest<TypeConfig>, option: &RPCOption) -> bool {
+        if !self.ready.load(Ordering::SeqCst) || self.identity.fence().is_some() {
+            return false;
+        }
+        let mut state = self.early.subscribe();
+        let answer = async {
+            loop {
+                match early_replication::holds(&state.borrow_and_update(), rpc) {
+                    Some(true) => return true,
+                    Some(false) => {}
+                    None => return false,
+                }
+                if state.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        let held = tokio::time::timeout(option.hard_ttl(), answer).await.unwrap_or(false);
+        if held {
+            self.early_counts.answered();
+        }
+        held
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         call: PeerCall,
@@ -476,6 +527,11 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<ReplicaId>, RPCError<ReplicaId, Replica, RaftError<ReplicaId>>> {
+        // Raft lets a leader count a follower's answer whenever it arrives: the early message's
+        // answer was given once the same entries were durable on the follower.
+        if self.holds_early(&rpc, &option).await {
+            return Ok(AppendEntriesResponse::Success);
+        }
         self.call(PeerCall::AppendEntries, &rpc, &option).await
     }
 

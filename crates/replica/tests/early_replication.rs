@@ -1,6 +1,7 @@
 //! Early replication: the primary sends its new entries to its followers while it syncs them to
-//! its own log. Followers accept them, write each entry once (openraft's own replication of the
-//! same entries finds them already there), and every replica ends with the same data.
+//! its own log. Followers accept them and write each entry once (openraft's own AppendEntries of
+//! the same entries is answered from their early answers, not sent again), and every replica
+//! ends with the same data.
 
 mod common;
 
@@ -38,12 +39,18 @@ async fn followers_accept_early_entries_and_write_each_entry_once() {
     let after_serial = client.status(&primary).await.expect("status");
     let sent = after_serial.early_appends_sent - before.early_appends_sent;
     let accepted = after_serial.early_appends_accepted - before.early_appends_accepted;
-    info!(sent, accepted, "early appends after the serial puts");
+    let answered = after_serial.early_appends_answered - before.early_appends_answered;
+    info!(sent, accepted, answered, "early appends after the serial puts");
     // Two followers; each put is at least one entry. Nothing else writes, so each follower holds
     // the previous entry when the next is made and gets nearly every one early.
     assert!(
         accepted >= SERIAL_PUTS,
         "followers accepted {accepted} of {sent} early messages for {SERIAL_PUTS} puts to 2 followers"
+    );
+    // openraft's own AppendEntries of those entries need not go: the early answers answer them.
+    assert!(
+        answered >= SERIAL_PUTS,
+        "{answered} of openraft's AppendEntries answered from early answers, for {SERIAL_PUTS} puts to 2 followers"
     );
 
     info!("--- {WRITERS} writers at once");

@@ -10,7 +10,7 @@
 //! The log store hands each batch of the primary's own entries here before writing it
 //! ([`tandem_store::LogStore::send_own_appends_to`]). For each replication target the task
 //! sends them as an ordinary AppendEntries of the primary (same vote, the previous entry's id,
-//! no commit index), through the same peer link openraft uses, so the envelope, epoch and fence
+//! and as commit index the last entry the primary has applied), through the same peer link openraft uses, so the envelope, epoch and fence
 //! checks are those of any Raft message. The follower appends them through openraft like any
 //! other, and answers once they are durable.
 //!
@@ -22,7 +22,9 @@
 //! a follower's answer whenever it arrives, and this one was given once the entries were durable
 //! on the follower; under one vote nothing but this primary's own messages, which agree with
 //! its log, can replace them there. (An AppendEntries that does go, e.g. after an early message
-//! failed, finds the entries already in the follower's log and is answered at once.)
+//! failed, finds the entries already in the follower's log and is answered at once.) The
+//! follower so learns the commit index from the next early message, and from the heartbeat
+//! openraft sends after a commit when it has nothing else to send.
 //!
 //! Architecture invariant: progress, commitment and the sync gate still come only from
 //! openraft's replication; an early answer reaches them only as the answer to one of openraft's
@@ -143,10 +145,12 @@ pub fn holds(state: &EarlyState, request: &AppendEntriesRequest<TypeConfig>) -> 
     state.in_flight.is_some_and(|f| f.index >= last.index).then_some(false)
 }
 
-/// One batch of own entries for one follower, with what openraft last reported it matched.
+/// One batch of own entries for one follower, with what openraft last reported it matched and
+/// the last entry this primary had applied (so committed) when the batch was handed over.
 struct ForFollower {
     append: Arc<OwnAppend>,
     matched: Option<LogId<ReplicaId>>,
+    committed: Option<LogId<ReplicaId>>,
 }
 
 /// A running sender to one follower; dropping it stops the sender (so none outlives its
@@ -190,9 +194,10 @@ async fn dispatch(
     while let Some(append) = appends.recv().await {
         let append = Arc::new(append);
         // (target, its address, what it matched) for every replication target but this one.
-        let targets: Vec<(ReplicaId, Option<Replica>, Option<LogId<ReplicaId>>)> = {
+        type Target = (ReplicaId, Option<Replica>, Option<LogId<ReplicaId>>);
+        let (committed, targets): (Option<LogId<ReplicaId>>, Vec<Target>) = {
             let metrics = metrics.borrow();
-            match &metrics.replication {
+            let targets = match &metrics.replication {
                 Some(replication) => replication
                     .iter()
                     .filter(|(id, _)| **id != own_id)
@@ -202,7 +207,8 @@ async fn dispatch(
                     })
                     .collect(),
                 None => Vec::new(),
-            }
+            };
+            (metrics.last_applied, targets)
         };
         followers.retain(|id, _| targets.iter().any(|(target, _, _)| target == id));
         for (target, node, matched) in targets {
@@ -224,6 +230,7 @@ async fn dispatch(
                 let _ = follower.queue.try_send(ForFollower {
                     append: append.clone(),
                     matched,
+                    committed,
                 });
             }
         }
@@ -335,7 +342,7 @@ fn merge(
         vote: newest.append.vote,
         prev_log_id: first.prev,
         entries,
-        leader_commit: None,
+        leader_commit: pending.iter().filter_map(|p| p.committed).max(),
     })
 }
 
@@ -370,6 +377,7 @@ mod tests {
                 bytes,
             }),
             matched: None,
+            committed: None,
         }
     }
 
@@ -379,18 +387,21 @@ mod tests {
 
     #[test]
     fn consecutive_batches_go_as_one_message_after_what_the_follower_holds() {
-        let pending = [
+        let mut pending = [
             batch(2, Some(4), 5, 6),
             batch(2, Some(6), 7, 7),
             batch(2, Some(7), 8, 9),
         ];
+        pending[0].committed = Some(log_id(2, 2));
+        pending[1].committed = Some(log_id(2, 3));
         let request = merge(&pending, Some(log_id(2, 4)), None).expect("the follower holds 4");
         assert_eq!(request.prev_log_id, Some(log_id(2, 4)));
         assert_eq!(indexes(&request), vec![5, 6, 7, 8, 9]);
         assert_eq!(request.vote, Vote::new_committed(2, 1));
         assert_eq!(
-            request.leader_commit, None,
-            "an early message never moves the commit index"
+            request.leader_commit,
+            Some(log_id(2, 3)),
+            "the newest commit index handed over with a batch goes with them"
         );
     }
 

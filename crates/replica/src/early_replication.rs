@@ -22,14 +22,23 @@
 //! a follower's answer whenever it arrives, and this one was given once the entries were durable
 //! on the follower; under one vote nothing but this primary's own messages, which agree with
 //! its log, can replace them there. (An AppendEntries that does go, e.g. after an early message
-//! failed, finds the entries already in the follower's log and is answered at once.) The
-//! follower so learns the commit index from the next early message, and from the heartbeat
-//! openraft sends after a commit when it has nothing else to send.
+//! failed, finds the entries already in the follower's log and is answered at once.)
+//!
+//! The commit index travels the same way. An AppendEntries of openraft also tells the follower
+//! the primary's commit index; it is answered from early messages only if one already told the
+//! follower that index (they carry the last entry the primary applied), and sent otherwise. A
+//! heartbeat openraft sends to tell a new commit index (it sends one after each commit when it
+//! has nothing else to send) waits up to [`HEARTBEAT_WAIT`] for the next early message to tell
+//! it instead — at concurrency 1 the next put's — and is answered `Success` once one accepted
+//! after it did ([`covers_heartbeat`]), or sent when none comes. Heartbeats that tell nothing
+//! new, and openraft's leadership checks (links of their own), always go.
 //!
 //! Architecture invariant: progress, commitment and the sync gate still come only from
 //! openraft's replication; an early answer reaches them only as the answer to one of openraft's
 //! own AppendEntries, for entries the follower accepted under the same vote. The primary counts
-//! itself only after its own log sync. Heartbeats (which carry the commit index) always go.
+//! itself only after its own log sync. A follower is told every commit index openraft would
+//! have told it, by openraft's message or by a later early one (at most [`HEARTBEAT_WAIT`]
+//! later).
 //!
 //! A follower may so hold entries the primary never wrote (it was killed while syncing them). A
 //! restarted primary must therefore not lead on in its old term, or it would give their log ids
@@ -109,6 +118,10 @@ pub struct EarlyState {
     pub accepted: Option<LogId<ReplicaId>>,
     /// The last entry of the early message waiting for its answer, if any.
     pub in_flight: Option<LogId<ReplicaId>>,
+    /// The newest commit index an early message the follower accepted under `vote` told it.
+    pub told_commit: Option<LogId<ReplicaId>>,
+    /// Early messages the follower accepted under `vote`, counted.
+    pub accepted_count: u64,
 }
 
 /// [`EarlyState`] per follower, shared by every link to it, and what early replication has done.
@@ -130,19 +143,48 @@ impl EarlyAcks {
 }
 
 /// What answers openraft's AppendEntries `request` to a follower whose early messages show
-/// `state`: `Some(true)` if the follower already holds all of its entries durably (answer
-/// `Success`), `Some(false)` if an early message in flight may show it (wait for its answer),
-/// `None` if the request must be sent (no entries, another vote, or entries past anything sent
-/// early).
-pub fn holds(state: &EarlyState, request: &AppendEntriesRequest<TypeConfig>) -> Option<bool> {
+/// `state` (and that messages of the link itself have told commit index `told_by_link`):
+/// `Some(true)` if the follower already holds all of its entries durably and has been told its
+/// commit index (answer `Success`), `Some(false)` if an early message in flight may show it
+/// (wait for its answer), `None` if the request must be sent: no entries (a heartbeat), another
+/// vote, entries past anything sent early, or a commit index the follower has not been told
+/// (openraft sends no heartbeat for a commit it can send with entries, so this message is what
+/// would tell it).
+pub fn holds(
+    state: &EarlyState,
+    request: &AppendEntriesRequest<TypeConfig>,
+    told_by_link: Option<LogId<ReplicaId>>,
+) -> Option<bool> {
     let last = request.entries.last()?.log_id;
     if state.vote != Some(request.vote) {
         return None;
     }
     if state.accepted.is_some_and(|a| a.index >= last.index) {
-        return Some(true);
+        return (request.leader_commit <= state.told_commit.max(told_by_link)).then_some(true);
     }
     state.in_flight.is_some_and(|f| f.index >= last.index).then_some(false)
+}
+
+/// How long a heartbeat that carries a new commit index waits for an early message to carry it
+/// instead (see [`covers_heartbeat`]): a little more than one put after another takes here, so
+/// that at concurrency 1 the next put's early message does; a follower otherwise learns the
+/// commit index that much later.
+pub const HEARTBEAT_WAIT: Duration = Duration::from_millis(2);
+
+/// Whether a heartbeat of openraft's replication to a follower whose early messages show
+/// `state` is answered by them: the follower accepted an early message of the same vote after
+/// the heartbeat was made (more than `accepted_before` of them), which told it at least the
+/// heartbeat's commit index. Such a message did all a heartbeat does (the follower heard from
+/// this primary, held the entries before, and learned the commit index), later.
+pub fn covers_heartbeat(
+    state: &EarlyState,
+    heartbeat: &AppendEntriesRequest<TypeConfig>,
+    accepted_before: u64,
+) -> bool {
+    heartbeat.entries.is_empty()
+        && state.vote == Some(heartbeat.vote)
+        && state.accepted_count > accepted_before
+        && state.told_commit >= heartbeat.leader_commit
 }
 
 /// One batch of own entries for one follower, with what openraft last reported it matched and
@@ -294,10 +336,16 @@ async fn send_to(
             counts.accepted.fetch_add(1, Ordering::Relaxed);
         }
         accepted = held;
+        // The follower's commit index is the one told, up to what it holds.
+        let told = message.leader_commit.min(held);
         link.early_state().send_modify(|state| {
             if state.vote == Some(vote) {
                 state.accepted = state.accepted.max(held);
                 state.in_flight = None;
+                if held.is_some() {
+                    state.told_commit = state.told_commit.max(told);
+                    state.accepted_count += 1;
+                }
             }
         });
     }
@@ -460,38 +508,83 @@ mod tests {
             vote: Some(Vote::new_committed(term, 1)),
             accepted: accepted.map(|i| log_id(term, i)),
             in_flight: in_flight.map(|i| log_id(term, i)),
+            ..EarlyState::default()
         };
-        assert_eq!(holds(&state(2, Some(9), None), &request(2, Some(4), 5, 9)), Some(true));
         assert_eq!(
-            holds(&state(2, Some(12), None), &request(2, Some(4), 5, 9)),
+            holds(&state(2, Some(9), None), &request(2, Some(4), 5, 9), None),
+            Some(true)
+        );
+        assert_eq!(
+            holds(&state(2, Some(12), None), &request(2, Some(4), 5, 9), None),
             Some(true),
             "holding 12 it holds everything before"
         );
         assert_eq!(
-            holds(&state(2, Some(8), None), &request(2, Some(4), 5, 9)),
+            holds(&state(2, Some(8), None), &request(2, Some(4), 5, 9), None),
             None,
             "9 was never sent early"
         );
         assert_eq!(
-            holds(&state(2, Some(4), Some(9)), &request(2, Some(4), 5, 9)),
+            holds(&state(2, Some(4), Some(9)), &request(2, Some(4), 5, 9), None),
             Some(false),
             "wait for the answer to the message carrying 9"
         );
-        assert_eq!(holds(&state(2, None, Some(8)), &request(2, Some(4), 5, 9)), None);
+        assert_eq!(holds(&state(2, None, Some(8)), &request(2, Some(4), 5, 9), None), None);
         assert_eq!(
-            holds(&state(2, Some(9), None), &request(3, Some(4), 5, 9)),
+            holds(&state(2, Some(9), None), &request(3, Some(4), 5, 9), None),
             None,
             "accepted under another vote"
         );
         assert_eq!(
-            holds(&EarlyState::default(), &request(2, Some(4), 5, 9)),
+            holds(&EarlyState::default(), &request(2, Some(4), 5, 9), None),
             None,
             "nothing sent early"
         );
         assert_eq!(
-            holds(&state(2, Some(9), None), &request(2, Some(9), 10, 9)),
+            holds(&state(2, Some(9), None), &request(2, Some(9), 10, 9), None),
             None,
-            "a heartbeat always goes (it carries the commit index)"
+            "a heartbeat is not answered here"
+        );
+
+        // The commit index the request carries must have reached the follower already.
+        let mut telling = request(2, Some(4), 5, 9);
+        telling.leader_commit = Some(log_id(2, 7));
+        let mut told_6 = state(2, Some(9), None);
+        told_6.told_commit = Some(log_id(2, 6));
+        assert_eq!(holds(&told_6, &telling, None), None, "the follower was told 6, not 7");
+        assert_eq!(
+            holds(&told_6, &telling, Some(log_id(2, 7))),
+            Some(true),
+            "the link's own messages told it 7"
+        );
+        told_6.told_commit = Some(log_id(2, 8));
+        assert_eq!(holds(&told_6, &telling, None), Some(true), "an early message told it 8");
+    }
+
+    #[test]
+    fn a_heartbeat_is_answered_only_by_a_later_early_message_telling_its_commit_index() {
+        let mut heartbeat = request(2, Some(9), 10, 9);
+        heartbeat.leader_commit = Some(log_id(2, 9));
+        let state = |accepted_count: u64, told: u64| EarlyState {
+            vote: Some(Vote::new_committed(2, 1)),
+            accepted: Some(log_id(2, 10)),
+            told_commit: Some(log_id(2, told)),
+            accepted_count,
+            ..EarlyState::default()
+        };
+        assert!(covers_heartbeat(&state(6, 9), &heartbeat, 5));
+        assert!(covers_heartbeat(&state(6, 10), &heartbeat, 5));
+        assert!(
+            !covers_heartbeat(&state(5, 9), &heartbeat, 5),
+            "no early message accepted since the heartbeat was made"
+        );
+        assert!(!covers_heartbeat(&state(6, 8), &heartbeat, 5), "told only 8");
+        let mut other_vote = state(6, 9);
+        other_vote.vote = Some(Vote::new_committed(3, 1));
+        assert!(!covers_heartbeat(&other_vote, &heartbeat, 5));
+        assert!(
+            !covers_heartbeat(&state(6, 9), &request(2, Some(4), 5, 9), 5),
+            "a message with entries is no heartbeat"
         );
     }
 

@@ -14,6 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::LogId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tandem_proto::db::raft_client::RaftClient;
@@ -163,6 +164,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             ready: self.ready.clone(),
             early: self.early.of(target),
             early_counts: self.early.counts.clone(),
+            replicates: false,
+            told_commit: None,
             target,
             addr: node.addr.clone(),
             stream: None,
@@ -180,6 +183,11 @@ pub struct PeerLink {
     /// What early messages have shown of the peer's log (shared with every link to it).
     early: Arc<watch::Sender<EarlyState>>,
     early_counts: Arc<EarlyCounts>,
+    /// Whether openraft replicates entries through this link (its leadership checks use links
+    /// of their own, which carry only heartbeats).
+    replicates: bool,
+    /// The newest commit index a message sent through this link told the peer.
+    told_commit: Option<LogId<ReplicaId>>,
     target: ReplicaId,
     addr: String,
     /// AppendEntries go on this stream (opened on first use, and again after a failure).
@@ -450,7 +458,7 @@ impl PeerLink {
         let mut state = self.early.subscribe();
         let answer = async {
             loop {
-                match early_replication::holds(&state.borrow_and_update(), rpc) {
+                match early_replication::holds(&state.borrow_and_update(), rpc, self.told_commit) {
                     Some(true) => return true,
                     Some(false) => {}
                     None => return false,
@@ -465,6 +473,47 @@ impl PeerLink {
             self.early_counts.answered();
         }
         held
+    }
+
+    /// Whether a heartbeat of openraft's replication that carries a new commit index is
+    /// answered by an early message instead (see [`early_replication::covers_heartbeat`]),
+    /// waiting at most [`early_replication::HEARTBEAT_WAIT`] for one. Only while early messages
+    /// reach the peer (it accepted one at or past the heartbeat's previous entry), and never a
+    /// heartbeat that tells nothing new (those keep the peer hearing from this primary).
+    async fn heartbeat_told_early(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        if !self.replicates || !rpc.entries.is_empty() {
+            return false;
+        }
+        if !self.ready.load(Ordering::SeqCst) || self.identity.fence().is_some() {
+            return false;
+        }
+        let mut state = self.early.subscribe();
+        let accepted_before = {
+            let now = state.borrow_and_update();
+            let flowing = now.vote == Some(rpc.vote) && now.accepted.is_some() && now.accepted >= rpc.prev_log_id;
+            let told = self.told_commit.max(now.told_commit);
+            if !flowing || rpc.leader_commit <= told {
+                return false;
+            }
+            now.accepted_count
+        };
+        let covered = async {
+            loop {
+                if state.changed().await.is_err() {
+                    return false;
+                }
+                if early_replication::covers_heartbeat(&state.borrow_and_update(), rpc, accepted_before) {
+                    return true;
+                }
+            }
+        };
+        let covered = tokio::time::timeout(early_replication::HEARTBEAT_WAIT, covered)
+            .await
+            .unwrap_or(false);
+        if covered {
+            self.early_counts.answered();
+        }
+        covered
     }
 
     async fn call<Req, Resp, E>(
@@ -529,10 +578,17 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     ) -> Result<AppendEntriesResponse<ReplicaId>, RPCError<ReplicaId, Replica, RaftError<ReplicaId>>> {
         // Raft lets a leader count a follower's answer whenever it arrives: the early message's
         // answer was given once the same entries were durable on the follower.
-        if self.holds_early(&rpc, &option).await {
+        if !rpc.entries.is_empty() {
+            self.replicates = true;
+        }
+        if self.holds_early(&rpc, &option).await || self.heartbeat_told_early(&rpc).await {
             return Ok(AppendEntriesResponse::Success);
         }
-        self.call(PeerCall::AppendEntries, &rpc, &option).await
+        let answer = self.call(PeerCall::AppendEntries, &rpc, &option).await;
+        if let Ok(AppendEntriesResponse::Success) = answer {
+            self.told_commit = self.told_commit.max(rpc.leader_commit);
+        }
+        answer
     }
 
     async fn install_snapshot(

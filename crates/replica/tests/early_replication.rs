@@ -7,8 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::start_set;
+use common::{start_set, start_set_with};
 use tandem_client::{Client, Txn, TxnOutcome};
+use tandem_replica::Timers;
 use tandem_tls::TlsFiles;
 use tracing::info;
 
@@ -99,6 +100,66 @@ async fn followers_accept_early_entries_and_write_each_entry_once() {
             status.log_entries_written,
             primary_status.log_entries_written
         );
+    }
+
+    for replica in &mut replicas {
+        replica.stop().await;
+    }
+}
+
+/// With openraft's periodic heartbeat 10 s apart, a follower can learn the commit index of a
+/// burst's last write only from what is sent at once: an early message, openraft's heartbeat
+/// after the commit (or the early message answering it), or openraft's AppendEntries carrying
+/// it. None of them may be swallowed: an AppendEntries answered from early answers must not be
+/// the one that would have told the follower the last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_learn_the_last_commit_of_a_burst_without_a_periodic_heartbeat() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (mut replicas, client) = start_set_with(
+        3,
+        root.path(),
+        |_| TlsFiles::default(),
+        |config| {
+            config.timers = Timers {
+                heartbeat_ms: 10_000,
+                election_min_ms: 30_000,
+                election_max_ms: 60_000,
+            }
+        },
+    )
+    .await;
+    let primary = client.discover().await.expect("primary");
+
+    for round in 0..3 {
+        info!(round, "--- {WRITERS} writers at once, then nothing");
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for i in 0..PUTS_EACH {
+                        put(&client, format!("burst/{round}/w{w:02}/{i:03}")).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("writer");
+        }
+        let committed = client.status(&primary).await.expect("status").commit_index;
+        for replica in replicas.iter().filter(|r| r.addr != primary) {
+            // Well within the heartbeat interval: what is sent at once arrives in milliseconds.
+            common::eventually(
+                "the follower learns the primary's commit index",
+                Duration::from_secs(3),
+                async || {
+                    client
+                        .status(&replica.addr)
+                        .await
+                        .is_ok_and(|status| status.commit_index >= committed)
+                },
+            )
+            .await;
+        }
     }
 
     for replica in &mut replicas {

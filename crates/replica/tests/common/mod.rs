@@ -79,9 +79,19 @@ impl TestReplica {
 
 /// Starts `n` sync replicas and forms them into a replica set; returns them and a client.
 pub async fn start_set(n: u64, root: &std::path::Path, tls: impl Fn(u64) -> TlsFiles) -> (Vec<TestReplica>, Client) {
+    start_set_with(n, root, tls, |_| {}).await
+}
+
+/// [`start_set`], each replica's configuration changed by `adjust`.
+pub async fn start_set_with(
+    n: u64,
+    root: &std::path::Path,
+    tls: impl Fn(u64) -> TlsFiles,
+    adjust: impl Fn(&mut ReplicaConfig),
+) -> (Vec<TestReplica>, Client) {
     let mut replicas = Vec::new();
     for id in 1..=n {
-        replicas.push(TestReplica::start(id, root.join(format!("r{id}")), tls(id)).await);
+        replicas.push(TestReplica::start_with(id, root.join(format!("r{id}")), tls(id), &adjust).await);
     }
     let members: Vec<Member> = replicas
         .iter()

@@ -107,11 +107,13 @@ async fn followers_accept_early_entries_and_write_each_entry_once() {
     }
 }
 
-/// With openraft's periodic heartbeat 10 s apart, a follower can learn the commit index of a
-/// burst's last write only from what is sent at once: an early message, openraft's heartbeat
+/// With openraft's periodic heartbeat 2 s apart, a follower that learns the commit index of a
+/// burst's last write within a second learned it from what is sent at once: an early message, openraft's heartbeat
 /// after the commit (or the early message answering it), or openraft's AppendEntries carrying
 /// it. None of them may be swallowed: an AppendEntries answered from early answers must not be
-/// the one that would have told the follower the last commit.
+/// the one that would have told the follower the last commit. (Were one swallowed, each check
+/// would still pass if the periodic heartbeat happened to come within its second: six checks
+/// all passing so is a 1-in-64 chance.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_learn_the_last_commit_of_a_burst_without_a_periodic_heartbeat() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -121,9 +123,9 @@ async fn followers_learn_the_last_commit_of_a_burst_without_a_periodic_heartbeat
         |_| TlsFiles::default(),
         |config| {
             config.timers = Timers {
-                heartbeat_ms: 10_000,
-                election_min_ms: 30_000,
-                election_max_ms: 60_000,
+                heartbeat_ms: 2_000,
+                election_min_ms: 4_000,
+                election_max_ms: 6_000,
             }
         },
     )
@@ -150,7 +152,7 @@ async fn followers_learn_the_last_commit_of_a_burst_without_a_periodic_heartbeat
             // Well within the heartbeat interval: what is sent at once arrives in milliseconds.
             common::eventually(
                 "the follower learns the primary's commit index",
-                Duration::from_secs(3),
+                Duration::from_secs(1),
                 async || {
                     client
                         .status(&replica.addr)

@@ -432,6 +432,12 @@ async fn call_on_stream<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 impl PeerLink {
+    /// Whether this replica sends Raft messages at all: it has finished starting and is not
+    /// fenced (no answer is made up for a message [`PeerLink::call`] would refuse to send).
+    fn sends(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.identity.fence().is_none()
+    }
+
     /// What early messages have shown of the peer's log (see [`crate::early_replication`]).
     pub(crate) fn early_state(&self) -> &watch::Sender<EarlyState> {
         &self.early
@@ -452,7 +458,7 @@ impl PeerLink {
     /// that carries them). A heartbeat, a message of another vote, or entries never sent early
     /// are not answered here.
     async fn holds_early(&self, rpc: &AppendEntriesRequest<TypeConfig>, option: &RPCOption) -> bool {
-        if !self.ready.load(Ordering::SeqCst) || self.identity.fence().is_some() {
+        if !self.sends() {
             return false;
         }
         let mut state = self.early.subscribe();
@@ -481,10 +487,7 @@ impl PeerLink {
     /// reach the peer (it accepted one at or past the heartbeat's previous entry), and never a
     /// heartbeat that tells nothing new (those keep the peer hearing from this primary).
     async fn heartbeat_told_early(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
-        if !self.replicates || !rpc.entries.is_empty() {
-            return false;
-        }
-        if !self.ready.load(Ordering::SeqCst) || self.identity.fence().is_some() {
+        if !self.replicates || !rpc.entries.is_empty() || !self.sends() {
             return false;
         }
         let mut state = self.early.subscribe();

@@ -26,6 +26,25 @@ async fn put(client: &Client, key: String) {
     assert!(matches!(outcome, TxnOutcome::Committed { .. }), "{key}: {outcome:?}");
 }
 
+/// [`WRITERS`] writers at once, each putting [`PUTS_EACH`] keys under `prefix/`, one after the
+/// other; returns when every put is acknowledged.
+async fn write_at_once(client: &Client, prefix: &str) {
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let client = client.clone();
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                for i in 0..PUTS_EACH {
+                    put(&client, format!("{prefix}/w{w:02}/{i:03}")).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_accept_early_entries_and_write_each_entry_once() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -55,19 +74,7 @@ async fn followers_accept_early_entries_and_write_each_entry_once() {
     );
 
     info!("--- {WRITERS} writers at once");
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                for i in 0..PUTS_EACH {
-                    put(&client, format!("early/w{w:02}/{i:03}")).await;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
+    write_at_once(&client, "early").await;
     let total = SERIAL_PUTS + WRITERS * PUTS_EACH;
 
     info!("--- every replica has every key");
@@ -134,19 +141,7 @@ async fn followers_learn_the_last_commit_of_a_burst_without_a_periodic_heartbeat
 
     for round in 0..3 {
         info!(round, "--- {WRITERS} writers at once, then nothing");
-        let tasks: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    for i in 0..PUTS_EACH {
-                        put(&client, format!("burst/{round}/w{w:02}/{i:03}")).await;
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("writer");
-        }
+        write_at_once(&client, &format!("burst/{round}")).await;
         let committed = client.status(&primary).await.expect("status").commit_index;
         for replica in replicas.iter().filter(|r| r.addr != primary) {
             // Well within the heartbeat interval: what is sent at once arrives in milliseconds.

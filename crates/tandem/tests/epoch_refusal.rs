@@ -26,6 +26,9 @@ async fn recovery_is_refused_while_the_primary_is_reachable() {
     )
     .await;
     cluster.must_put("refusal/before", "1").await;
+    // The async replica is not waited for by the put (strict mode waits for the sync ones):
+    // until it has joined, it refuses recovery for that reason instead.
+    cluster.must_wait_caught_up(&[1, 2, 3]).await;
     let primary = cluster.must_wait_primary().await;
     let before = cluster.must_status(primary).await;
     let secondary = if primary == 1 { 2 } else { 1 };

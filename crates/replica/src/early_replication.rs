@@ -10,8 +10,8 @@
 //! The log store hands each batch of the primary's own entries here before writing it
 //! ([`tandem_store::LogStore::send_own_appends_to`]). For each replication target the task
 //! sends them as an ordinary AppendEntries of the primary (same vote, the previous entry's id,
-//! and as commit index the last entry the primary has applied), through the same peer link openraft uses, so the envelope, epoch and fence
-//! checks are those of any Raft message. The follower appends them through openraft like any
+//! and as commit index the last entry the primary has applied), through the same peer link
+//! openraft uses, so the envelope, epoch and fence checks are those of any Raft message. The follower appends them through openraft like any
 //! other, and answers once they are durable.
 //!
 //! When openraft's own replication then hands the link to that follower an AppendEntries of
@@ -90,6 +90,7 @@ pub struct EarlyFigures {
 }
 
 impl EarlyCounts {
+    /// Messages sent early, those followers accepted, and openraft's messages answered from them.
     pub fn get(&self) -> EarlyFigures {
         EarlyFigures {
             sent: self.sent.load(Ordering::Relaxed),

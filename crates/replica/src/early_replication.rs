@@ -11,8 +11,8 @@
 //! ([`tandem_store::LogStore::send_own_appends_to`]). For each replication target the task
 //! sends them as an ordinary AppendEntries of the primary (same vote, the previous entry's id,
 //! and as commit index the last entry the primary has applied), through the same peer link
-//! openraft uses, so the envelope, epoch and fence checks are those of any Raft message. The follower appends them through openraft like any
-//! other, and answers once they are durable.
+//! openraft uses, so the envelope, epoch and fence checks are those of any Raft message. The
+//! follower appends them through openraft like any other, and answers once they are durable.
 //!
 //! When openraft's own replication then hands the link to that follower an AppendEntries of
 //! the same vote whose entries the follower has accepted early (or is accepting: the link waits

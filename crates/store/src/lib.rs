@@ -6,6 +6,7 @@
 //! - [`log_store`]: the durable Raft log, vote and committed index (`log.db`).
 //! - [`state_machine`]: keys, leases and the change history (`state.db`), snapshots, and the
 //!   [`StateReader`] handle the services read through.
+//! - [`snapshot_file`]: a snapshot's data as openraft reads and writes it: an open file.
 //! - [`recovery`]: a new epoch on a survivor (forced recovery); quarantine before a rejoin.
 //! - [`error`]: typed errors, among them why a data directory is refused at start.
 //! - `db` (SQLite plumbing) and `checkpoint` (background checkpoints of both files) are private.
@@ -18,10 +19,12 @@ mod db;
 pub mod error;
 pub mod log_store;
 pub mod recovery;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
 pub use error::{OpenError, StoreError};
 pub use log_store::{AppendCounts, LogStore, OwnAppend};
+pub use snapshot_file::SnapshotFile;
 pub use state_machine::{StateMachine, StateReader};
 pub use types::*;

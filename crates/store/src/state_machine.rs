@@ -10,8 +10,13 @@
 //! the log at start-up or once it learns the commit index. That is safe because the state is
 //! made durable before the log may lose those entries: a snapshot syncs `state.db` before it is
 //! reported to openraft (which purges the log only up to a snapshot), and an installed snapshot
-//! and the end of every lease (forced recovery) are synced before they return. Snapshots are consistent copies of `state.db` made with
-//! `VACUUM INTO`; the current one is kept on disk (`snapshot.current`) so it survives a restart.
+//! and the end of every lease (forced recovery) are synced before they return.
+//!
+//! A snapshot is a consistent copy of `state.db` made with SQLite's online backup (pages copied
+//! as they are, in one read transaction, while applies go on), in rollback-journal mode, whose
+//! `meta` table also holds the snapshot's id; the current one is `snapshot.current`, so it
+//! survives a restart. It is written once: built or received into a temporary file, synced, and
+//! renamed into place; openraft reads and writes it as a [`SnapshotFile`], never in memory.
 //! Installing a snapshot swaps the contents of every table inside one transaction, so readers
 //! see the switch atomically. [`StateReader`] is the read side the services use: its own
 //! connections, which never block the writer (WAL).
@@ -20,21 +25,24 @@
 //! same state on every replica.
 
 use std::fs;
-use std::io::{Cursor, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
     StoredMembership,
 };
+use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::broadcast;
 
 use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
+use crate::snapshot_file::SnapshotFile;
 use crate::types::{
     Change, ChangeKind, Command, CommandResult, FenceError, HistoryLimit, KeyValue, Lease, LeaseResult, Op, Replica,
     ReplicaId, Txn, TxnResult, TypeConfig,
@@ -62,8 +70,9 @@ pub const LEASE_RETENTION_MS: u64 = 60 * 60 * 1000;
 /// How many read connections a [`StateReader`] spreads its reads over.
 const READER_CONNECTIONS: usize = 4;
 
-/// First bytes of the current-snapshot file.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"TDSNAP01";
+/// First bytes of the current-snapshot file as earlier versions wrote it (the snapshot's meta,
+/// then the database): converted at start-up.
+const V1_SNAPSHOT_MAGIC: &[u8; 8] = b"TDSNAP01";
 
 /// The tables holding replicated state, with their columns: what a snapshot install replaces.
 const STATE_TABLES: [(&str, &str); 4] = [
@@ -211,16 +220,27 @@ impl StateMachine {
         };
 
         let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let current = read_snapshot_file(&snapshot_path, false).map_err(|e| OpenError::Corrupt {
+        let unreadable = |e: StoreError| OpenError::Corrupt {
             file: snapshot_path.clone(),
             reason: format!("unreadable snapshot: {e}"),
-        })?;
+        };
+        let v1 = read_v1_snapshot_file(&snapshot_path).map_err(unreadable)?;
+        let current = match &v1 {
+            Some((meta, _)) => Some(meta.clone()),
+            None => read_snapshot_meta(&snapshot_path).map_err(unreadable)?,
+        };
         // Continue the snapshot sequence after the current snapshot's, when it is one of ours.
         let next_seq = current
-            .and_then(|(meta, _)| meta.snapshot_id.rsplit('-').next().and_then(|s| s.parse::<u64>().ok()))
+            .and_then(|meta| meta.snapshot_id.rsplit('-').next().and_then(|s| s.parse::<u64>().ok()))
             .map_or(1, |seq| seq.saturating_add(1));
 
         remove_temporary_files(dir)?;
+        if let Some((meta, data)) = v1 {
+            upgrade_v1_snapshot_file(&snapshot_path, &meta, &data).map_err(|e| OpenError::Corrupt {
+                file: snapshot_path.clone(),
+                reason: format!("cannot convert the snapshot to this version's format: {e}"),
+            })?;
+        }
 
         let writer = db::Writer::start(&path, "state", writer)?;
         let revision = Arc::new(AtomicU64::new(revision));
@@ -322,33 +342,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<ReplicaId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<ReplicaId>> {
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::SeqCst);
+        let path = self.shared.dir.join(format!("snapshot.recv-{seq}.tmp"));
+        db::blocking(move || {
+            remove_db_files(&path)?;
+            Ok(Box::new(SnapshotFile::create_temporary(&path)?))
+        })
+        .await
+        .map_err(|e| e.into_write_snapshot(None))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<ReplicaId, Replica>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<ReplicaId>> {
         let signature = meta.signature();
         let meta = meta.clone();
-        let bytes = snapshot.into_inner();
+        snapshot
+            .sync()
+            .await
+            .map_err(|e| StoreError::from(e).into_write_snapshot(Some(signature.clone())))?;
         let shared = self.shared.clone();
-        db::blocking(move || shared.install_snapshot(&meta, bytes))
+        db::blocking(move || shared.install_snapshot(&meta, *snapshot))
             .await
             .map_err(|e| e.into_write_snapshot(Some(signature)))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<ReplicaId>> {
-        let path = self.shared.dir.join(SNAPSHOT_FILE);
-        let current = db::blocking(move || read_snapshot_file(&path, true))
+        let shared = self.shared.clone();
+        db::blocking(move || shared.current_snapshot())
             .await
-            .map_err(StoreError::into_read_snapshot)?;
-        Ok(current.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+            .map_err(StoreError::into_read_snapshot)
     }
 }
 
@@ -441,71 +467,119 @@ impl Shared {
 
     /// Makes a consistent copy of `state.db`, records it as the current snapshot and returns it.
     fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let started = Instant::now();
         let seq = self.snapshot_seq.fetch_add(1, Ordering::SeqCst);
         let tmp = self.dir.join(format!("snapshot.build-{seq}.tmp"));
         remove_db_files(&tmp)?;
-        let copied = (|| -> Result<_, StoreError> {
-            // A connection of its own: VACUUM INTO reads one consistent state without holding
-            // up the writer.
-            let conn = Connection::open_with_flags(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(db::BUSY_TIMEOUT)?;
-            conn.execute("VACUUM INTO ?1", [utf8(&tmp)?])?;
-            drop(conn);
+        let built = (|| -> Result<_, StoreError> {
+            let copy = self.copy_state(&tmp)?;
             // Everything the copy holds must be on disk in `state.db` before openraft hears of
             // the snapshot: it then purges the log up to it.
             db::sync_now(&*self.writer.lock()?, STATE_SPEC.durability)?;
-            let copy = open_plain(&tmp)?;
-            let applied = read_applied_state(&copy)?;
+            let (last_log_id, last_membership) = read_applied_state(&copy)?;
+            let (index, term) = last_log_id.map_or((0, 0), |id| (id.index, id.leader_id.term));
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id: format!("{index}-{term}-{}-{seq}", self.replica_id),
+            };
+            write_snapshot_meta(&copy, &meta)?;
             drop(copy);
-            Ok((applied, fs::read(&tmp)?))
+            fs::File::open(&tmp)?.sync_all()?;
+            // Opened before it is renamed (or removed, when an installed snapshot is newer):
+            // the handle reads this copy either way.
+            let data = SnapshotFile::open(&tmp)?;
+            Ok((meta, data))
         })();
-        remove_db_files(&tmp)?;
-        let ((last_log_id, last_membership), data) = copied?;
-        let (index, term) = last_log_id.map_or((0, 0), |id| (id.index, id.leader_id.term));
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id: format!("{index}-{term}-{}-{seq}", self.replica_id),
+        let (meta, data) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                remove_db_files(&tmp)?;
+                return Err(e);
+            }
         };
-        self.store_current_snapshot(&meta, &data)?;
+        let bytes = data_len(&tmp);
+        self.store_current_snapshot(&meta, &tmp)?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         })
     }
 
-    /// Replaces the state with a received snapshot and records it as the current snapshot.
-    fn install_snapshot(&self, meta: &SnapshotMeta<ReplicaId, Replica>, data: Vec<u8>) -> Result<(), StoreError> {
-        let seq = self.snapshot_seq.fetch_add(1, Ordering::SeqCst);
-        let tmp = self.dir.join(format!("snapshot.recv-{seq}.tmp"));
-        remove_db_files(&tmp)?;
-        fs::write(&tmp, &data)?;
-        let installed = self.install_from(&tmp, meta);
-        remove_db_files(&tmp)?;
-        installed?;
-        self.store_current_snapshot(meta, &data)
-    }
-
-    /// Validates the snapshot database at `file` and copies it into `state.db` in one
-    /// transaction.
-    fn install_from(&self, file: &Path, meta: &SnapshotMeta<ReplicaId, Replica>) -> Result<(), StoreError> {
-        {
-            let snap = open_plain(file)?;
-            db::validate(&snap, file, STATE_SPEC.tables, &self.cluster, None)
-                .map_err(|e| StoreError::InvalidSnapshot(e.to_string()))?;
-            let (applied, _) = read_applied_state(&snap)?;
-            if applied != meta.last_log_id {
-                tracing::warn!(
-                    snapshot_applied = ?applied,
-                    meta_last_log_id = ?meta.last_log_id,
-                    "installing a snapshot whose data and meta disagree on the last applied log id; using the meta"
-                );
+    /// Copies the state, as one committed transaction left it, into the new database file `to`
+    /// (rollback-journal mode, not synced) and returns a connection to the copy.
+    fn copy_state(&self, to: &Path) -> Result<Connection, StoreError> {
+        // A connection of its own: the backup reads one consistent state without holding up the
+        // writer (WAL). All pages are copied in one step, so in one read transaction.
+        let source = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        source.busy_timeout(db::BUSY_TIMEOUT)?;
+        let mut copy = Connection::open_with_flags(
+            to,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // The file is synced once, by the caller, when it is complete.
+        copy.pragma_update(None, "synchronous", "OFF")?;
+        match Backup::new(&source, &mut copy)?.step(-1)? {
+            StepResult::Done => {}
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "copying the state for a snapshot did not finish: {other:?}"
+                )))
             }
         }
+        // The copied header says WAL, like `state.db`'s: a snapshot is a single file.
+        copy.pragma_update(None, "journal_mode", "DELETE")?;
+        Ok(copy)
+    }
 
+    /// Replaces the state with a received snapshot and records it as the current snapshot.
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMeta<ReplicaId, Replica>,
+        mut data: SnapshotFile,
+    ) -> Result<(), StoreError> {
+        let file = data.path().to_owned();
+        let installed = (|| -> Result<(), StoreError> {
+            prepare_received_snapshot(&file, meta, &self.cluster)?;
+            fs::File::open(&file)?.sync_all()?;
+            self.install_from(&file, meta)
+        })();
+        if let Err(e) = installed {
+            // The file itself goes when `data` is dropped.
+            remove_sidecars(&file)?;
+            return Err(e);
+        }
+        remove_sidecars(&file)?;
+        self.store_current_snapshot(meta, &file)?;
+        data.keep();
+        Ok(())
+    }
+
+    /// The current snapshot, if any: its meta and an open handle on its file.
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        // Held so that the file opened is the one the meta was read from.
+        let _guard = db::lock(&self.snapshot_lock)?;
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let Some(meta) = read_snapshot_meta(&path)? else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::open(&path)?),
+        }))
+    }
+
+    /// Copies the snapshot database at `file` (validated) into `state.db` in one transaction.
+    fn install_from(&self, file: &Path, meta: &SnapshotMeta<ReplicaId, Replica>) -> Result<(), StoreError> {
         let mut conn = self.writer.lock()?;
         let old_revision: u64 = db::meta_require(&conn, "revision")?;
         conn.execute("ATTACH DATABASE ?1 AS snap", [utf8(file)?])?;
@@ -551,39 +625,76 @@ impl Shared {
         Ok(())
     }
 
-    /// Durably records `data` with `meta` as the current snapshot, unless the current one is
-    /// newer (a build racing an install).
-    fn store_current_snapshot(&self, meta: &SnapshotMeta<ReplicaId, Replica>, data: &[u8]) -> Result<(), StoreError> {
+    /// Makes the complete, synced snapshot database `file` (holding `meta`) the current snapshot
+    /// by renaming it, unless the current one is newer (a build racing an install): then `file`
+    /// is removed.
+    fn store_current_snapshot(&self, meta: &SnapshotMeta<ReplicaId, Replica>, file: &Path) -> Result<(), StoreError> {
         let _guard = db::lock(&self.snapshot_lock)?;
         let path = self.dir.join(SNAPSHOT_FILE);
-        if let Some((current, _)) = read_snapshot_file(&path, false)? {
+        if let Some(current) = read_snapshot_meta(&path)? {
             if current.last_log_id > meta.last_log_id {
-                return Ok(());
+                return remove_db_files(file);
             }
         }
-        let meta_bytes = bincode::serialize(meta)?;
-        let tmp = db::sidecar(&path, ".tmp");
-        {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(SNAPSHOT_MAGIC)?;
-            file.write_all(&(meta_bytes.len() as u64).to_le_bytes())?;
-            file.write_all(&meta_bytes)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
+        fs::rename(file, &path)?;
         db::sync_dir(&path)?;
         Ok(())
     }
 }
 
-/// Reads the current-snapshot file: its meta, and its data when `with_data`. `None` when there
-/// is no snapshot yet.
+/// Checks that a received snapshot is a state database of this cluster, and makes it a
+/// snapshot file as this replica keeps one: rollback-journal mode, and `meta` (which openraft
+/// gives along) recorded in it.
+fn prepare_received_snapshot(
+    file: &Path,
+    meta: &SnapshotMeta<ReplicaId, Replica>,
+    cluster: &str,
+) -> Result<(), StoreError> {
+    let snap = open_plain(file)?;
+    db::validate(&snap, file, STATE_SPEC.tables, cluster, None)
+        .map_err(|e| StoreError::InvalidSnapshot(e.to_string()))?;
+    let (applied, _) = read_applied_state(&snap)?;
+    if applied != meta.last_log_id {
+        tracing::warn!(
+            snapshot_applied = ?applied,
+            meta_last_log_id = ?meta.last_log_id,
+            "installing a snapshot whose data and meta disagree on the last applied log id; using the meta"
+        );
+    }
+    snap.pragma_update(None, "synchronous", "OFF")?;
+    snap.pragma_update(None, "journal_mode", "DELETE")?;
+    write_snapshot_meta(&snap, meta)
+}
+
+/// Records `meta` in a snapshot database's `meta` table.
+fn write_snapshot_meta(conn: &Connection, meta: &SnapshotMeta<ReplicaId, Replica>) -> Result<(), StoreError> {
+    db::meta_set_blob(conn, "last_applied", &meta.last_log_id)?;
+    db::meta_set_blob(conn, "last_membership", &meta.last_membership)?;
+    db::meta_set_blob(conn, "snapshot_id", &meta.snapshot_id)
+}
+
+/// The meta of the snapshot database at `path`; `None` when there is no such file.
+fn read_snapshot_meta(path: &Path) -> Result<Option<SnapshotMeta<ReplicaId, Replica>>, StoreError> {
+    match fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let (last_log_id, last_membership) = read_applied_state(&conn)?;
+    let snapshot_id = db::meta_get_blob::<String>(&conn, "snapshot_id")?
+        .ok_or_else(|| StoreError::Corrupt(format!("{} names no snapshot id", path.display())))?;
+    Ok(Some(SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    }))
+}
+
+/// Reads a current-snapshot file in the format of earlier versions (its meta, then the
+/// database); `None` when there is none, or it is in this version's format.
 #[allow(clippy::type_complexity)]
-fn read_snapshot_file(
-    path: &Path,
-    with_data: bool,
-) -> Result<Option<(SnapshotMeta<ReplicaId, Replica>, Vec<u8>)>, StoreError> {
+fn read_v1_snapshot_file(path: &Path) -> Result<Option<(SnapshotMeta<ReplicaId, Replica>, Vec<u8>)>, StoreError> {
     let mut file = match fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -591,12 +702,10 @@ fn read_snapshot_file(
     };
     let mut magic = [0u8; 8];
     let mut len = [0u8; 8];
-    file.read_exact(&mut magic)?;
-    if &magic != SNAPSHOT_MAGIC {
-        return Err(StoreError::Corrupt(format!(
-            "{} is not a Tandem snapshot",
-            path.display()
-        )));
+    match file.read_exact(&mut magic) {
+        Ok(()) if &magic == V1_SNAPSHOT_MAGIC => {}
+        // Shorter than the magic, or something else: not this format.
+        _ => return Ok(None),
     }
     file.read_exact(&mut len)?;
     let len = usize::try_from(u64::from_le_bytes(len))
@@ -608,10 +717,44 @@ fn read_snapshot_file(
     }
     let meta = bincode::deserialize(&meta_bytes)?;
     let mut data = Vec::new();
-    if with_data {
-        file.read_to_end(&mut data)?;
-    }
+    file.read_to_end(&mut data)?;
     Ok(Some((meta, data)))
+}
+
+/// Rewrites an earlier version's current-snapshot file at `path` in this version's format:
+/// written next to it, synced, renamed over it.
+fn upgrade_v1_snapshot_file(
+    path: &Path,
+    meta: &SnapshotMeta<ReplicaId, Replica>,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let tmp = db::sidecar(path, ".upgrade.tmp");
+    let upgraded = (|| -> Result<(), StoreError> {
+        remove_db_files(&tmp)?;
+        fs::write(&tmp, data)?;
+        {
+            let conn = open_plain(&tmp)?;
+            conn.pragma_update(None, "synchronous", "OFF")?;
+            conn.pragma_update(None, "journal_mode", "DELETE")?;
+            write_snapshot_meta(&conn, meta)?;
+        }
+        remove_sidecars(&tmp)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, path)?;
+        db::sync_dir(path)?;
+        Ok(())
+    })();
+    if upgraded.is_err() {
+        remove_db_files(&tmp)?;
+    } else {
+        tracing::info!(file = %path.display(), snapshot = %meta.snapshot_id, "converted the current snapshot to this version's file format");
+    }
+    upgraded
+}
+
+/// The size of a file in bytes, for logs (0 when unknown).
+fn data_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Removes the temporary snapshot files a crash may have left in `dir` (all named
@@ -644,16 +787,27 @@ fn open_plain(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Removes a temporary database file and its WAL sidecars, if present.
+/// Removes a temporary database file and its sidecars, if present.
 fn remove_db_files(path: &Path) -> Result<(), StoreError> {
-    for file in [path.to_owned(), db::sidecar(path, "-wal"), db::sidecar(path, "-shm")] {
-        match fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+    remove_if_present(path)?;
+    remove_sidecars(path)
+}
+
+/// Removes a database file's journal and WAL sidecars, if present.
+fn remove_sidecars(path: &Path) -> Result<(), StoreError> {
+    for suffix in ["-journal", "-wal", "-shm"] {
+        remove_if_present(&db::sidecar(path, suffix))?;
     }
     Ok(())
+}
+
+/// Removes a file; a file already gone is fine.
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A path as UTF-8, for SQL statements that take a file name.

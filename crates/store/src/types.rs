@@ -5,7 +5,6 @@
 //! services, and the client library. Nothing here does I/O.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +19,7 @@ openraft::declare_raft_types!(
         NodeId = ReplicaId,
         Node = Replica,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_file::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

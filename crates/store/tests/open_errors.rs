@@ -193,12 +193,15 @@ fn a_stray_write_ahead_log_without_its_database_is_refused() {
 fn a_damaged_snapshot_file_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     initialise(dir.path());
-    fs::write(dir.path().join("snapshot.current"), b"TDSNAP01garbage").unwrap();
-    let before = contents(dir.path());
-    let err = open_state(dir.path(), CLUSTER, 1);
-    assert!(
-        matches!(&err, OpenError::Corrupt { file, .. } if file.ends_with("snapshot.current")),
-        "{err}"
-    );
-    assert_eq!(contents(dir.path()), before);
+    // In this version's format (a database) and in the earlier one (`TDSNAP01`, meta, database).
+    for garbage in [&b"TDSNAP01garbage"[..], b"not a database at all, not even close to one"] {
+        fs::write(dir.path().join("snapshot.current"), garbage).unwrap();
+        let before = contents(dir.path());
+        let err = open_state(dir.path(), CLUSTER, 1);
+        assert!(
+            matches!(&err, OpenError::Corrupt { file, .. } if file.ends_with("snapshot.current")),
+            "{err}"
+        );
+        assert_eq!(contents(dir.path()), before);
+    }
 }

@@ -2,7 +2,6 @@
 //! fencing with leases, change history and its retention, the change feed, snapshots, and
 //! durability across a reopen.
 
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,9 +10,10 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLo
 use tandem_store::state_machine::LEASE_RETENTION_MS;
 use tandem_store::{
     Change, ChangeKind, Command, CommandResult, Compare, FenceError, HistoryLimit, LeaseResult, LogStore, Op, Replica,
-    ReplicaKind, StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
+    ReplicaKind, SnapshotFile, StateMachine, StateReader, StoreError, Txn, TxnResult, TypeConfig,
 };
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::broadcast::error::TryRecvError;
 
 const CLUSTER: &str = "test-cluster";
@@ -527,10 +527,10 @@ async fn history_is_bounded_by_changes_cutting_whole_revisions() {
 
     // A replica that installs a snapshot of this state and applies the same entries afterwards
     // compacts the same way.
-    let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     let mut follower = Fixture::open_in(tempfile::tempdir().unwrap(), 2, limit, f.next_index);
     let mut data = follower.sm.begin_receiving_snapshot().await.unwrap();
-    *data = Cursor::new(snapshot.snapshot.get_ref().clone());
+    data.write_all(&read_all(&mut snapshot.snapshot).await).await.unwrap();
     follower.sm.install_snapshot(&snapshot.meta, data).await.unwrap();
     for r in 7..=12 {
         put_many(&mut f, &format!("r{r}-"), 2).await;
@@ -839,7 +839,7 @@ async fn fill(f: &mut Fixture) {
 async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
     let mut leader = Fixture::with_history(2);
     fill(&mut leader).await;
-    let snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_eq!(snapshot.meta.last_log_id, leader.reader.applied().await.unwrap());
 
     // The follower has diverging state of its own, which the snapshot replaces.
@@ -849,14 +849,20 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
     rx.try_recv().unwrap();
 
     let mut data = follower.sm.begin_receiving_snapshot().await.unwrap();
-    *data = Cursor::new(snapshot.snapshot.get_ref().clone());
+    send_in_chunks(&read_all(&mut snapshot.snapshot).await, &mut data).await;
     follower.sm.install_snapshot(&snapshot.meta, data).await.unwrap();
 
     assert_eq!(everything(&follower.reader).await, everything(&leader.reader).await);
     assert_eq!(follower.reader.get("stale").await.unwrap(), None);
-    let current = follower.sm.get_current_snapshot().await.unwrap().unwrap();
+    let mut current = follower.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
-    assert_eq!(current.snapshot.get_ref(), snapshot.snapshot.get_ref());
+    // The follower's current snapshot can be sent on in turn: installed on a third replica it
+    // gives the same reads again.
+    let mut third = Fixture::open_in(tempfile::tempdir().unwrap(), 3, HistoryLimit::revisions(1000), 1);
+    let mut data = third.sm.begin_receiving_snapshot().await.unwrap();
+    data.write_all(&read_all(&mut current.snapshot).await).await.unwrap();
+    third.sm.install_snapshot(&current.meta, data).await.unwrap();
+    assert_eq!(everything(&third.reader).await, everything(&leader.reader).await);
     assert_eq!(follower.sm.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
     // The retained changes newer than the follower's old state were published.
     let published: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
@@ -885,15 +891,21 @@ async fn a_snapshot_installed_elsewhere_gives_identical_reads() {
 async fn a_snapshot_of_another_cluster_is_refused() {
     let mut leader = Fixture::new();
     fill(&mut leader).await;
-    let snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut snapshot = leader.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let (mut follower, reader) =
         StateMachine::open(dir.path(), "another-cluster", 2, HistoryLimit::revisions(1000)).unwrap();
-    let data = Box::new(Cursor::new(snapshot.snapshot.get_ref().clone()));
+    let mut data = follower.begin_receiving_snapshot().await.unwrap();
+    data.write_all(&read_all(&mut snapshot.snapshot).await).await.unwrap();
     assert!(follower.install_snapshot(&snapshot.meta, data).await.is_err());
-    let garbage = Box::new(Cursor::new(b"not a database at all".repeat(100)));
+    let mut garbage = follower.begin_receiving_snapshot().await.unwrap();
+    garbage.write_all(&b"not a database at all".repeat(100)).await.unwrap();
     assert!(follower.install_snapshot(&snapshot.meta, garbage).await.is_err());
+    // A transfer abandoned half-way leaves nothing behind either.
+    let mut abandoned = follower.begin_receiving_snapshot().await.unwrap();
+    abandoned.write_all(b"half a snap").await.unwrap();
+    drop(abandoned);
     assert_eq!(reader.key_count().await.unwrap(), 0);
     assert_eq!(reader.applied().await.unwrap(), None);
     assert!(follower.get_current_snapshot().await.unwrap().is_none());
@@ -942,6 +954,49 @@ async fn reopening_after_drop_keeps_everything() {
     assert_eq!(f.sm.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
     // And carries on from where it was.
     assert_eq!(f.ops(vec![put("e", "5")]).await, committed(4, vec![1]));
+}
+
+/// A snapshot is one plain database file (rollback journal, no WAL sidecars) that names itself,
+/// and a current-snapshot file in the format of earlier versions (`TDSNAP01`, the meta's length
+/// and bincode, then the database) is converted when the state machine opens.
+#[tokio::test]
+async fn a_snapshot_is_one_database_file_and_the_earlier_format_is_converted() {
+    let mut f = Fixture::with_history(2);
+    fill(&mut f).await;
+    let snapshot = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let current = f.dir.path().join("snapshot.current");
+    let header = std::fs::read(&current).unwrap();
+    assert_eq!(&header[..16], b"SQLite format 3\0");
+    assert_eq!((header[18], header[19]), (1, 1), "rollback-journal mode, not WAL");
+    let before = everything(&f.reader).await;
+    let (dir, next_index) = f.close();
+
+    // Made into an earlier version's file: the database without the snapshot id, behind a header.
+    {
+        let conn = rusqlite::Connection::open(&current).unwrap();
+        conn.execute("DELETE FROM meta WHERE key = 'snapshot_id'", []).unwrap();
+    }
+    let meta_bytes = bincode::serialize(&snapshot.meta).unwrap();
+    let mut v1 = b"TDSNAP01".to_vec();
+    v1.extend_from_slice(&(meta_bytes.len() as u64).to_le_bytes());
+    v1.extend_from_slice(&meta_bytes);
+    v1.extend_from_slice(&std::fs::read(&current).unwrap());
+    std::fs::write(&current, v1).unwrap();
+
+    let mut f = Fixture::open_in(dir, 1, HistoryLimit::revisions(2), next_index);
+    check_dir_is_clean(f.dir.path());
+    assert_eq!(&std::fs::read(&current).unwrap()[..16], b"SQLite format 3\0");
+    let mut converted = f.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(converted.meta, snapshot.meta);
+    // Its data still installs elsewhere and gives the same reads.
+    let mut other = Fixture::open_in(tempfile::tempdir().unwrap(), 2, HistoryLimit::revisions(2), 1);
+    let mut data = other.sm.begin_receiving_snapshot().await.unwrap();
+    data.write_all(&read_all(&mut converted.snapshot).await).await.unwrap();
+    other.sm.install_snapshot(&converted.meta, data).await.unwrap();
+    assert_eq!(everything(&other.reader).await, before);
+    // And the sequence of snapshot ids carries on after the converted one's.
+    let next = f.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_ne!(next.meta.snapshot_id, snapshot.meta.snapshot_id);
 }
 
 /// The committed log id as `log.db` holds it on disk (read through a connection of its own).
@@ -1161,6 +1216,33 @@ async fn snapshots_and_reads_run_alongside_applies() {
     let current = f.sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
     check_dir_is_clean(f.dir.path());
+}
+
+/// Every byte of a snapshot's data, from the start.
+async fn read_all(data: &mut SnapshotFile) -> Vec<u8> {
+    data.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut bytes = Vec::new();
+    data.read_to_end(&mut bytes).await.unwrap();
+    bytes
+}
+
+/// Writes `bytes` into received snapshot data the way openraft's transfer does: chunk by chunk
+/// at their offsets, here with the first chunks sent twice (a retried transfer seeks back).
+async fn send_in_chunks(bytes: &[u8], data: &mut SnapshotFile) {
+    const CHUNK: usize = 1024;
+    let mut offset = 0;
+    let mut resent = false;
+    while offset < bytes.len() {
+        let end = (offset + CHUNK).min(bytes.len());
+        data.write_all(&bytes[offset..end]).await.unwrap();
+        offset = end;
+        if offset >= 3 * CHUNK && !resent {
+            resent = true;
+            offset = CHUNK;
+            data.seek(std::io::SeekFrom::Start(offset as u64)).await.unwrap();
+        }
+    }
+    assert!(resent, "the snapshot is larger than three chunks");
 }
 
 fn check_dir_is_clean(dir: &Path) {

@@ -33,10 +33,15 @@
 //! after it did ([`covers_heartbeat`]), or sent when none comes. Heartbeats that tell nothing
 //! new, and openraft's leadership checks (links of their own), always go.
 //!
-//! Architecture invariant: progress, commitment and the sync gate still come only from
-//! openraft's replication; an early answer reaches them only as the answer to one of openraft's
-//! own AppendEntries, for entries the follower accepted under the same vote. The primary counts
-//! itself only after its own log sync. A follower is told every commit index openraft would
+//! The sync gate hears of each early answer at once ([`Progress::early_accepted`]): a write
+//! committed with the first follower's answer is acknowledged as soon as the last sync replica's
+//! answer arrives, not after that answer has gone round openraft's core and metrics.
+//!
+//! Architecture invariant: progress and commitment still come only from openraft's replication;
+//! an early answer reaches them only as the answer to one of openraft's own AppendEntries, for
+//! entries the follower accepted under the same vote. The primary counts itself only after its
+//! own log sync. The sync gate counts early answers of the primary's term, and only for writes
+//! already committed. A follower is told every commit index openraft would
 //! have told it, by openraft's message or by a later early one (at most [`HEARTBEAT_WAIT`]
 //! later).
 //!
@@ -65,6 +70,7 @@ use tandem_store::{OwnAppend, Replica, ReplicaId, TypeConfig};
 use tokio::sync::{mpsc, watch};
 
 use crate::network::PeerNetwork;
+use crate::progress::Progress;
 
 /// Batches of own entries waiting to be sent early, per follower and in the hand-over channel.
 /// A batch with no room is simply not sent early.
@@ -211,15 +217,17 @@ impl Drop for Follower {
 }
 
 /// Starts early replication: returns where the log store hands over own entries, and the task
-/// that sends them (it ends when the log store drops the sender).
+/// that sends them (it ends when the log store drops the sender). Followers' answers are told to
+/// `progress` (the sync gate).
 pub fn start(
     network: PeerNetwork,
     metrics: watch::Receiver<RaftMetrics<ReplicaId, Replica>>,
+    progress: Arc<Progress>,
     timeout: Duration,
 ) -> (mpsc::Sender<OwnAppend>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let counts = network.early.counts.clone();
-    let task = tokio::spawn(dispatch(rx, network, metrics, timeout, counts));
+    let task = tokio::spawn(dispatch(rx, network, metrics, progress, timeout, counts));
     (tx, task)
 }
 
@@ -229,6 +237,7 @@ async fn dispatch(
     mut appends: mpsc::Receiver<OwnAppend>,
     mut network: PeerNetwork,
     metrics: watch::Receiver<RaftMetrics<ReplicaId, Replica>>,
+    progress: Arc<Progress>,
     timeout: Duration,
     counts: Arc<EarlyCounts>,
 ) {
@@ -259,7 +268,13 @@ async fn dispatch(
             if followers.get(&target).is_none_or(|f| f.addr != node.addr) {
                 let (queue, rx) = mpsc::channel(QUEUE);
                 let link = network.new_client(target, &node).await;
-                let task = tokio::spawn(send_to(link, rx, timeout, counts.clone()));
+                let sender = Sender {
+                    target,
+                    link,
+                    progress: progress.clone(),
+                    counts: counts.clone(),
+                };
+                let task = tokio::spawn(sender.run(rx, timeout));
                 followers.insert(
                     target,
                     Follower {
@@ -280,75 +295,90 @@ async fn dispatch(
     }
 }
 
-/// Sends batches to one follower, one message at a time, until the dispatcher drops it.
-async fn send_to(
-    mut link: crate::network::PeerLink,
-    mut queue: mpsc::Receiver<ForFollower>,
-    timeout: Duration,
+/// What sends early messages to one follower.
+struct Sender {
+    /// The follower.
+    target: ReplicaId,
+    /// openraft's kind of link to it.
+    link: crate::network::PeerLink,
+    /// The sync gate, told of every answer.
+    progress: Arc<Progress>,
     counts: Arc<EarlyCounts>,
-) {
-    // The last entry the follower accepted from an early message.
-    let mut accepted: Option<LogId<ReplicaId>> = None;
-    // After a failed message: nothing early until openraft reports the follower matched this.
-    let mut wait_for: Option<u64> = None;
-    while let Some(first) = queue.recv().await {
-        let mut pending = vec![first];
-        while let Ok(more) = queue.try_recv() {
-            pending.push(more);
-        }
-        let matched = pending.iter().filter_map(|p| p.matched).max();
-        if let Some(index) = wait_for {
-            if matched.is_none_or(|m| m.index < index) {
-                continue;
+}
+
+impl Sender {
+    /// Sends batches to the follower, one message at a time, until the dispatcher drops it.
+    async fn run(self, mut queue: mpsc::Receiver<ForFollower>, timeout: Duration) {
+        let Sender {
+            target,
+            mut link,
+            progress,
+            counts,
+        } = self;
+        // The last entry the follower accepted from an early message.
+        let mut accepted: Option<LogId<ReplicaId>> = None;
+        // After a failed message: nothing early until openraft reports the follower matched this.
+        let mut wait_for: Option<u64> = None;
+        while let Some(first) = queue.recv().await {
+            let mut pending = vec![first];
+            while let Ok(more) = queue.try_recv() {
+                pending.push(more);
             }
-            wait_for = None;
-            accepted = None;
-        }
-        let Some(message) = merge(&pending, accepted, matched) else {
-            continue;
-        };
-        let last = message.entries.last().map(|e| e.log_id);
-        let vote = message.vote;
-        link.early_state().send_modify(|state| {
-            if state.vote != Some(vote) {
-                *state = EarlyState {
-                    vote: Some(vote),
-                    ..EarlyState::default()
-                };
-            }
-            state.in_flight = last;
-        });
-        counts.sent.fetch_add(1, Ordering::Relaxed);
-        let answer = link.send_append_entries(&message, &RPCOption::new(timeout)).await;
-        // What the follower now holds for sure: entries it accepted stay in its log for as long
-        // as this vote lasts (only a message of this primary could replace them, and its
-        // entries agree with them), and counting an answer later is what Raft allows anyway.
-        let held = match answer {
-            Ok(AppendEntriesResponse::Success) => last,
-            Ok(AppendEntriesResponse::PartialSuccess(upto)) => upto,
-            Ok(AppendEntriesResponse::Conflict) | Ok(AppendEntriesResponse::HigherVote(_)) => None,
-            Err(ref e) => {
-                tracing::debug!(error = %e, "an early AppendEntries failed; waiting for openraft's replication");
-                wait_for = last.map(|l| l.index);
-                None
-            }
-        };
-        if held.is_some() {
-            counts.accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        accepted = held;
-        // The follower's commit index is the one told, up to what it holds.
-        let told = message.leader_commit.min(held);
-        link.early_state().send_modify(|state| {
-            if state.vote == Some(vote) {
-                state.accepted = state.accepted.max(held);
-                state.in_flight = None;
-                if held.is_some() {
-                    state.told_commit = state.told_commit.max(told);
-                    state.accepted_count += 1;
+            let matched = pending.iter().filter_map(|p| p.matched).max();
+            if let Some(index) = wait_for {
+                if matched.is_none_or(|m| m.index < index) {
+                    continue;
                 }
+                wait_for = None;
+                accepted = None;
             }
-        });
+            let Some(message) = merge(&pending, accepted, matched) else {
+                continue;
+            };
+            let last = message.entries.last().map(|e| e.log_id);
+            let vote = message.vote;
+            link.early_state().send_modify(|state| {
+                if state.vote != Some(vote) {
+                    *state = EarlyState {
+                        vote: Some(vote),
+                        ..EarlyState::default()
+                    };
+                }
+                state.in_flight = last;
+            });
+            counts.sent.fetch_add(1, Ordering::Relaxed);
+            let answer = link.send_append_entries(&message, &RPCOption::new(timeout)).await;
+            // What the follower now holds for sure: entries it accepted stay in its log for as long
+            // as this vote lasts (only a message of this primary could replace them, and its
+            // entries agree with them), and counting an answer later is what Raft allows anyway.
+            let held = match answer {
+                Ok(AppendEntriesResponse::Success) => last,
+                Ok(AppendEntriesResponse::PartialSuccess(upto)) => upto,
+                Ok(AppendEntriesResponse::Conflict) | Ok(AppendEntriesResponse::HigherVote(_)) => None,
+                Err(ref e) => {
+                    tracing::debug!(error = %e, "an early AppendEntries failed; waiting for openraft's replication");
+                    wait_for = last.map(|l| l.index);
+                    None
+                }
+            };
+            if let Some(held) = held {
+                counts.accepted.fetch_add(1, Ordering::Relaxed);
+                progress.early_accepted(target, vote.leader_id().term, held.index);
+            }
+            accepted = held;
+            // The follower's commit index is the one told, up to what it holds.
+            let told = message.leader_commit.min(held);
+            link.early_state().send_modify(|state| {
+                if state.vote == Some(vote) {
+                    state.accepted = state.accepted.max(held);
+                    state.in_flight = None;
+                    if held.is_some() {
+                        state.told_commit = state.told_commit.max(told);
+                        state.accepted_count += 1;
+                    }
+                }
+            });
+        }
     }
 }
 

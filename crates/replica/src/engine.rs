@@ -145,8 +145,12 @@ impl Engine {
         )
         .await?;
         let early = network.early.counts.clone();
-        let (own_appends, early_task) =
-            early_replication::start(network, raft.metrics(), Duration::from_millis(timers.election_min_ms));
+        let (own_appends, early_task) = early_replication::start(
+            network,
+            raft.metrics(),
+            progress.clone(),
+            Duration::from_millis(timers.election_min_ms),
+        );
         store.log.send_own_appends_to(own_appends);
         let (proposer, proposer_task) = Proposer::start(raft.clone(), config.write_timeout);
         let engine = Arc::new(Engine {

@@ -4,7 +4,8 @@
 //! acknowledged only when every *healthy sync* replica has it on disk too (the seed's synchronous
 //! commit), so that a sync replica at the second site means no acknowledged write is lost with
 //! the first site. This module watches openraft's replication metrics (the matched log index of
-//! each replica is durable on that replica) and:
+//! each replica is durable on that replica), hears of the early answers of the primary's
+//! followers ([`Progress::early_accepted`], see [`crate::early_replication`]), and:
 //!
 //! - tracks each replica's lag in entries and in milliseconds (the age of the oldest entry it
 //!   lacks, from the time this primary saw that entry appended);
@@ -13,6 +14,16 @@
 //!   counted, shown in status) and re-admitted once it has caught up;
 //! - answers [`Progress::wait_synced`], which holds a write's acknowledgement until the gate
 //!   opens for its log index.
+//!
+//! The gate counts a replica as holding an index when openraft reports it matched, or when the
+//! replica answered an early message of this primary's term for entries up to it: such an answer
+//! is given once the entries are durable on the replica, and under one vote nothing but this
+//! primary's own messages, which agree with them, can replace them there; a write waits for the
+//! gate only once it is committed, and a committed entry is never replaced. The early answer
+//! reaches the waiting writes straight from the task that received it. Through openraft it
+//! passed through the replication task, openraft's core, its metrics and this module's task
+//! first: measured at concurrency 1, 166 µs from the last follower's answer to the write's
+//! acknowledgement. Lag, health and demotion still come from openraft's metrics only.
 //!
 //! Invariant: demotion only ever makes the gate wait for fewer replicas in `Available` mode; in
 //! `Strict` mode nothing is demoted and a write waits until its deadline.
@@ -93,6 +104,26 @@ struct ProgressState {
     sync_set: BTreeSet<ReplicaId>,
     /// Replicas whose process was found gone, and when (kept across terms).
     gone: BTreeMap<ReplicaId, Instant>,
+    /// The highest index each replica answered an early message for, in `term`.
+    early: BTreeMap<ReplicaId, u64>,
+}
+
+impl ProgressState {
+    /// The gate: the lowest index durable on every replica it waits for (`last_index` when it
+    /// waits for none).
+    fn gate(&self) -> u64 {
+        self.sync_set
+            .iter()
+            .map(|id| self.held(*id))
+            .min()
+            .unwrap_or(self.last_index)
+    }
+
+    /// The highest index `id` is known to hold durably: matched, or answered early.
+    fn held(&self, id: ReplicaId) -> u64 {
+        let matched = self.replicas.get(&id).map_or(0, |view| view.matched);
+        matched.max(self.early.get(&id).copied().unwrap_or(0))
+    }
 }
 
 pub struct Progress {
@@ -158,6 +189,7 @@ impl Progress {
                         state.replicas.clear();
                         state.append_times.clear();
                         state.sync_set.clear();
+                        state.early.clear();
                     }
                     drop(state);
                     self.synced.send_replace(None);
@@ -169,6 +201,7 @@ impl Progress {
                 state.term_started = Some(now);
                 state.replicas.clear();
                 state.append_times.clear();
+                state.early.clear();
             }
             let last_index = metrics.last_log_index.unwrap_or(0);
             if last_index > state.last_index || state.append_times.is_empty() {
@@ -258,27 +291,38 @@ impl Progress {
                 .filter(|id| membership.get_node(id).map(|n| n.kind) == Some(ReplicaKind::Sync))
                 .filter(|id| state.replicas.get(id).is_none_or(|v| v.demoted_since.is_none()))
                 .collect();
-            // The gate: the lowest index durable on every replica it waits for.
-            let synced = sync_set
-                .iter()
-                .map(|id: &ReplicaId| {
-                    replication
-                        .get(id)
-                        .copied()
-                        .flatten()
-                        .map(|log_id| log_id.index)
-                        .unwrap_or(0)
-                })
-                .min()
-                .unwrap_or(last_index);
             state.sync_set = sync_set;
+            let synced = state.gate();
             drop(state);
-            self.synced.send_if_modified(|current| {
-                let changed = *current != Some(synced);
-                *current = Some(synced);
-                changed
-            });
+            self.publish(synced);
         }
+    }
+
+    /// Records that replica `id` answered an early message of this primary in `term`: it holds
+    /// every entry up to `index` durably (see the module documentation). Ignored unless this
+    /// replica leads in `term`.
+    pub fn early_accepted(&self, id: ReplicaId, term: u64, index: u64) {
+        let mut state = self.lock();
+        if state.term != Some(term) {
+            return;
+        }
+        let early = state.early.entry(id).or_default();
+        if *early >= index {
+            return;
+        }
+        *early = index;
+        let synced = state.gate();
+        drop(state);
+        self.publish(synced);
+    }
+
+    /// Publishes the gate to the waiting writes, if it moved.
+    fn publish(&self, synced: u64) {
+        self.synced.send_if_modified(|current| {
+            let changed = *current != Some(synced);
+            *current = Some(synced);
+            changed
+        });
     }
 
     /// What the primary tells `target` on each AppendEntries: its last index, its `revision`
@@ -316,7 +360,7 @@ impl Progress {
                 .and_then(|r| r.get(&id).copied().flatten())
                 .map(|log_id| log_id.index)
                 .unwrap_or(0);
-            if matched < index {
+            if matched.max(state.held(id)) < index {
                 waiting.push(id);
             }
         }

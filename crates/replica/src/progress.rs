@@ -456,3 +456,104 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership};
+
+    use super::*;
+
+    const TERM: u64 = 2;
+
+    fn log_id(index: u64) -> LogId<ReplicaId> {
+        LogId::new(CommittedLeaderId::new(TERM, 1), index)
+    }
+
+    /// Metrics of replica 1 leading three sync voters in `term`, with these matched indexes.
+    fn leading(term: u64, last_index: u64, matched: [u64; 3]) -> Metrics {
+        let nodes: BTreeMap<ReplicaId, Replica> = (1..=3)
+            .map(|id| {
+                let replica = Replica {
+                    addr: format!("127.0.0.1:{id}"),
+                    kind: ReplicaKind::Sync,
+                };
+                (id, replica)
+            })
+            .collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        let mut metrics = Metrics::new_initial(1);
+        metrics.state = ServerState::Leader;
+        metrics.current_term = term;
+        metrics.last_log_index = Some(last_index);
+        metrics.membership_config = Arc::new(StoredMembership::new(Some(log_id(1)), membership));
+        metrics.replication = Some((1..=3).zip(matched).map(|(id, m)| (id, Some(log_id(m)))).collect());
+        metrics
+    }
+
+    fn gate(progress: &Progress) -> Option<u64> {
+        *progress.synced.borrow()
+    }
+
+    #[test]
+    fn early_answers_of_this_term_open_the_gate_once_every_sync_replica_holds_the_index() {
+        let progress = Progress::new(1, SyncMode::Available, Duration::from_secs(5));
+        progress.observe(&leading(TERM, 10, [10, 5, 5]));
+        assert_eq!(gate(&progress), Some(5));
+
+        // One follower's answer is not enough: the gate waits for every sync replica.
+        progress.early_accepted(2, TERM, 10);
+        assert_eq!(gate(&progress), Some(5));
+        // An answer to a message of another term counts for nothing.
+        progress.early_accepted(3, TERM - 1, 10);
+        assert_eq!(gate(&progress), Some(5));
+        progress.early_accepted(3, TERM, 8);
+        assert_eq!(gate(&progress), Some(8));
+        progress.early_accepted(3, TERM, 10);
+        assert_eq!(gate(&progress), Some(10));
+        // An older answer arriving late moves nothing back, nor do metrics that lag behind.
+        progress.early_accepted(3, TERM, 9);
+        progress.observe(&leading(TERM, 10, [10, 6, 6]));
+        assert_eq!(gate(&progress), Some(10));
+        // Nor is the primary's own log skipped: it holds 10 only once its metrics say so.
+        progress.observe(&leading(TERM, 12, [10, 6, 6]));
+        progress.early_accepted(2, TERM, 12);
+        progress.early_accepted(3, TERM, 12);
+        assert_eq!(gate(&progress), Some(10));
+        progress.observe(&leading(TERM, 12, [12, 6, 6]));
+        assert_eq!(gate(&progress), Some(12));
+
+        // A new term forgets the answers of the last one.
+        progress.observe(&leading(TERM + 1, 13, [13, 6, 6]));
+        assert_eq!(gate(&progress), Some(6));
+        // And a replica that is not leading has no gate, and ignores answers.
+        let mut follower = leading(TERM + 1, 13, [13, 6, 6]);
+        follower.state = ServerState::Follower;
+        follower.replication = None;
+        progress.observe(&follower);
+        progress.early_accepted(2, TERM + 1, 13);
+        assert_eq!(gate(&progress), None);
+    }
+
+    #[tokio::test]
+    async fn a_write_waiting_for_the_gate_is_answered_by_the_last_early_answer() {
+        let progress = Arc::new(Progress::new(1, SyncMode::Strict, Duration::from_secs(5)));
+        let metrics = leading(TERM, 10, [10, 9, 9]);
+        progress.observe(&metrics);
+        let (_tx, metrics_rx) = watch::channel(metrics);
+        let waiting = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                progress.wait_synced(10, &metrics_rx, deadline).await
+            })
+        };
+        progress.early_accepted(2, TERM, 10);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "replica 3 has not answered yet");
+        progress.early_accepted(3, TERM, 10);
+        waiting.await.unwrap().unwrap();
+    }
+}

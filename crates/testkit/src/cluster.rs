@@ -235,7 +235,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts one replica per kind (ids 1, 2, …), forms the set through the first voter, and
-    /// waits until a data replica is primary.
+    /// waits until a data replica is primary and every replica has applied what it had committed
+    /// then (has joined).
     pub async fn start(
         binary: impl AsRef<Path>,
         kinds: &[Kind],
@@ -243,7 +244,16 @@ impl Cluster {
     ) -> Result<Cluster, TestkitError> {
         let cluster = Cluster::start_pristine(binary, kinds, options).await?;
         cluster.initialize().await?;
-        cluster.wait_primary(EVENT_TIMEOUT).await?;
+        let primary = cluster.wait_primary(EVENT_TIMEOUT).await?;
+        // Every replica has joined: an async replica, which no write waits for, could otherwise
+        // still be joining when a test first uses it (and refuse, e.g., a recovery for that).
+        let target = cluster.status(primary).await?.commit_index;
+        for id in cluster.ids() {
+            let what = format!("joined: applied index at least {target}");
+            cluster
+                .wait_status(id, &what, EVENT_TIMEOUT, |s| s.applied_index >= target)
+                .await?;
+        }
         Ok(cluster)
     }
 

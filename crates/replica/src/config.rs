@@ -80,7 +80,8 @@ pub struct ReplicaConfig {
     pub write_timeout: Duration,
     /// Change history kept for watchers that reconnect.
     pub history: HistoryLimit,
-    /// Build a snapshot (and compact the log) after this many entries.
+    /// Build a snapshot (and compact the log) every this many entries, at indexes of this
+    /// replica's own (see [`crate::snapshot_schedule`]).
     pub snapshot_every: u64,
     /// Largest client request accepted, in bytes.
     pub max_request_bytes: usize,

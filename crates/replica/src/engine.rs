@@ -118,7 +118,8 @@ impl Engine {
             election_timeout_min: timers.election_min_ms,
             election_timeout_max: timers.election_max_ms,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            // Snapshots are asked for by `snapshot_schedule`, at indexes of this replica's own.
+            snapshot_policy: SnapshotPolicy::Never,
             // Keep at most one snapshot interval of log behind a snapshot (for lagging followers).
             max_in_snapshot_log_to_keep: config.snapshot_every.min(1_000),
             purge_batch_size: 64,
@@ -173,6 +174,11 @@ impl Engine {
                 let metrics = raft.metrics();
                 async move { progress.run(metrics, tick).await }
             }),
+            tokio::spawn(crate::snapshot_schedule::run(
+                raft.clone(),
+                config.id,
+                config.snapshot_every,
+            )),
             tokio::spawn(crate::witness::run(core.clone(), raft.clone())),
             tokio::spawn(crate::epoch::probe_then_elect(core.clone(), engine.clone())),
             tokio::spawn(crate::failfast::run(core.clone(), engine.clone())),

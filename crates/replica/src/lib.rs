@@ -21,12 +21,14 @@
 //! - [`failfast`]: a follower whose primary's port refuses connections (its process is gone)
 //!   campaigns as soon as the voters' leader lease allows, not a whole election timeout later.
 //! - [`witness`]: a witness that became primary hands the role to a caught-up data replica.
+//! - [`snapshot_schedule`]: when this replica builds a snapshot (every so many entries, at
+//!   indexes of its own, so the replicas of a set take turns).
 //! - [`metrics_http`]: Prometheus `/metrics` (lag, health, demotions) on an optional HTTP port.
 //! - [`refusal`]: the gRPC statuses replicas refuse with, with their stable error codes.
 //!
 //! Architecture invariant: consensus is openraft's; this crate decides only what openraft leaves
 //! to the application — transport, who is waited for before an acknowledgement, and when to ask
-//! for an election.
+//! for an election or a snapshot.
 
 pub mod admin_service;
 pub mod config;
@@ -43,6 +45,7 @@ pub mod proposer;
 pub mod raft_service;
 pub mod read_barrier;
 pub mod refusal;
+pub mod snapshot_schedule;
 pub mod watch;
 pub mod witness;
 

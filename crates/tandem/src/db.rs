@@ -141,8 +141,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = HistoryLimit::DEFAULT.changes,
           value_parser = clap::value_parser!(u64).range(1..))]
     history_changes: u64,
-    /// Build a snapshot and compact the log every this many entries.
-    #[arg(long, default_value_t = 10_000)]
+    /// Build a snapshot and compact the log every this many entries (each replica at indexes
+    /// of its own, so the replicas of a set take turns).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT")]

@@ -1,5 +1,5 @@
-//! Snapshots and log compaction: with `--snapshot-every 100`, a thousand writes leave the
-//! primary with a snapshot and a purged log prefix; a replica added afterwards (through
+//! Snapshots and log compaction: with `--snapshot-every 100`, a thousand writes leave every
+//! replica with a snapshot and a purged log prefix; a replica added afterwards (through
 //! `tandem db add-replica`) can only catch up from a snapshot, and does, with all the data; a
 //! restart of every replica keeps everything.
 
@@ -65,6 +65,14 @@ async fn added_replica_catches_up_from_a_snapshot_and_restart_keeps_everything()
     );
     let state = cluster.must_range(PREFIX).await;
     history.must_check_writes(&state);
+    // Each replica asks for its own snapshots (at indexes of its own): the followers too.
+    for id in cluster.ids() {
+        cluster
+            .must_wait_status(id, "a snapshot and a purged log prefix", |s| {
+                s.snapshot_index > 0 && s.purged_index > 0
+            })
+            .await;
+    }
 
     info!("--- a new replica is added with `tandem db add-replica` and catches up from a snapshot");
     let new_id = match cluster.start_replica(Kind::Async).await {

@@ -1,5 +1,5 @@
 //! The operator's command line against a live replica set: `put`, `get` (linearizable and
-//! `--stale`), `range`, `delete`, `status`, all through `--endpoints`.
+//! `--stale`), `range`, `delete`, `status`, all through `--endpoints`; and a `serve` flag refused.
 
 mod common;
 
@@ -57,4 +57,38 @@ async fn key_value_commands_round_trip() {
         assert!(table.contains(&addr), "status lacks {addr}:\n{table}");
     }
     assert!(table.contains("primary"), "status shows no primary:\n{table}");
+}
+
+/// A snapshot interval of zero entries is refused at the command line, before anything starts.
+#[tokio::test]
+async fn serve_refuses_a_snapshot_interval_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let child = tokio::process::Command::new(TANDEM)
+        .args([
+            "db",
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--snapshot-every",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // A replica that accepted the flag would serve until killed (dropping it kills it).
+    let output = tokio::time::timeout(tandem_testkit::EVENT_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the replica started instead of refusing the flag")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--snapshot-every"), "{stderr}");
+    assert!(!data_dir.exists(), "nothing was created");
 }

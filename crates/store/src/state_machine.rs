@@ -661,9 +661,16 @@ fn prepare_received_snapshot(
             "installing a snapshot whose data and meta disagree on the last applied log id; using the meta"
         );
     }
-    snap.pragma_update(None, "synchronous", "OFF")?;
-    snap.pragma_update(None, "journal_mode", "DELETE")?;
-    write_snapshot_meta(&snap, meta)
+    seal_snapshot_file(&snap, meta)
+}
+
+/// Makes the database of `conn` a snapshot file as this replica keeps one: a single file
+/// (rollback-journal mode, whatever the header it was copied with says) holding `meta`. Not
+/// synced: the caller syncs the file once it is complete.
+fn seal_snapshot_file(conn: &Connection, meta: &SnapshotMeta<ReplicaId, Replica>) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.pragma_update(None, "journal_mode", "DELETE")?;
+    write_snapshot_meta(conn, meta)
 }
 
 /// Records `meta` in a snapshot database's `meta` table.
@@ -732,12 +739,7 @@ fn upgrade_v1_snapshot_file(
     let upgraded = (|| -> Result<(), StoreError> {
         remove_db_files(&tmp)?;
         fs::write(&tmp, data)?;
-        {
-            let conn = open_plain(&tmp)?;
-            conn.pragma_update(None, "synchronous", "OFF")?;
-            conn.pragma_update(None, "journal_mode", "DELETE")?;
-            write_snapshot_meta(&conn, meta)?;
-        }
+        seal_snapshot_file(&open_plain(&tmp)?, meta)?;
         remove_sidecars(&tmp)?;
         fs::File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -246,13 +246,19 @@ pub(crate) fn method_notes(args: &RunArgs, keys: u64, steady_secs: u64, tandem_m
         format!(
             "- Both systems: 3 members as processes on 127.0.0.1, default timers (Tandem: heartbeat 100 ms, \
              election 400–800 ms, 3 `sync` replicas, sync mode {mode}; etcd: heartbeat 100 ms, election \
-             1000 ms), fsync on, data in a temp dir on the same disk; each figure measured for Tandem then etcd, \
-             back to back."
+             1000 ms), fsync on, data in a temp dir on the same disk; each figure measured for Tandem and etcd \
+             back to back (puts and gets in {} rounds taking turns, below).",
+            args.rounds
         ),
         format!(
             "- Closed loops: c clients share one client object (tandem-client / etcd-client with every member's \
-             endpoint); {} s warm-up then {} s measured per level; latency per operation, exact percentiles.",
-            args.warmup_secs, args.level_secs
+             endpoint); each put/get level measured in {} rounds, Tandem first in odd rounds and etcd first in \
+             even ones, each stretch {} s of warm-up then {:.1} s measured ({} s per level and system in all), the \
+             rounds of each system summed up; latency per operation, exact percentiles.",
+            args.rounds,
+            args.warmup_secs,
+            args.level_secs as f64 / f64::from(args.rounds),
+            args.level_secs
         ),
         "- Puts: 256-byte values to distinct keys. Gets: 1,000 keys. Linearizable: Tandem reads on the primary \
          (openraft ensure_linearizable), etcd ReadIndex on any member. Stale: Tandem `get_stale` spread over all \

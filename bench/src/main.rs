@@ -32,7 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::etcd::EtcdCluster;
 use crate::figures::{command_output, date, format_samples, machine, method_notes, mib, rows, Figures};
 use crate::proc::Memory;
-use crate::stats::Summary;
+use crate::stats::{Level, Summary};
 use crate::tandem::TandemCluster;
 use crate::target::Cluster;
 use crate::tools::{cluster, idle, load, ClusterArgs, IdleArgs, LoadArgs};
@@ -84,6 +84,11 @@ struct RunArgs {
     /// Measured seconds of each put/get level.
     #[arg(long, default_value_t = 10)]
     level_secs: u64,
+    /// Each put/get level is measured in this many stretches, Tandem's and etcd's taking turns
+    /// (each system first in every other round), so that the machine growing faster or slower
+    /// during the run weighs on both alike.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Unmeasured warm-up seconds before each level.
     #[arg(long, default_value_t = 1)]
     warmup_secs: u64,
@@ -162,6 +167,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let steady_secs = args.steady_secs.unwrap_or(if args.full { 300 } else { 40 });
     let warmup = Duration::from_secs(args.warmup_secs);
     let level = Duration::from_secs(args.level_secs);
+    let stretch = level / args.rounds;
     let root = &args.common.work_dir;
     let pid_file = root.join("pids");
     let started = Instant::now();
@@ -192,16 +198,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("    etcd:   {}", etcd.endpoints().join(","));
         let (ts, es) = (tandem.store(), etcd.store());
         if has(Phase::Puts) {
+            let (ts_ref, es_ref) = (&ts, &es);
             for c in PUT_LEVELS {
                 eprintln!("--- puts, concurrency {c}");
-                t.puts.push((
-                    c,
-                    show("Tandem", workload::puts(&ts, &format!("c{c}"), c, warmup, level).await),
-                ));
-                e.puts.push((
-                    c,
-                    show("etcd", workload::puts(&es, &format!("c{c}"), c, warmup, level).await),
-                ));
+                let (tp, ep) = interleaved(
+                    args.rounds,
+                    |round| {
+                        let tag = format!("c{c}r{round}");
+                        async move { workload::puts(ts_ref, &tag, c, warmup, stretch).await }
+                    },
+                    |round| {
+                        let tag = format!("c{c}r{round}");
+                        async move { workload::puts(es_ref, &tag, c, warmup, stretch).await }
+                    },
+                )
+                .await;
+                t.puts.push((c, tp));
+                e.puts.push((c, ep));
             }
         }
         if has(Phase::Gets) {
@@ -214,10 +227,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .context("etcd: cannot write the keys to read")?;
             for (name, stale, c) in GET_LEVELS {
                 eprintln!("--- {name}");
-                t.gets
-                    .push((name, show("Tandem", workload::gets(&ts, stale, c, warmup, level).await)));
-                e.gets
-                    .push((name, show("etcd", workload::gets(&es, stale, c, warmup, level).await)));
+                let (tg, eg) = interleaved(
+                    args.rounds,
+                    |_| workload::gets(&ts, stale, c, warmup, stretch),
+                    |_| workload::gets(&es, stale, c, warmup, stretch),
+                )
+                .await;
+                t.gets.push((name, tg));
+                e.gets.push((name, eg));
             }
         }
         if has(Phase::Watch) {
@@ -320,7 +337,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     all_notes.push(String::new());
     all_notes.push(format!(
         "Load average before the run: {} (other work on the machine skews both systems alike, \
-         since each figure is measured for Tandem and etcd back to back). Run time: {} s.",
+         since each figure is measured for Tandem and etcd back to back, in rounds taking turns for puts \
+         and gets). Run time: {} s.",
         load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         started.elapsed().as_secs()
     ));
@@ -354,6 +372,28 @@ async fn start_etcd(bin: &Path, dir: &Path, pid_file: &Path) -> anyhow::Result<E
     EtcdCluster::start(bin, dir, pid_file)
         .await
         .context("cannot start etcd")
+}
+
+/// One put or get level of both systems, measured in `rounds` stretches taking turns (Tandem
+/// first in even rounds, etcd first in odd ones), each system's stretches summed up as one.
+async fn interleaved<T, E, TF, EF>(rounds: u32, mut tandem: T, mut etcd: E) -> (Summary, Summary)
+where
+    T: FnMut(u32) -> TF,
+    E: FnMut(u32) -> EF,
+    TF: std::future::Future<Output = Level>,
+    EF: std::future::Future<Output = Level>,
+{
+    let (mut t, mut e) = (Level::default(), Level::default());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            t.merge(tandem(round).await);
+            e.merge(etcd(round).await);
+        } else {
+            e.merge(etcd(round).await);
+            t.merge(tandem(round).await);
+        }
+    }
+    (show("Tandem", t.summary()), show("etcd", e.summary()))
 }
 
 fn show(name: &str, summary: Summary) -> Summary {

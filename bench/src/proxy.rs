@@ -412,7 +412,7 @@ async fn reads(args: &ProxyArgs, setup: &Setup) -> anyhow::Result<Reads> {
         // Serializable reads are served by any member: let every one apply the keys first.
         etcd.wait_healthy(Duration::from_secs(60)).await?;
         let pids: Vec<u32> = etcd.pids().into_iter().flatten().collect();
-        let gets = async { show("etcd", workload::gets(&store, true, c, warmup, level).await) };
+        let gets = async { show("etcd", workload::gets(&store, true, c, warmup, level).await.summary()) };
         anyhow::Ok(with_cpu(&pids, secs, gets).await)
     }
     .await;

@@ -45,6 +45,31 @@ impl Samples {
     }
 }
 
+/// The latencies of one or more measured stretches of a level and the time they took together:
+/// a level measured in rounds (interleaved with the other system's) is summed up as one.
+#[derive(Debug, Default, Clone)]
+pub struct Level {
+    samples: Samples,
+    elapsed: Duration,
+}
+
+impl Level {
+    pub fn new(samples: Samples, elapsed: Duration) -> Level {
+        Level { samples, elapsed }
+    }
+
+    /// Adds another stretch of the same level.
+    pub fn merge(&mut self, other: Level) {
+        self.samples.merge(other.samples);
+        self.elapsed += other.elapsed;
+    }
+
+    /// Throughput over all stretches' time, percentiles over all their operations.
+    pub fn summary(&self) -> Summary {
+        self.samples.summary(self.elapsed)
+    }
+}
+
 /// Nearest-rank quantile of sorted values.
 fn quantile_of_sorted(sorted: &[u32], q: f64) -> Option<u32> {
     if sorted.is_empty() {
@@ -100,6 +125,26 @@ mod tests {
         }
         let summary = samples.summary(Duration::from_secs(1));
         assert_eq!(summary.ops, 100);
+        assert_eq!(summary.p50_ms, Some(50.0));
+        assert_eq!(summary.p99_ms, Some(99.0));
+    }
+
+    #[test]
+    fn rounds_of_a_level_sum_up_as_one() {
+        let stretch = |from: u64, to: u64, secs: u64| {
+            let mut samples = Samples::default();
+            for ms in from..=to {
+                samples.record(Duration::from_millis(ms));
+            }
+            Level::new(samples, Duration::from_secs(secs))
+        };
+        // A slow round (1 s, 50 ops) and a fast one (3 s, 50 ops): 100 ops over 4 s, the
+        // percentiles over both rounds' operations together.
+        let mut level = stretch(51, 100, 1);
+        level.merge(stretch(1, 50, 3));
+        let summary = level.summary();
+        assert_eq!(summary.ops, 100);
+        assert!((summary.ops_per_sec - 25.0).abs() < 1e-9);
         assert_eq!(summary.p50_ms, Some(50.0));
         assert_eq!(summary.p99_ms, Some(99.0));
     }

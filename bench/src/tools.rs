@@ -251,11 +251,15 @@ async fn run_load<S: target::Store>(
     Ok(match kind {
         LoadKind::Put => {
             let tag = format!("load{}", std::process::id());
-            workload::puts(store, &tag, concurrency, warmup, duration).await
+            workload::puts(store, &tag, concurrency, warmup, duration)
+                .await
+                .summary()
         }
         LoadKind::Get | LoadKind::StaleGet => {
             workload::load_get_keys(store).await?;
-            workload::gets(store, kind == LoadKind::StaleGet, concurrency, warmup, duration).await
+            workload::gets(store, kind == LoadKind::StaleGet, concurrency, warmup, duration)
+                .await
+                .summary()
         }
     })
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::proc::Memory;
-use crate::stats::{Samples, Summary};
+use crate::stats::{Level, Samples, Summary};
 use crate::target::{Cluster, Read, Store};
 
 /// Size of every value written.
@@ -34,6 +34,15 @@ pub fn value_for(key: &str) -> Vec<u8> {
 /// Runs `op(worker, seq)` in `concurrency` closed loops for `warmup + duration`; only the
 /// operations started after the warm-up are measured. The first error is printed.
 pub async fn closed_loop<F, Fut>(concurrency: usize, warmup: Duration, duration: Duration, op: F) -> Summary
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    closed_loop_level(concurrency, warmup, duration, op).await.summary()
+}
+
+/// [`closed_loop`], keeping the latencies (to be merged with further rounds of the same level).
+pub async fn closed_loop_level<F, Fut>(concurrency: usize, warmup: Duration, duration: Duration, op: F) -> Level
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -88,14 +97,14 @@ where
             }
         }
     }
-    all.summary(Instant::now().saturating_duration_since(measure_from))
+    Level::new(all, Instant::now().saturating_duration_since(measure_from))
 }
 
 /// Puts of 256-byte values to distinct keys.
-pub async fn puts<S: Store>(store: &S, tag: &str, concurrency: usize, warmup: Duration, duration: Duration) -> Summary {
+pub async fn puts<S: Store>(store: &S, tag: &str, concurrency: usize, warmup: Duration, duration: Duration) -> Level {
     let store = store.clone();
     let tag = tag.to_owned();
-    closed_loop(concurrency, warmup, duration, move |worker, seq| {
+    closed_loop_level(concurrency, warmup, duration, move |worker, seq| {
         let store = store.clone();
         let key = format!("p/{tag}/{worker}/{seq}");
         async move {
@@ -112,15 +121,9 @@ pub async fn load_get_keys<S: Store>(store: &S) -> anyhow::Result<()> {
 }
 
 /// Gets of random keys among [`GET_KEYS`] (every one must be found).
-pub async fn gets<S: Store>(
-    store: &S,
-    stale: bool,
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-) -> Summary {
+pub async fn gets<S: Store>(store: &S, stale: bool, concurrency: usize, warmup: Duration, duration: Duration) -> Level {
     let store = store.clone();
-    closed_loop(concurrency, warmup, duration, move |worker, seq| {
+    closed_loop_level(concurrency, warmup, duration, move |worker, seq| {
         let store = store.clone();
         let key = fill_key("g/", mix(worker as u64, seq) % GET_KEYS);
         let read = if stale {

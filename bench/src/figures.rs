@@ -222,7 +222,7 @@ pub(crate) fn rows(t: &Figures, e: &Figures, keys: u64) -> Vec<Row> {
                 growth_mib_per_min(tsamples),
                 growth_mib_per_min(esamples),
                 1,
-                Better::Lower,
+                Better::NoGrowth,
             )
             .notes(
                 format!("({:.0} ops/s)", ts.ops_per_sec),

@@ -8,6 +8,10 @@ use std::fmt::Write as _;
 pub enum Better {
     Higher,
     Lower,
+    /// Lower, but nothing below zero counts: a growth rate, where shrinking is no better than
+    /// staying flat (both systems at or below zero tie, and the ratio of signed rates means
+    /// nothing).
+    NoGrowth,
 }
 
 /// One figure for both systems.
@@ -63,6 +67,23 @@ impl Row {
 
     /// Tandem / etcd, and who is ahead.
     fn ratio_and_lead(&self) -> (String, &'static str) {
+        if self.better == Better::NoGrowth {
+            return match (self.tandem, self.etcd) {
+                (Some(t), Some(e)) if t <= 0.0 || e <= 0.0 => {
+                    let lead = match (t <= 0.0, e <= 0.0) {
+                        (true, true) => "tie",
+                        (true, false) => "Tandem",
+                        _ => "etcd",
+                    };
+                    ("n/a".into(), lead)
+                }
+                _ => Row {
+                    better: Better::Lower,
+                    ..self.clone()
+                }
+                .ratio_and_lead(),
+            };
+        }
         match (self.tandem, self.etcd) {
             (Some(t), Some(e)) if t == e => ("1.00".into(), "tie"),
             (Some(_), Some(0.0)) => (
@@ -109,6 +130,7 @@ pub fn render(context: &Context, rows: &[Row], notes: &[String]) -> String {
         let better = match row.better {
             Better::Higher => "higher",
             Better::Lower => "lower",
+            Better::NoGrowth => "lower, ≤ 0 alike",
         };
         let _ = writeln!(
             out,
@@ -142,5 +164,16 @@ mod tests {
         assert_eq!(row.ratio_and_lead(), ("0.50".to_owned(), "Tandem"));
         let row = Row::new("lost", Some(0.0), Some(0.0), 0, Better::Lower);
         assert_eq!(row.ratio_and_lead(), ("1.00".to_owned(), "tie"));
+    }
+
+    #[test]
+    fn shrinking_is_no_better_than_staying_flat() {
+        let growth = |t, e| Row::new("RSS growth", Some(t), Some(e), 1, Better::NoGrowth).ratio_and_lead();
+        assert_eq!(growth(-2.1, -166.4), ("n/a".to_owned(), "tie"));
+        assert_eq!(growth(0.0, -5.0), ("n/a".to_owned(), "tie"));
+        assert_eq!(growth(7.8, -74.2), ("n/a".to_owned(), "etcd"));
+        assert_eq!(growth(-1.0, 36.0), ("n/a".to_owned(), "Tandem"));
+        assert_eq!(growth(2.2, 36.0), ("0.06".to_owned(), "Tandem"));
+        assert_eq!(growth(40.0, 20.0), ("2.00".to_owned(), "etcd"));
     }
 }

@@ -375,7 +375,8 @@ async fn start_etcd(bin: &Path, dir: &Path, pid_file: &Path) -> anyhow::Result<E
 }
 
 /// One put or get level of both systems, measured in `rounds` stretches taking turns (Tandem
-/// first in even rounds, etcd first in odd ones), each system's stretches summed up as one.
+/// first in the first, third, … round, etcd first in the second, fourth, …), each system's
+/// stretches summed up as one.
 async fn interleaved<T, E, TF, EF>(rounds: u32, mut tandem: T, mut etcd: E) -> (Summary, Summary)
 where
     T: FnMut(u32) -> TF,

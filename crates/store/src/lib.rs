@@ -9,7 +9,8 @@
 //! - [`snapshot_file`]: a snapshot's data as openraft reads and writes it: an open file.
 //! - [`recovery`]: a new epoch on a survivor (forced recovery); quarantine before a rejoin.
 //! - [`error`]: typed errors, among them why a data directory is refused at start.
-//! - `db` (SQLite plumbing) and `checkpoint` (background checkpoints of both files) are private.
+//! - `db` (SQLite plumbing), `checkpoint` (background checkpoints of both files) and
+//!   `read_pool` (the read connections, each on a thread of its own) are private.
 //!
 //! Architecture invariant: this crate knows nothing of gRPC, sockets or clocks. Time enters only
 //! as the `now_ms` a command carries, so every replica applies the same log to the same state.
@@ -18,6 +19,7 @@ mod checkpoint;
 mod db;
 pub mod error;
 pub mod log_store;
+mod read_pool;
 pub mod recovery;
 pub mod snapshot_file;
 pub mod state_machine;

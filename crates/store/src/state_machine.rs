@@ -27,7 +27,7 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -42,6 +42,7 @@ use tokio::sync::broadcast;
 
 use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
+use crate::read_pool::ReadPool;
 use crate::snapshot_file::SnapshotFile;
 use crate::types::{
     Change, ChangeKind, Command, CommandResult, FenceError, HistoryLimit, KeyValue, Lease, LeaseResult, Op, Replica,
@@ -179,10 +180,8 @@ pub struct StateReader {
 
 /// What every [`StateReader`] clone shares.
 struct ReaderInner {
-    /// Read-only connections to `state.db`, used in turn.
-    conns: Vec<Mutex<Connection>>,
-    /// Which connection the next read uses.
-    next: AtomicUsize,
+    /// Read-only connections to `state.db`, each on its own thread.
+    pool: ReadPool,
     /// The state machine's change channel, for [`StateReader::subscribe`].
     changes_tx: broadcast::Sender<Arc<Vec<Change>>>,
     /// The writer's revision, for [`StateReader::applied_revision`].
@@ -251,12 +250,15 @@ impl StateMachine {
                 file: path.clone(),
                 source,
             })?;
-            conns.push(Mutex::new(conn));
+            conns.push(conn);
         }
+        let pool = ReadPool::start("state", conns).map_err(|source| OpenError::Io {
+            file: path.clone(),
+            source,
+        })?;
         let reader = StateReader {
             inner: Arc::new(ReaderInner {
-                conns,
-                next: AtomicUsize::new(0),
+                pool,
                 changes_tx: changes_tx.clone(),
                 revision: revision.clone(),
             }),
@@ -1247,19 +1249,13 @@ fn key_value_from_row(row: &Row<'_>) -> rusqlite::Result<KeyValue> {
 }
 
 impl StateReader {
-    /// Runs `read` on one of the read connections, on the blocking pool.
+    /// Runs `read` on the first read connection free.
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
     where
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        let inner = self.inner.clone();
-        let slot = inner.next.fetch_add(1, Ordering::Relaxed) % inner.conns.len();
-        db::blocking(move || {
-            let mut conn = db::lock(&inner.conns[slot])?;
-            read(&mut conn)
-        })
-        .await
+        self.inner.pool.run(read).await
     }
 
     /// The key's current value and versions, `None` when it does not exist.

@@ -376,6 +376,54 @@ pub struct MemorySample {
     pub members: Vec<Option<Memory>>,
 }
 
+/// One operation of the steady load: client `worker` cycles over 64 keys of its own, putting a
+/// key and then deleting it.
+async fn steady_op<S: Store>(store: S, worker: usize, seq: u64) -> anyhow::Result<()> {
+    let key = format!("s/{worker}/{}", (seq / 2) % 64);
+    if seq.is_multiple_of(2) {
+        let value = value_for(&key);
+        store.put(key, value).await
+    } else {
+        store.delete(key).await
+    }
+}
+
+/// The steady put/delete load, unmeasured, until `ops` operations have completed (the clients
+/// take them in turn; a failed one counts too, and the first failure is printed).
+pub async fn steady_warmup<C: Cluster>(cluster: &C, concurrency: usize, ops: u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let store = cluster.store();
+            let next = next.clone();
+            let reported = reported.clone();
+            tokio::spawn(async move {
+                let mut seq = 0;
+                while next.fetch_add(1, Ordering::Relaxed) < ops {
+                    let done = tokio::time::timeout(OP_TIMEOUT, steady_op(store.clone(), worker, seq)).await;
+                    let failed = match done {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(format!("{e:#}")),
+                        Err(_) => Some("timed out".to_owned()),
+                    };
+                    if let Some(e) = failed {
+                        if !reported.swap(true, Ordering::Relaxed) {
+                            eprintln!("    a warm-up operation failed: {e}");
+                        }
+                    }
+                    seq += 1;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        if let Err(e) = worker.await {
+            eprintln!("    a warm-up client panicked: {e}");
+        }
+    }
+}
+
 /// A steady put/delete load (`concurrency` clients, each cycling over 64 keys of its own) for
 /// `duration`, sampling every member's memory `samples` times.
 pub async fn steady<C: Cluster>(
@@ -389,18 +437,7 @@ pub async fn steady<C: Cluster>(
         concurrency,
         Duration::ZERO,
         duration,
-        move |worker, seq| {
-            let store = store.clone();
-            let key = format!("s/{worker}/{}", (seq / 2) % 64);
-            async move {
-                if seq % 2 == 0 {
-                    let value = value_for(&key);
-                    store.put(key, value).await
-                } else {
-                    store.delete(key).await
-                }
-            }
-        },
+        move |worker, seq| steady_op(store.clone(), worker, seq),
     ));
     let started = Instant::now();
     let every = duration / samples.max(1) as u32;

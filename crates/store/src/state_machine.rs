@@ -68,6 +68,9 @@ const INLINE_APPLY_MAX_BYTES: usize = 64 * 1024;
 /// rather than `Unknown`) before a grant sweeps it away.
 pub const LEASE_RETENTION_MS: u64 = 60 * 60 * 1000;
 
+/// Revisions kept beyond the revision bound before the oldest are cut (see [`compact_history`]).
+const REVISION_SLACK: u64 = 64;
+
 /// How many read connections a [`StateReader`] spreads its reads over.
 const READER_CONNECTIONS: usize = 4;
 
@@ -1087,21 +1090,34 @@ fn sweep_leases(tx: &Connection, now_ms: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How many revisions beyond `revisions` are kept before the oldest are cut: 64, or a quarter
+/// of a smaller bound (none below 4).
+fn revision_slack(revisions: u64) -> u64 {
+    (revisions / 4).min(REVISION_SLACK)
+}
+
 /// Rows in the `changes` table.
 fn count_changes(conn: &Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM changes", [], |row| row.get(0))?)
 }
 
-/// Drops the oldest change history, whole revisions at a time, so that at most
-/// `history.revisions` revisions are kept and, once more than `history.changes` plus a quarter
-/// are kept, at most `history.changes` changes (the newest revision is always kept, however many
-/// changes it has). `retained` is the row count of `changes`, returned updated.
+/// Drops the oldest change history, whole revisions at a time: once more than
+/// `history.revisions` revisions plus [`revision_slack`] are kept, down to `history.revisions`;
+/// once more than `history.changes` changes plus a quarter are kept, down to at most
+/// `history.changes` changes (the newest revision is always kept, however many changes it has).
+/// `retained` is the row count of `changes`, returned updated.
 ///
-/// The slack makes the change bound cheap: finding where to cut walks `history.changes` index
-/// entries, and it runs once every `history.changes / 4` changes rather than on every apply.
+/// The slacks make both bounds cheap. Cutting one revision on every apply dirtied the first
+/// pages of `changes` and of its index in every transaction (about two more 4-KiB pages written
+/// per put once the bound was reached); cut every 64 revisions, they are dirtied once per 64.
+/// Finding where to cut for the change bound walks `history.changes` index entries, so it runs
+/// once every `history.changes / 4` changes rather than on every apply.
 fn compact_history(tx: &Connection, revision: u64, history: HistoryLimit, retained: u64) -> Result<u64, StoreError> {
     let compacted: u64 = db::meta_require(tx, "compacted_revision")?;
     let mut target = revision.saturating_sub(history.revisions);
+    if target.saturating_sub(compacted) <= revision_slack(history.revisions) {
+        target = compacted;
+    }
     let mut retained = retained;
     let slack = history.changes / 4;
     if retained > history.changes.saturating_add(slack) {

@@ -246,7 +246,8 @@ pub struct KeyValue {
 /// revisions are dropped, oldest first, beyond either bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimit {
-    /// Revisions kept.
+    /// Revisions kept. Compaction lets up to 64 more (a quarter more, of a bound below 256)
+    /// accumulate before it cuts back to this.
     pub revisions: u64,
     /// Changes kept (one revision may hold many: a transaction of 400 puts is one revision).
     /// Compaction lets up to a quarter more accumulate before it cuts back to this.

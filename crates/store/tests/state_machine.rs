@@ -465,6 +465,47 @@ async fn history_is_retained_for_the_configured_number_of_revisions() {
     assert_eq!(f.reader.changes_after(5, 100).await.unwrap(), vec![]);
 }
 
+#[tokio::test]
+async fn revisions_beyond_the_bound_are_cut_in_batches() {
+    // A bound of 8 revisions lets a quarter more (2) accumulate, then cuts back to 8.
+    let mut f = Fixture::with_history(8);
+    for i in 1..=10 {
+        f.ops(vec![put(&format!("k{i}"), "v")]).await;
+    }
+    assert_eq!(
+        f.reader.oldest_revision().await.unwrap(),
+        1,
+        "10 revisions are within the slack"
+    );
+    f.ops(vec![put("k11", "v")]).await;
+    assert_eq!(f.reader.oldest_revision().await.unwrap(), 4, "cut back to the newest 8");
+    assert_eq!(retained_revisions(&f.reader).await, (4..=11).collect::<Vec<u64>>());
+    assert!(matches!(
+        f.reader.changes_after(2, 100).await,
+        Err(StoreError::Compacted {
+            requested: 2,
+            oldest: 4
+        })
+    ));
+    // The default bound: 64 more at most, whatever its size.
+    let limit = HistoryLimit::revisions(1000);
+    let mut f = Fixture::open_in(tempfile::tempdir().unwrap(), 1, limit, 1);
+    for i in 1..=1064 {
+        f.ops(vec![put(&format!("k{i}"), "v")]).await;
+    }
+    assert_eq!(
+        f.reader.oldest_revision().await.unwrap(),
+        1,
+        "1,064 revisions are within the slack"
+    );
+    f.ops(vec![put("k1065", "v")]).await;
+    assert_eq!(
+        f.reader.oldest_revision().await.unwrap(),
+        66,
+        "cut back to the newest 1,000"
+    );
+}
+
 /// Puts `n` keys named `{prefix}{i}` in one transaction.
 async fn put_many(f: &mut Fixture, prefix: &str, n: usize) {
     let ops = (0..n).map(|i| put(&format!("{prefix}{i}"), "v")).collect();

@@ -133,7 +133,8 @@ pub struct ServeArgs {
     election_min_ms: u64,
     #[arg(long, default_value_t = Timers::default().election_max_ms)]
     election_max_ms: u64,
-    /// Revisions of the change feed kept for reconnecting watchers.
+    /// Revisions of the change feed kept for reconnecting watchers (up to 64 more, or a
+    /// quarter more of a limit below 256, accumulate between cuts).
     #[arg(long, default_value_t = HistoryLimit::DEFAULT.revisions)]
     history_limit: u64,
     /// Changes of the change feed kept for reconnecting watchers (whole revisions are dropped,

@@ -44,11 +44,12 @@ pub(crate) fn format_samples(samples: &[MemorySample]) -> String {
         .join(", ")
 }
 
-/// RSS growth of the largest member over the second half of the samples, in MiB per minute.
+/// RSS growth of the largest member over all the samples (least squares), in MiB per minute.
+/// They are taken after the warm-up (see `--steady-warmup-ops`); before it, only the second
+/// half counted, the first being Tandem's change history filling up to its bound.
 fn growth_mib_per_min(samples: &[MemorySample]) -> Option<f64> {
     let points: Vec<(f64, f64)> = samples
         .iter()
-        .skip(samples.len() / 2)
         .filter_map(|s| {
             let max = s.members.iter().flatten().map(|m| m.rss_kib).max()?;
             Some((s.secs / 60.0, mib(max)))
@@ -218,7 +219,7 @@ pub(crate) fn rows(t: &Figures, e: &Figures, keys: u64) -> Vec<Row> {
     if let (Some((ts, tsamples)), Some((es, esamples))) = (&t.steady, &e.steady) {
         rows.push(
             Row::new(
-                "RSS growth under steady put/delete, MiB/min (2nd half)",
+                "RSS growth under steady put/delete, MiB/min (after warm-up)",
                 growth_mib_per_min(tsamples),
                 growth_mib_per_min(esamples),
                 1,
@@ -284,7 +285,7 @@ pub(crate) fn method_notes(args: &RunArgs, keys: u64, steady_secs: u64, tandem_m
             "- Memory: fresh clusters; {keys} keys written 100 per transaction; peak RSS = VmHWM from \
              /proc/PID/status; then a steady put/delete load (16 clients, 64 keys each): {} operations unmeasured \
              (past Tandem's change-history bound), then {steady_secs} s with RSS (VmRSS) sampled 10 times; the growth \
-             row is the slope over the second half of those samples.",
+             row is the least-squares slope of the largest member's RSS over those samples.",
             args.steady_warmup_ops
         ),
     ]
@@ -329,4 +330,41 @@ pub(crate) fn command_output(program: &Path, args: &[&str]) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::Memory;
+
+    fn sample(secs: f64, rss_mib: &[u64]) -> MemorySample {
+        MemorySample {
+            secs,
+            members: rss_mib
+                .iter()
+                .map(|&m| {
+                    Some(Memory {
+                        peak_kib: m * 1024,
+                        rss_kib: m * 1024,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn growth_is_the_largest_members_slope_over_every_sample() {
+        // The largest member grows 1 MiB every 4 s from the first sample on: 15 MiB/min.
+        let rising: Vec<_> = (0..=10).map(|i| sample(4.0 * i as f64, &[50, 100 + i, 60])).collect();
+        let growth = growth_mib_per_min(&rising).unwrap();
+        assert!((growth - 15.0).abs() < 1e-9, "{growth}");
+        // Rising, dropping once in the middle (a heap collected), rising again: rising overall.
+        let sawtooth: Vec<_> = (0..=10)
+            .map(|i| sample(4.0 * i as f64, &[if i < 6 { 170 + 7 * i } else { 170 + 7 * (i - 6) }]))
+            .collect();
+        assert!(growth_mib_per_min(&sawtooth).unwrap() > 0.0);
+        // Flat is zero.
+        let flat: Vec<_> = (0..=10).map(|i| sample(4.0 * i as f64, &[73, 59])).collect();
+        assert_eq!(growth_mib_per_min(&flat), Some(0.0));
+    }
 }

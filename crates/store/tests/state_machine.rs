@@ -441,11 +441,8 @@ async fn long_expired_leases_are_swept_on_grant() {
 #[tokio::test]
 async fn history_is_retained_for_the_configured_number_of_revisions() {
     let mut f = Fixture::with_history(3);
-    for i in 1..=5 {
-        f.ops(vec![put(&format!("k{i}"), "v")]).await;
-    }
+    assert_eq!(put_revisions(&mut f, 1, 5).await, 3);
     assert_eq!(f.reader.revision().await.unwrap(), 5);
-    assert_eq!(f.reader.oldest_revision().await.unwrap(), 3);
     let revisions: Vec<u64> = f
         .reader
         .changes_after(2, 100)
@@ -465,20 +462,24 @@ async fn history_is_retained_for_the_configured_number_of_revisions() {
     assert_eq!(f.reader.changes_after(5, 100).await.unwrap(), vec![]);
 }
 
+/// Puts keys `k{first}` to `k{last}`, one revision each, and answers the oldest revision kept.
+async fn put_revisions(f: &mut Fixture, first: u64, last: u64) -> u64 {
+    for i in first..=last {
+        f.ops(vec![put(&format!("k{i}"), "v")]).await;
+    }
+    f.reader.oldest_revision().await.unwrap()
+}
+
 #[tokio::test]
 async fn revisions_beyond_the_bound_are_cut_in_batches() {
     // A bound of 8 revisions lets a quarter more (2) accumulate, then cuts back to 8.
     let mut f = Fixture::with_history(8);
-    for i in 1..=10 {
-        f.ops(vec![put(&format!("k{i}"), "v")]).await;
-    }
     assert_eq!(
-        f.reader.oldest_revision().await.unwrap(),
+        put_revisions(&mut f, 1, 10).await,
         1,
         "10 revisions are within the slack"
     );
-    f.ops(vec![put("k11", "v")]).await;
-    assert_eq!(f.reader.oldest_revision().await.unwrap(), 4, "cut back to the newest 8");
+    assert_eq!(put_revisions(&mut f, 11, 11).await, 4, "cut back to the newest 8");
     assert_eq!(retained_revisions(&f.reader).await, (4..=11).collect::<Vec<u64>>());
     assert!(matches!(
         f.reader.changes_after(2, 100).await,
@@ -490,17 +491,13 @@ async fn revisions_beyond_the_bound_are_cut_in_batches() {
     // The default bound: 64 more at most, whatever its size.
     let limit = HistoryLimit::revisions(1000);
     let mut f = Fixture::open_in(tempfile::tempdir().unwrap(), 1, limit, 1);
-    for i in 1..=1064 {
-        f.ops(vec![put(&format!("k{i}"), "v")]).await;
-    }
     assert_eq!(
-        f.reader.oldest_revision().await.unwrap(),
+        put_revisions(&mut f, 1, 1064).await,
         1,
         "1,064 revisions are within the slack"
     );
-    f.ops(vec![put("k1065", "v")]).await;
     assert_eq!(
-        f.reader.oldest_revision().await.unwrap(),
+        put_revisions(&mut f, 1065, 1065).await,
         66,
         "cut back to the newest 1,000"
     );

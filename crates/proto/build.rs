@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Status and data messages are printed as JSON by the command line.
         .type_attribute(".tandem.db.v1.StatusResponse", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.ReplicaStatus", "#[derive(serde::Serialize)]")
+        .type_attribute(".tandem.db.v1.CheckpointCounts", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.Member", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.KeyValue", "#[derive(serde::Serialize)]")
         .type_attribute(".tandem.db.v1.Event", "#[derive(serde::Serialize)]")

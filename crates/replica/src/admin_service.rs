@@ -190,7 +190,19 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         early_appends_sent: early.sent,
         early_appends_accepted: early.accepted,
         early_appends_answered: early.answered,
+        log_checkpoints: Some(checkpoint_counts(engine.log.checkpoint_counts())),
+        state_checkpoints: Some(checkpoint_counts(engine.reader.checkpoint_counts())),
     })
+}
+
+fn checkpoint_counts(counts: tandem_store::CheckpointCounts) -> pb::CheckpointCounts {
+    pb::CheckpointCounts {
+        checkpoints: counts.passive,
+        rewinds: counts.restarts,
+        rewinds_busy: counts.restarts_busy,
+        failures: counts.failed,
+        wal_frames: counts.log_frames,
+    }
 }
 
 #[tonic::async_trait]

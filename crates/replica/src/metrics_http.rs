@@ -31,6 +31,12 @@ struct RoleLabels {
     role: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabels {
+    /// `log` (`log.db`) or `state` (`state.db`).
+    file: String,
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let g: Gauge = Gauge::default();
     g.set(value as i64);
@@ -133,6 +139,41 @@ pub async fn render(core: &Core) -> Result<String, String> {
         "early_appends_answered",
         "openraft AppendEntries answered from followers' answers to early messages instead of being sent",
         s.early_appends_answered,
+    );
+    let checkpoints: Family<FileLabels, Counter> = Family::default();
+    let rewinds: Family<FileLabels, Counter> = Family::default();
+    let rewinds_busy: Family<FileLabels, Counter> = Family::default();
+    let checkpoint_failures: Family<FileLabels, Counter> = Family::default();
+    let wal_frames: Family<FileLabels, Gauge> = Family::default();
+    for (file, counts) in [("log", &s.log_checkpoints), ("state", &s.state_checkpoints)] {
+        let Some(counts) = counts else { continue };
+        let labels = FileLabels { file: file.to_owned() };
+        checkpoints.get_or_create(&labels).inc_by(counts.checkpoints);
+        rewinds.get_or_create(&labels).inc_by(counts.rewinds);
+        rewinds_busy.get_or_create(&labels).inc_by(counts.rewinds_busy);
+        checkpoint_failures.get_or_create(&labels).inc_by(counts.failures);
+        wal_frames.get_or_create(&labels).set(counts.wal_frames as i64);
+    }
+    registry.register(
+        "checkpoints",
+        "Passive checkpoints of a database file (its write-ahead log copied into it)",
+        checkpoints,
+    );
+    registry.register("wal_rewinds", "Rewinds of a database file's write-ahead log", rewinds);
+    registry.register(
+        "wal_rewinds_busy",
+        "Rewinds given up because a reader kept the write-ahead log (tried again later)",
+        rewinds_busy,
+    );
+    registry.register(
+        "checkpoint_failures",
+        "Checkpoints that failed (tried again after the next write)",
+        checkpoint_failures,
+    );
+    registry.register(
+        "wal_frames",
+        "Pages in a database file's write-ahead log after its latest checkpoint",
+        wal_frames,
     );
     let lag_entries: Family<ReplicaLabels, Gauge> = Family::default();
     let lag_ms: Family<ReplicaLabels, Gauge> = Family::default();

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::start_set;
 use tandem_tls::TlsFiles;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +41,29 @@ async fn primary_exports_role_and_replica_lag() {
         assert!(text.contains(&line), "missing {line} in {text}");
     }
     assert!(text.contains("tandem_db_sync_demotions_total 0"), "{text}");
+    // The put was checkpointed into both files (a checkpoint follows a write within 25 ms).
+    for file in ["log", "state"] {
+        let line = format!("tandem_db_checkpoints_total{{file=\"{file}\"}} ");
+        let addr = primary.metrics_addr.clone();
+        common::eventually(
+            &format!("a checkpoint of {file} counted"),
+            Duration::from_secs(10),
+            async || {
+                let text = scrape(&addr).await;
+                let count: u64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&line))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                count > 0
+            },
+        )
+        .await;
+    }
+    assert!(
+        text.contains("tandem_db_checkpoint_failures_total{file=\"state\"} 0"),
+        "{text}"
+    );
 
     let secondary = replicas.iter().find(|r| r.addr != primary.addr).expect("a secondary");
     let text = scrape(&secondary.metrics_addr).await;

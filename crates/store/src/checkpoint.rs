@@ -62,22 +62,42 @@ impl CheckpointPolicy {
     }
 }
 
-/// What a [`Checkpointer`] has done since it started.
-#[cfg(test)]
+/// What a [`Checkpointer`] has done since it started (shown in status and `/metrics`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CheckpointCounts {
+pub struct CheckpointCounts {
     /// Times the thread woke up to checkpoint.
     pub rounds: u64,
     /// Passive checkpoints run.
     pub passive: u64,
-    /// Rewinds that completed (the next commit starts the log again).
+    /// Rewinds of the write-ahead log (`RESTART` checkpoints that finished).
     pub restarts: u64,
-    /// Rewinds given up because the writer or a reader kept the log past `restart_wait`.
+    /// Rewinds given up because a reader kept the log (tried again later).
     pub restarts_busy: u64,
-    /// Checkpoints that failed with an error (logged).
+    /// Checkpoints that failed (tried again after the next write).
     pub failed: u64,
     /// Frames in the log after the latest checkpoint.
     pub log_frames: u64,
+}
+
+/// A handle on a [`Checkpointer`]'s counts, cheap to clone; it does not keep the thread alive.
+#[derive(Clone)]
+pub struct CheckpointStats {
+    shared: Arc<Shared>,
+}
+
+impl CheckpointStats {
+    /// What the thread has done so far.
+    pub fn counts(&self) -> CheckpointCounts {
+        let counts = &self.shared.counts;
+        CheckpointCounts {
+            rounds: lock(&self.shared.signal).rounds,
+            passive: counts.passive.load(Ordering::Relaxed),
+            restarts: counts.restarts.load(Ordering::Relaxed),
+            restarts_busy: counts.restarts_busy.load(Ordering::Relaxed),
+            failed: counts.failed.load(Ordering::Relaxed),
+            log_frames: counts.log_frames.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The background checkpoints of one database file (see the module documentation).
@@ -173,18 +193,17 @@ impl Checkpointer {
         }
     }
 
+    /// A handle on the thread's counts.
+    pub(crate) fn stats(&self) -> CheckpointStats {
+        CheckpointStats {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// What the thread has done so far.
     #[cfg(test)]
     pub(crate) fn counts(&self) -> CheckpointCounts {
-        let counts = &self.shared.counts;
-        CheckpointCounts {
-            rounds: lock(&self.shared.signal).rounds,
-            passive: counts.passive.load(Ordering::Relaxed),
-            restarts: counts.restarts.load(Ordering::Relaxed),
-            restarts_busy: counts.restarts_busy.load(Ordering::Relaxed),
-            failed: counts.failed.load(Ordering::Relaxed),
-            log_frames: counts.log_frames.load(Ordering::Relaxed),
-        }
+        self.stats().counts()
     }
 }
 

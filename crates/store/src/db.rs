@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::checkpoint::{CheckpointPolicy, Checkpointer};
+use crate::checkpoint::{CheckpointPolicy, CheckpointStats, Checkpointer};
 use crate::error::{OpenError, StoreError};
 
 /// The on-disk format version this build reads and writes (both `log.db` and `state.db`).
@@ -119,6 +119,11 @@ impl Writer {
             Err(std::sync::TryLockError::WouldBlock) => Ok(None),
             Err(std::sync::TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
         }
+    }
+
+    /// A handle on the counts of the file's checkpoints.
+    pub(crate) fn checkpoint_stats(&self) -> CheckpointStats {
+        self.checkpointer.stats()
     }
 
     /// Locks the connection, reporting poisoning as an error instead of panicking.

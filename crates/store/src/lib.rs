@@ -10,7 +10,8 @@
 //! - [`recovery`]: a new epoch on a survivor (forced recovery); quarantine before a rejoin.
 //! - [`error`]: typed errors, among them why a data directory is refused at start.
 //! - `db` (SQLite plumbing), `checkpoint` (background checkpoints of both files) and
-//!   `read_pool` (the read connections, each on a thread of its own) are private.
+//!   `read_pool` (the read connections, each on a thread of its own) are private; what the
+//!   checkpoints have done is public ([`CheckpointCounts`], from the log store and the reader).
 //!
 //! Architecture invariant: this crate knows nothing of gRPC, sockets or clocks. Time enters only
 //! as the `now_ms` a command carries, so every replica applies the same log to the same state.
@@ -25,6 +26,7 @@ pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 
+pub use checkpoint::CheckpointCounts;
 pub use error::{OpenError, StoreError};
 pub use log_store::{AppendCounts, LogStore, OwnAppend};
 pub use snapshot_file::SnapshotFile;

@@ -32,6 +32,7 @@ use openraft::{Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::mpsc;
 
+use crate::checkpoint::CheckpointCounts;
 use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
 use crate::types::{Fence, ReplicaId, TypeConfig};
@@ -464,6 +465,11 @@ impl LogStore {
             appends: self.shared.appends.load(Ordering::Relaxed),
             entries: self.shared.entries_appended.load(Ordering::Relaxed),
         }
+    }
+
+    /// What the checkpoints of `log.db` have done since it was opened.
+    pub fn checkpoint_counts(&self) -> CheckpointCounts {
+        self.shared.conn.checkpoint_stats().counts()
     }
 
     /// The cluster name the log belongs to.

@@ -40,6 +40,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::broadcast;
 
+use crate::checkpoint::{CheckpointCounts, CheckpointStats};
 use crate::db::{self, DbSpec, Durability};
 use crate::error::{OpenError, StoreError};
 use crate::read_pool::ReadPool;
@@ -185,6 +186,8 @@ pub struct StateReader {
 struct ReaderInner {
     /// Read-only connections to `state.db`, each on its own thread.
     pool: ReadPool,
+    /// The counts of `state.db`'s checkpoints.
+    checkpoints: CheckpointStats,
     /// The state machine's change channel, for [`StateReader::subscribe`].
     changes_tx: broadcast::Sender<Arc<Vec<Change>>>,
     /// The writer's revision, for [`StateReader::applied_revision`].
@@ -262,6 +265,7 @@ impl StateMachine {
         let reader = StateReader {
             inner: Arc::new(ReaderInner {
                 pool,
+                checkpoints: writer.checkpoint_stats(),
                 changes_tx: changes_tx.clone(),
                 revision: revision.clone(),
             }),
@@ -1265,6 +1269,11 @@ fn key_value_from_row(row: &Row<'_>) -> rusqlite::Result<KeyValue> {
 }
 
 impl StateReader {
+    /// What the checkpoints of `state.db` have done since it was opened.
+    pub fn checkpoint_counts(&self) -> CheckpointCounts {
+        self.inner.checkpoints.counts()
+    }
+
     /// Runs `read` on the first read connection free.
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
     where

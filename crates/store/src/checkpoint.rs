@@ -62,7 +62,8 @@ impl CheckpointPolicy {
     }
 }
 
-/// What a [`Checkpointer`] has done since it started (shown in status and `/metrics`).
+/// What a database file's checkpoint thread has done since it started (shown in status and
+/// `/metrics`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointCounts {
     /// Times the thread woke up to checkpoint.
@@ -79,7 +80,7 @@ pub struct CheckpointCounts {
     pub log_frames: u64,
 }
 
-/// A handle on a [`Checkpointer`]'s counts, cheap to clone; it does not keep the thread alive.
+/// A handle on a checkpoint thread's counts, cheap to clone; it does not keep the thread alive.
 #[derive(Clone)]
 pub struct CheckpointStats {
     shared: Arc<Shared>,

@@ -627,4 +627,60 @@ pub fn print_status(answers: &[(String, Result<StatusResponse, tandem_client::Cl
             );
         }
     }
+    for s in answers.iter().filter_map(|(_, a)| a.as_ref().ok()) {
+        for note in checkpoint_notes(s) {
+            println!("{note}");
+        }
+    }
+}
+
+/// Warnings about a replica's checkpoints: failed ones (each is retried, but a file whose
+/// checkpoints keep failing grows its write-ahead log without bound).
+fn checkpoint_notes(s: &StatusResponse) -> Vec<String> {
+    [("log.db", &s.log_checkpoints), ("state.db", &s.state_checkpoints)]
+        .into_iter()
+        .filter_map(|(file, counts)| {
+            let counts = counts.as_ref()?;
+            (counts.failures > 0).then(|| {
+                format!(
+                    "warning: replica {}: {} checkpoint(s) of {file} failed since it started ({} pages in its \
+                     write-ahead log; the replica's log says why)",
+                    s.id, counts.failures, counts.wal_frames
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_proto::db::CheckpointCounts;
+
+    #[test]
+    fn failed_checkpoints_are_reported_per_file() {
+        let mut status = StatusResponse {
+            id: 2,
+            log_checkpoints: Some(CheckpointCounts {
+                checkpoints: 40,
+                ..CheckpointCounts::default()
+            }),
+            state_checkpoints: Some(CheckpointCounts {
+                checkpoints: 38,
+                failures: 3,
+                wal_frames: 5000,
+                ..CheckpointCounts::default()
+            }),
+            ..StatusResponse::default()
+        };
+        assert_eq!(
+            checkpoint_notes(&status),
+            [
+                "warning: replica 2: 3 checkpoint(s) of state.db failed since it started (5000 pages in its \
+              write-ahead log; the replica's log says why)"
+            ]
+        );
+        status.state_checkpoints = None;
+        assert!(checkpoint_notes(&status).is_empty());
+    }
 }

@@ -162,7 +162,7 @@ pub async fn render(core: &Core) -> Result<String, String> {
     registry.register("wal_rewinds", "Rewinds of a database file's write-ahead log", rewinds);
     registry.register(
         "wal_rewinds_busy",
-        "Rewinds given up because a reader kept the write-ahead log (tried again later)",
+        "Rewinds given up because the writer or a reader kept the write-ahead log (tried again later)",
         rewinds_busy,
     );
     registry.register(

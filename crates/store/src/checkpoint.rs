@@ -72,7 +72,8 @@ pub struct CheckpointCounts {
     pub passive: u64,
     /// Rewinds of the write-ahead log (`RESTART` checkpoints that finished).
     pub restarts: u64,
-    /// Rewinds given up because a reader kept the log (tried again later).
+    /// Rewinds given up because the writer or a reader kept the log past `restart_wait`
+    /// (tried again later).
     pub restarts_busy: u64,
     /// Checkpoints that failed (tried again after the next write).
     pub failed: u64,
@@ -82,13 +83,13 @@ pub struct CheckpointCounts {
 
 /// A handle on a checkpoint thread's counts, cheap to clone; it does not keep the thread alive.
 #[derive(Clone)]
-pub struct CheckpointStats {
+pub(crate) struct CheckpointStats {
     shared: Arc<Shared>,
 }
 
 impl CheckpointStats {
     /// What the thread has done so far.
-    pub fn counts(&self) -> CheckpointCounts {
+    pub(crate) fn counts(&self) -> CheckpointCounts {
         let counts = &self.shared.counts;
         CheckpointCounts {
             rounds: lock(&self.shared.signal).rounds,

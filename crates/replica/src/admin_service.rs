@@ -6,6 +6,7 @@
 //! `witness` replicas are voters.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,6 +193,8 @@ pub async fn status(core: &Core) -> Result<pb::StatusResponse, Status> {
         early_appends_answered: early.answered,
         log_checkpoints: Some(checkpoint_counts(engine.log.checkpoint_counts())),
         state_checkpoints: Some(checkpoint_counts(engine.reader.checkpoint_counts())),
+        campaigns: engine.elections.campaigns.load(Ordering::Relaxed),
+        pre_votes_refused: engine.elections.refused.load(Ordering::Relaxed),
     })
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{Raft, SnapshotPolicy};
 use tandem_store::{LogStore, OpenError, StateMachine, StateReader, TypeConfig};
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ReplicaConfig;
 use crate::early_replication::{self, EarlyCounts};
+use crate::election::ElectionCounts;
 use crate::network::PeerNetwork;
 use crate::node::{Core, StartError};
 use crate::progress::Progress;
@@ -35,6 +36,10 @@ pub struct Engine {
     pub reads: Arc<ReadBarrier>,
     /// What early replication (entries sent while the primary syncs them) has done.
     pub early: Arc<EarlyCounts>,
+    /// What the election task (pre-votes, campaigns) has done.
+    pub elections: ElectionCounts,
+    /// When this engine started (silence before any primary was heard counts from here).
+    pub started: Instant,
     /// Flips to true when the engine stops, ending its watch streams.
     stopped: watch::Sender<bool>,
     /// False until the start probe found no newer epoch (see [`crate::epoch::probe_then_elect`]);
@@ -101,7 +106,8 @@ async fn check_state_covers_log(log: &LogStore, state: &StateMachine, reader: &S
 }
 
 impl Engine {
-    /// Starts openraft on `store`. Elections stay off until [`crate::epoch::probe_then_elect`]
+    /// Starts openraft on `store`. openraft's timer elections stay off: [`crate::election`]
+    /// decides when to campaign (after a pre-vote), and only once [`crate::epoch::probe_then_elect`]
     /// has checked that no peer knows a newer epoch (a replica returning from a lost site must
     /// learn it is fenced before it can campaign).
     pub async fn start(core: &Arc<Core>, store: OpenedStore) -> Result<Arc<Engine>, StartError> {
@@ -162,6 +168,8 @@ impl Engine {
             proposer,
             reads: ReadBarrier::new(raft.clone(), config.write_timeout),
             early,
+            elections: ElectionCounts::default(),
+            started: Instant::now(),
             stopped: watch::channel(false).0,
             ready,
             tasks: std::sync::Mutex::default(),
@@ -180,6 +188,7 @@ impl Engine {
                 config.snapshot_every,
             )),
             tokio::spawn(crate::witness::run(core.clone(), raft.clone())),
+            tokio::spawn(crate::election::run(core.clone(), engine.clone())),
             tokio::spawn(crate::epoch::probe_then_elect(core.clone(), engine.clone())),
             tokio::spawn(crate::failfast::run(core.clone(), engine.clone())),
         ];

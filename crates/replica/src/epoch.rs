@@ -94,7 +94,7 @@ async fn probe_members(core: &Core, engine: &Engine) -> Vec<(ReplicaId, String, 
 /// and sends and accepts no Raft traffic (openraft restores a node that was primary as primary at
 /// once, elections or not). It asks the other members for their epoch, so that a replica
 /// returning from a lost site learns it is fenced before it can act; then, unless fenced, it lets
-/// the engine work and turns elections on.
+/// the engine work (and [`crate::election`] campaign when a primary is missing).
 pub async fn probe_then_elect(core: Arc<Core>, engine: Arc<Engine>) {
     if let Some(fence) = core.identity.fence() {
         tracing::warn!(%fence, "fenced: elections stay off until `tandem db rejoin`");
@@ -107,14 +107,7 @@ pub async fn probe_then_elect(core: Arc<Core>, engine: Arc<Engine>) {
         return;
     }
     engine.set_ready();
-    let witness = core.config.witness
-        || stored_members(&engine).await.get(&core.config.id).map(|n| n.kind) == Some(ReplicaKind::Witness);
-    if witness {
-        // A witness campaigns only when its watchdog says so (see `crate::witness`).
-        return;
-    }
-    engine.raft.runtime_config().elect(true);
-    tracing::debug!("no peer knows a newer epoch; elections on");
+    tracing::debug!("no peer knows a newer epoch; ready");
 }
 
 /// Runs for the life of the replica: fences it as soon as a peer reveals a newer epoch.
@@ -138,7 +131,6 @@ pub async fn watch_for_newer_epochs(core: Arc<Core>) {
 /// Fences this replica: durably, then in memory; stops campaigning.
 async fn apply_fence(core: &Core, fence: Fence) {
     let Ok(engine) = core.engine() else { return };
-    engine.raft.runtime_config().elect(false);
     let log = engine.log.clone();
     let stored = fence.clone();
     match tokio::task::spawn_blocking(move || log.set_fence(Some(stored))).await {

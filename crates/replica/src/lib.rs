@@ -18,6 +18,8 @@
 //!   every read that arrived before it started).
 //! - [`progress`]: the primary's view of each replica (lag in entries and ms, health) and the
 //!   sync gate that holds a write's acknowledgement until every healthy sync replica has it.
+//! - [`election`]: when a replica campaigns: after a silence, and only if a majority would vote
+//!   for it (a pre-vote; openraft 0.9's timer elections stay off).
 //! - [`failfast`]: a follower whose primary's port refuses connections (its process is gone)
 //!   campaigns as soon as the voters' leader lease allows, not a whole election timeout later.
 //! - [`witness`]: a witness that became primary hands the role to a caught-up data replica.
@@ -33,6 +35,7 @@
 pub mod admin_service;
 pub mod config;
 pub mod early_replication;
+pub mod election;
 pub mod engine;
 pub mod epoch;
 pub mod failfast;

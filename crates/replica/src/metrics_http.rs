@@ -140,6 +140,18 @@ pub async fn render(core: &Core) -> Result<String, String> {
         "openraft AppendEntries answered from followers' answers to early messages instead of being sent",
         s.early_appends_answered,
     );
+    counter(
+        &mut registry,
+        "campaigns",
+        "Campaigns for primary started after a majority granted the pre-vote",
+        s.campaigns,
+    );
+    counter(
+        &mut registry,
+        "pre_votes_refused",
+        "Pre-votes a majority refused (no campaign, no term raised)",
+        s.pre_votes_refused,
+    );
     let checkpoints: Family<FileLabels, Counter> = Family::default();
     let rewinds: Family<FileLabels, Counter> = Family::default();
     let rewinds_busy: Family<FileLabels, Counter> = Family::default();

@@ -194,13 +194,14 @@ pub struct PeerLink {
     stream: Option<AppendStream>,
 }
 
-/// The four kinds of peer call.
+/// The kinds of peer call.
 #[derive(Clone, Copy, Debug)]
 pub enum PeerCall {
     AppendEntries,
     Vote,
     InstallSnapshot,
     ElectNow,
+    PreVote,
 }
 
 /// Why a peer call failed before a remote answer could be decoded.
@@ -263,6 +264,7 @@ pub async fn call_peer<Req: Serialize, Resp: DeserializeOwned>(
         PeerCall::Vote => client.vote(request).await,
         PeerCall::InstallSnapshot => client.install_snapshot(request).await,
         PeerCall::ElectNow => client.elect_now(request).await,
+        PeerCall::PreVote => client.pre_vote(request).await,
     };
     answer(identity, spec.addr, reply.map(tonic::Response::into_inner))
 }

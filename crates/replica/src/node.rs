@@ -77,6 +77,10 @@ pub struct Heard {
     /// Whether this replica was in the primary's acknowledgement set, and the primary strict.
     pub in_sync_set: bool,
     pub strict: bool,
+    /// When a primary's message last reached this replica and was not refused for its term
+    /// (AppendEntries answered with success or a conflict, a snapshot accepted): what tells a
+    /// live primary from a gone one for elections (see [`crate::election`]).
+    pub contact: Option<Instant>,
     /// When this replica last held everything the primary had told it of.
     pub caught_up_at: Option<Instant>,
 }
@@ -245,6 +249,19 @@ impl Core {
         if own_last_index >= primary_last_index {
             heard.caught_up_at = Some(now);
         }
+    }
+
+    /// Records that a primary's message reached this replica and was not refused for its term.
+    pub fn contact_from_primary(&self) {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).contact = Some(Instant::now());
+    }
+
+    /// How long this replica has not heard from a primary: since the last contact, or since
+    /// `engine` started if none came since.
+    pub fn silence(&self, engine: &Engine) -> Duration {
+        let contact = self.heard.lock().unwrap_or_else(|p| p.into_inner()).contact;
+        let since = contact.map_or(engine.started, |at| at.max(engine.started));
+        since.elapsed()
     }
 
     /// This replica's own lag (entries, ms) from what the primary last said, and how long ago

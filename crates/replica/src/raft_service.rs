@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::Stream;
 
 use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use tandem_proto::db::raft_server::Raft;
 use tandem_proto::db::{RaftReply, RaftRequest};
@@ -20,6 +20,7 @@ use tandem_store::{ReplicaId, TypeConfig};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::election::{self, PreVoteRequest};
 use crate::network::{decode, encode};
 use crate::node::Core;
 use crate::refusal;
@@ -89,6 +90,12 @@ impl RaftService {
         let rpc: AppendEntriesRequest<TypeConfig> = payload(&message)?;
         let raft = self.raft()?;
         let result = raft.append_entries(rpc).await;
+        if result
+            .as_ref()
+            .is_ok_and(|r| !matches!(r, AppendEntriesResponse::HigherVote(_)))
+        {
+            self.core.contact_from_primary();
+        }
         if message.primary_last_index > 0 && result.as_ref().is_ok_and(|r| r.is_success()) {
             let own_last = raft.metrics().borrow().last_log_index.unwrap_or(0);
             self.core.heard_from_primary(&message, own_last);
@@ -159,7 +166,11 @@ impl Raft for RaftService {
     async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let message = self.admit(request.into_inner())?;
         let rpc: InstallSnapshotRequest<TypeConfig> = payload(&message)?;
+        let vote = rpc.vote;
         let result: Result<_, RaftError<ReplicaId, InstallSnapshotError>> = self.raft()?.install_snapshot(rpc).await;
+        if result.as_ref().is_ok_and(|r| r.vote <= vote) {
+            self.core.contact_from_primary();
+        }
         reply(&result)
     }
 
@@ -168,5 +179,16 @@ impl Raft for RaftService {
         tracing::info!(from = message.from, "asked to campaign for primary now");
         let result: Result<(), String> = self.raft()?.trigger().elect().await.map_err(|e| e.to_string());
         reply(&result)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let message = self.admit(request.into_inner())?;
+        let question: PreVoteRequest = payload(&message)?;
+        // Refused while starting, like every Raft message (`raft` says why).
+        self.raft()?;
+        let engine = self.core.engine()?;
+        let answer = election::answer(&self.core, &engine, &question).await;
+        tracing::debug!(from = message.from, granted = answer.granted, reason = %answer.reason, "pre-vote");
+        reply(&answer)
     }
 }

@@ -1,11 +1,12 @@
 //! A witness votes and stores the log, but must not stay primary: it serves no client data.
 //!
-//! A witness never campaigns on its own timer (`enable_elect` stays off): a data replica normally
-//! wins every election. But "never campaign" can deadlock: when the witness holds entries that the
-//! surviving data replica lacks, it refuses that replica its vote (its log is shorter), and nobody
-//! else can win. So this task watches for a missing primary: after two election timeouts without
-//! one it lets the witness campaign; the witness (whose log is then the longest) wins, replicates
-//! its entries to the data replicas, and hands the role over:
+//! A witness campaigns later than a data replica ([`crate::election::WITNESS_PATIENCE`] leader
+//! leases of silence instead of one), so a data replica normally wins every election. But a
+//! witness that never campaigned could deadlock the set: when it holds entries that the
+//! surviving data replica lacks, it refuses that replica its vote (its log is shorter), and
+//! nobody else can win. So it does campaign after the longer silence (through the same pre-vote
+//! as any replica); it wins, replicates its entries to the data replicas, and this task hands
+//! the role over:
 //!
 //! 1. wait until a sync replica has matched every entry;
 //! 2. stop heartbeats, so that the witness's leader lease lapses and it will grant a vote;
@@ -16,7 +17,7 @@
 //! replica has caught up.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::{Raft, ServerState};
 use tandem_store::{ReplicaKind, TypeConfig};
@@ -25,56 +26,22 @@ use crate::network::{call_peer, PeerCall, PeerCallSpec};
 use crate::node::Core;
 use crate::progress::Metrics;
 
-/// Elections without a primary the witness waits before it may campaign.
-const PATIENCE_ELECTIONS: u32 = 2;
-
 /// Whether this replica acts as a witness (its command line says so, or its membership entry).
 pub fn is_witness(core: &Core, metrics: &Metrics) -> bool {
     core.config.witness || core.own_kind(metrics) == Some(ReplicaKind::Witness)
 }
 
-/// Runs for the life of an engine; acts only while this replica is a witness.
+/// Runs for the life of an engine; acts only while this replica is a witness and primary.
 pub async fn run(core: Arc<Core>, raft: Raft<TypeConfig>) {
     let timers = core.config.timers;
     let election_max = Duration::from_millis(timers.election_max_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(timers.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let started = Instant::now();
-    let mut campaigning = false;
     loop {
         tick.tick().await;
         let m = raft.metrics().borrow().clone();
-        if !is_witness(&core, &m) || core.identity.fence().is_some() {
-            continue;
-        }
-        if m.state == ServerState::Leader {
-            if campaigning {
-                raft.runtime_config().elect(false);
-                campaigning = false;
-            }
+        if m.state == ServerState::Leader && is_witness(&core, &m) && core.identity.fence().is_none() {
             hand_over(&core, &raft, &m, election_max).await;
-            continue;
-        }
-        // openraft keeps naming the last primary after it died; what tells that a primary is alive
-        // is hearing from it (every AppendEntries, heartbeats included).
-        let silent = {
-            let heard = core.heard.lock().unwrap_or_else(|p| p.into_inner());
-            heard.at.unwrap_or(started).max(started).elapsed()
-        };
-        let patience = election_max * PATIENCE_ELECTIONS;
-        if silent <= patience {
-            if campaigning {
-                raft.runtime_config().elect(false);
-                campaigning = false;
-            }
-        } else if !campaigning {
-            tracing::warn!(
-                silent_ms = silent.as_millis() as u64,
-                "witness: no primary heard for {PATIENCE_ELECTIONS} election timeouts; campaigning in case its log is \
-                 the longest (it will hand the role to a data replica)"
-            );
-            raft.runtime_config().elect(true);
-            campaigning = true;
         }
     }
 }

@@ -122,9 +122,9 @@ async fn strict_sync_losing_site_1_keeps_every_acknowledged_write() {
     info!("--- site 2 resumes (SIGCONT): writes are acknowledged again");
     history.note(format!("SIGCONT replica {SITE_2}"));
     cluster.must_resume(SITE_2);
-    // A replica resumed after a long stop may start an election at once (its timer expired
-    // while it was stopped), which costs the primary its role: writes in flight then end
-    // unknown. So: new writes until one is acknowledged.
+    // Its election timer ran out while it was stopped, but the others still hear the primary:
+    // its pre-vote is refused and it campaigns not (the primary keeps its role and its term).
+    // New writes until one is acknowledged (the blocked one ended unknown).
     let attempts = AtomicU64::new(0);
     let client = cluster.client();
     must_eventually("a write acknowledged after site 2 resumed", EVENT_TIMEOUT, || async {
@@ -141,6 +141,14 @@ async fn strict_sync_losing_site_1_keeps_every_acknowledged_write() {
     info!(
         attempts = attempts.load(Ordering::Relaxed),
         "a write was acknowledged after site 2 resumed"
+    );
+    cluster.must_wait_caught_up(&[SITE_2]).await;
+    let after = cluster.must_status(SITE_1).await;
+    assert_eq!(
+        (after.role.as_str(), after.term),
+        ("primary", primary.term),
+        "site 2, resumed after {} s, deposed the primary or raised the term",
+        short_deadline().deadline.as_secs()
     );
     let state = cluster.must_range("sync/strict/").await;
     let summary = history.must_check_writes(&state);
@@ -171,6 +179,7 @@ async fn available_sync_demotes_a_silent_replica_and_readmits_it() {
         "sync/available",
     );
     writers.must_wait_acknowledged(50, EVENT_TIMEOUT).await;
+    let term = cluster.must_status(SITE_1).await.term;
 
     info!("--- site 2 stops (SIGSTOP): after the sync timeout it is demoted and writes continue");
     history.note(format!("SIGSTOP replica {SITE_2} (site 2)"));
@@ -187,8 +196,8 @@ async fn available_sync_demotes_a_silent_replica_and_readmits_it() {
     info!("--- site 2 resumes (SIGCONT): it catches up and is re-admitted");
     history.note(format!("SIGCONT replica {SITE_2}"));
     cluster.must_resume(SITE_2);
-    // The resumed replica may campaign at once (its election timer ran out while it was
-    // stopped) and depose the primary; then whoever is primary must count it as healthy.
+    // Its election timer ran out while it was stopped, but its pre-vote is refused (the others
+    // hear the primary): the primary stays, and counts it as healthy again.
     let primary = must_eventually(&format!("replica {SITE_2} re-admitted"), EVENT_TIMEOUT, || async {
         let primary = cluster.primary_id().await.ok_or("no primary")?;
         if primary == SITE_2 {
@@ -204,15 +213,12 @@ async fn available_sync_demotes_a_silent_replica_and_readmits_it() {
     history.note(format!(
         "replica {primary} is primary and counts replica {SITE_2} as healthy"
     ));
-    if primary != SITE_1 {
-        // Known limitation: openraft 0.9 has no pre-vote, so a sync replica resumed after a
-        // stop longer than its election timeout campaigns at once and may depose a healthy
-        // primary. Safe (no acknowledged write is lost), but a needless election.
-        tracing::warn!(
-            primary,
-            "the resumed replica caused an election (no pre-vote in openraft 0.9)"
-        );
-    }
+    let status = cluster.must_status(SITE_1).await;
+    assert_eq!(
+        (primary, status.term),
+        (SITE_1, term),
+        "the resumed replica caused an election"
+    );
     writers.must_wait_more(50, EVENT_TIMEOUT).await;
     let report = writers.stop().await;
     info!(%report, "writers stopped");

@@ -61,8 +61,9 @@ async fn a_restarted_old_primary_never_acts_as_primary() {
 }
 
 /// Site 1 is lost; recovery on 3; replica 1 comes back and is fenced. With 3 and 1 frozen,
-/// replica 2 comes back: its start probe reaches no one, so it campaigns. Replica 1 is thawed:
-/// its refusals must tell replica 2 of the newer epoch, which then stops campaigning, fenced.
+/// replica 2 comes back: its start probe reaches no one, so it tries to campaign (its pre-votes
+/// reach no one either). Replica 1 is thawed: its refusals must tell replica 2 of the newer
+/// epoch, which then stops trying, fenced.
 ///
 /// Regression: a fenced replica's refusal now carries the newer epoch (`tandem-epoch`), so an
 /// old-epoch peer that reaches it learns it is superseded and stops campaigning.
@@ -93,16 +94,20 @@ async fn a_fenced_peer_refusal_fences_a_returning_replica() {
     cluster.must_restart(1).await;
     must_wait_fenced(&cluster, 1, 2, &addr3).await;
 
-    info!("--- freeze replicas 3 and 1; replica 2 comes back, reaches no one, and campaigns");
+    info!("--- freeze replicas 3 and 1; replica 2 comes back, reaches no one, and tries to campaign");
     cluster.must_pause(3);
     cluster.must_pause(1);
     cluster.must_restart(2).await;
     let status = cluster
-        .must_wait_status(2, "campaigning (its probe reached no peer)", |s| {
-            s.role == "candidate" && s.epoch == 1
+        .must_wait_status(2, "trying to campaign (its probe and pre-votes reached no peer)", |s| {
+            s.pre_votes_refused >= 1 && s.epoch == 1
         })
         .await;
-    info!(term = status.term, "replica 2 campaigns in epoch 1");
+    info!(
+        term = status.term,
+        role = status.role,
+        "replica 2 tries to campaign in epoch 1"
+    );
 
     info!("--- thaw replica 1: its refusals must tell replica 2 of epoch 2");
     cluster.must_resume(1);

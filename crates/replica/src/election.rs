@@ -17,9 +17,10 @@
 //!    (`trigger().elect()`); otherwise it waits for another silence.
 //!
 //! A voter says yes ([`judge`]) unless it is fenced, it hears from a primary itself (a follower
-//! that heard one within the lease, a primary that a majority answered within the lease), or the
-//! candidate's log is behind its own (the real vote would be refused too). A voter that does not
-//! know the call (an older version) counts as a yes: its real vote decides.
+//! that heard one within the lease; a primary that a majority answered within the lease, or that
+//! was just elected), or the candidate's log is behind its own (the real vote would be refused
+//! too). A voter that does not know the call (an older version) counts as a yes: its real vote
+//! decides.
 //!
 //! A replica alone in its membership (the survivor of a forced recovery) campaigns at once.
 //! [`crate::failfast`] and the switchover and witness hand-off (`ElectNow`) still ask openraft to
@@ -66,7 +67,8 @@ pub struct PreVoteReply {
 #[derive(Debug, Clone)]
 pub struct VoterView {
     pub fenced: bool,
-    /// This voter leads, and a majority last answered it this long ago (`None`: never).
+    /// This voter leads, and a majority last answered it this long ago (`None`: not yet, it was
+    /// just elected).
     pub leading: Option<Option<Duration>>,
     /// The primary it follows, and how long ago it last heard from it (or since it started,
     /// if never).
@@ -91,7 +93,9 @@ pub fn judge(view: &VoterView, candidate_last: Option<LogId<ReplicaId>>) -> PreV
                 ack.as_millis()
             ));
         }
-        Some(_) => {}
+        // Elected a moment ago: its first heartbeats are on their way.
+        Some(None) => return no("this replica was just elected primary".into()),
+        Some(Some(_)) => {}
         None if view.silent < view.lease => {
             let primary = view.primary.map_or("a primary".to_owned(), |p| format!("primary {p}"));
             return no(format!(
@@ -335,7 +339,7 @@ mod tests {
         view.leading = Some(Some(Duration::from_millis(900)));
         assert!(judge(&view, log_id(2, 10)).granted);
         view.leading = Some(None);
-        assert!(judge(&view, log_id(2, 10)).granted);
+        assert!(!judge(&view, log_id(2, 10)).granted);
     }
 
     #[test]

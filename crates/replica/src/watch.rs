@@ -17,7 +17,7 @@
 //!   polls them, and a watcher that reads slowly holds back only its own stream (it falls behind
 //!   the live channel and catches up from the history).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -195,14 +195,49 @@ enum Woke {
     Control(Result<Option<pb::WatchControl>, Status>),
     Live(Result<Arc<Vec<Change>>, broadcast::error::RecvError>),
     Stop(Stop),
+    /// A watch behind the live feed is due its next page of history.
+    CatchUp,
+}
+
+/// The watches of a `WatchMany` stream that read the history, in turn, one page each.
+#[derive(Default)]
+struct Behind {
+    turns: VecDeque<u64>,
+    queued: BTreeSet<u64>,
+    /// The first page of a watch just opened (read to check its start, not yet sent).
+    first: HashMap<u64, Vec<Change>>,
+}
+
+impl Behind {
+    fn push(&mut self, id: u64) {
+        if self.queued.insert(id) {
+            self.turns.push_back(id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+
+    fn next(&mut self) -> Option<(u64, Option<Vec<Change>>)> {
+        let id = self.turns.pop_front()?;
+        self.queued.remove(&id);
+        Some((id, self.first.remove(&id)))
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.first.remove(&id);
+    }
 }
 
 /// A `WatchMany` stream: opens and cancels watches as `control` asks, until the client closes
 /// its side or goes away, or `stop` resolves.
 ///
-/// Catching a watch up from the history happens on the stream itself, so a watch that opens far
-/// behind delays the others of its stream until it has caught up (nothing is lost: the live
-/// receiver keeps what comes meanwhile, or lags and every watch reads the history).
+/// A watch behind the live feed (opened at an old revision, or one that missed live changes)
+/// catches up from the history one page at a time, taking turns with the other such watches and
+/// with the live changes of the rest: a watch that opens far behind does not hold up the others
+/// of its stream until it has caught up. Nothing is lost meanwhile: the live receiver keeps what
+/// comes, or lags and every watch reads the history.
 pub(crate) fn many(
     reader: StateReader,
     mut control: Streaming<pb::WatchControl>,
@@ -215,14 +250,15 @@ pub(crate) fn many(
         let mut live = reader.subscribe();
         // By id, so that a batch's groups come out in a stable order.
         let mut watches: BTreeMap<u64, Feed> = BTreeMap::new();
+        let mut behind = Behind::default();
         loop {
+            // Not biased: live changes and pages of history take turns.
             let woke = tokio::select! {
                 message = control.message() => Woke::Control(message),
                 received = live.recv() => Woke::Live(received),
                 reason = &mut stop => Woke::Stop(reason),
+                () = std::future::ready(()), if !behind.is_empty() => Woke::CatchUp,
             };
-            // Watches to catch up from the history (ids, in order), with the page already read.
-            let mut behind: Vec<(u64, Option<Vec<Change>>)> = Vec::new();
             match woke {
                 // The client closed its side, or went away.
                 Woke::Control(Ok(None) | Err(_)) => return,
@@ -230,6 +266,7 @@ pub(crate) fn many(
                     let id = message.id;
                     let Some(request) = message.open else {
                         watches.remove(&id);
+                        behind.forget(id);
                         continue;
                     };
                     if watches.contains_key(&id) {
@@ -250,7 +287,8 @@ pub(crate) fn many(
                             yield many_response(vec![id], Event::Created(pb::WatchCreated {}));
                             watches.insert(id, feed);
                             if !first.is_empty() {
-                                behind.push((id, Some(first)));
+                                behind.first.insert(id, first);
+                                behind.push(id);
                             }
                         }
                     }
@@ -261,7 +299,7 @@ pub(crate) fn many(
                     let mut groups: HashMap<(String, u64), (Vec<u64>, Option<pb::WatchResponse>)> = HashMap::new();
                     for (&id, feed) in watches.iter_mut() {
                         if feed.misses(&changes) {
-                            behind.push((id, None));
+                            behind.push(id);
                             continue;
                         }
                         let key = (feed.prefix.clone(), feed.last);
@@ -287,32 +325,34 @@ pub(crate) fn many(
                 }
                 Woke::Live(Err(broadcast::error::RecvError::Lagged(skipped))) => {
                     tracing::debug!(skipped, watches = watches.len(), "a watch stream fell behind the live feed; its watches catch up from the history");
-                    behind.extend(watches.keys().map(|&id| (id, None)));
+                    for &id in watches.keys() {
+                        behind.push(id);
+                    }
                 }
                 Woke::Live(Err(broadcast::error::RecvError::Closed)) | Woke::Stop(Stop::Shutdown) => return,
                 Woke::Stop(Stop::Engine) => Err(epoch_changed())?,
-            }
-            // Catch up the watches that need the history, one after the other.
-            for (id, mut read) in behind {
-                let Some(feed) = watches.get_mut(&id) else { continue };
-                let outcome: Result<(), Status> = loop {
-                    let page = match read.take() {
-                        Some(page) => page,
-                        None => match feed.history().await {
-                            Ok(page) => page,
-                            Err(status) => break Err(status),
-                        },
+                Woke::CatchUp => {
+                    // One page for the watch whose turn it is; it queues again until a page
+                    // comes back empty (caught up).
+                    let Some((id, read)) = behind.next() else { continue };
+                    let Some(feed) = watches.get_mut(&id) else { continue };
+                    let page = match read {
+                        Some(page) => Ok(page),
+                        None => feed.history().await,
                     };
-                    if page.is_empty() {
-                        break Ok(());
+                    match page {
+                        Ok(page) if page.is_empty() => {}
+                        Ok(page) => {
+                            if let Some(response) = feed.response(&page) {
+                                yield many_response(vec![id], Event::Events(response));
+                            }
+                            behind.push(id);
+                        }
+                        Err(status) => {
+                            watches.remove(&id);
+                            yield ended(id, &status);
+                        }
                     }
-                    if let Some(response) = feed.response(&page) {
-                        yield many_response(vec![id], Event::Events(response));
-                    }
-                };
-                if let Err(status) = outcome {
-                    watches.remove(&id);
-                    yield ended(id, &status);
                 }
             }
         }

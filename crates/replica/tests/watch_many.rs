@@ -1,8 +1,9 @@
 //! Many watches on one stream (`WatchMany`): each watch sees exactly the changes of its prefix
 //! after its start, once each and in order, as its own `Watch` stream would; watches at the same
 //! place get each batch in one message; a cancelled watch gets nothing more; a stream nobody
-//! reads catches up from the history; and a client watch whose reader falls behind the others
-//! of its stream is opened again without losing or repeating a change.
+//! reads catches up from the history; a watch catching up from far behind takes turns with the
+//! live changes of the others; and a client watch whose reader falls behind the others of its
+//! stream is opened again without losing or repeating a change.
 
 mod common;
 
@@ -190,6 +191,69 @@ async fn a_stream_nobody_reads_catches_its_watches_up_from_the_history() {
     }
     assert_eq!(seen[&1], want_1);
     assert_eq!(seen[&2], want_2);
+}
+
+/// Changes written before a watch opens far behind them: many pages of history.
+const BACKLOG_TXNS: u64 = 40;
+const BACKLOG_PER_TXN: u64 = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_catching_up_from_far_behind_does_not_hold_up_the_others() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (_replicas, client) = start_set(3, root.path(), |_| TlsFiles::default()).await;
+    let primary = client.discover().await.expect("primary");
+    let start = client.status(&primary).await.expect("status").revision;
+    let total = BACKLOG_TXNS * BACKLOG_PER_TXN;
+    info!("--- {total} changes under far/, before any watch");
+    let mut backlog = Vec::new();
+    for t in 0..BACKLOG_TXNS {
+        let keys: Vec<String> = (0..BACKLOG_PER_TXN).map(|i| format!("far/{t:03}/{i:04}")).collect();
+        let txn = keys.iter().fold(Txn::new(), |txn, key| txn.put(key.clone(), "v"));
+        let revision = match client.txn(txn).await.expect("put") {
+            TxnOutcome::Committed { revision, .. } => revision,
+            other => panic!("unexpected outcome {other:?}"),
+        };
+        backlog.extend(keys.into_iter().map(|key| (revision, key)));
+    }
+    let now = client.status(&primary).await.expect("status").revision;
+
+    info!("--- one stream: watch 2 on live/ from now, watch 1 on far/ from the start");
+    let (control, mut responses) = open_stream(&primary).await;
+    open(&control, 2, "live/", now);
+    assert!(matches!(next(&mut responses).await, (_, Event::Created(_))));
+    open(&control, 1, "far/", start);
+    assert!(matches!(next(&mut responses).await, (_, Event::Created(_))));
+    let (ids, event) = next(&mut responses).await;
+    assert_eq!(ids, vec![1], "watch 1's first page of history");
+    let mut far = events(event);
+
+    info!("--- a change under live/ while watch 1 catches up: it reaches watch 2 before watch 1 is done");
+    let live = put(&client, &["live/x"]).await;
+    loop {
+        let (ids, event) = next(&mut responses).await;
+        let batch = events(event);
+        if ids == vec![2] {
+            assert_eq!(batch, vec![(live, "live/x".to_owned())]);
+            break;
+        }
+        assert_eq!(ids, vec![1], "only watches 1 and 2 are open");
+        far.extend(batch);
+    }
+    let before = far.len();
+    assert!(
+        (before as u64) < total,
+        "watch 2's change waited until watch 1 had caught up on all {total} changes"
+    );
+    while (far.len() as u64) < total {
+        let (ids, event) = next(&mut responses).await;
+        assert_eq!(ids, vec![1], "nothing else changed");
+        far.extend(events(event));
+    }
+    assert_eq!(far, backlog, "watch 1 gets every change once, in order");
+    info!(
+        before,
+        total, "watch 2's change arrived after {before} of watch 1's {total} changes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

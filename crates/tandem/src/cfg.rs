@@ -680,7 +680,30 @@ fn save_session(path: &Path, token: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", file.path().display()))?;
     file.persist(path)
         .with_context(|| format!("cannot replace {}", path.display()))?;
+    remove_stray_sessions(dir, STRAY_SESSION_AGE);
     Ok(())
+}
+
+/// Age past which a new session file that was never renamed into place is a crash's leftover
+/// (a login in progress renames its file within a moment).
+const STRAY_SESSION_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the new session files in `dir` that a crashed login left behind (each holds a
+/// token), if older than `age`. Best effort: a file that cannot be removed stays.
+fn remove_stray_sessions(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stray = entry.file_name().to_string_lossy().starts_with(".cfg-session.")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age));
+        if stray {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::debug!(file = %entry.path().display(), error = %e, "cannot remove a stray session file");
+            }
+        }
+    }
 }
 
 /// The session token kept in `path` by [`save_session`].
@@ -1184,6 +1207,29 @@ mod tests {
         );
         assert_eq!(read_session(&path).expect("read"), "second.token");
         assert_eq!(names(&dir), vec!["cfg-session"], "nothing left beside it");
+    }
+
+    #[test]
+    fn a_login_removes_the_session_files_a_crashed_login_left_but_not_one_in_progress() {
+        let root = tempfile::tempdir().expect("dir");
+        let path = root.path().join("cfg-session");
+        let old = root.path().join(".cfg-session.crashed");
+        let fresh = root.path().join(".cfg-session.running");
+        std::fs::write(&old, "old.token\n").expect("write");
+        std::fs::write(&fresh, "fresh.token\n").expect("write");
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(an_hour_ago))
+            .expect("age the crashed login's file");
+        save_session(&path, "new.token").expect("save");
+        assert_eq!(
+            names(root.path()),
+            vec![".cfg-session.running", "cfg-session"],
+            "the crashed login's file is removed, the one just written is kept"
+        );
+        assert_eq!(read_session(&path).expect("read"), "new.token");
     }
 
     #[test]

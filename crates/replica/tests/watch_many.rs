@@ -208,11 +208,7 @@ async fn a_watch_catching_up_from_far_behind_does_not_hold_up_the_others() {
     let mut backlog = Vec::new();
     for t in 0..BACKLOG_TXNS {
         let keys: Vec<String> = (0..BACKLOG_PER_TXN).map(|i| format!("far/{t:03}/{i:04}")).collect();
-        let txn = keys.iter().fold(Txn::new(), |txn, key| txn.put(key.clone(), "v"));
-        let revision = match client.txn(txn).await.expect("put") {
-            TxnOutcome::Committed { revision, .. } => revision,
-            other => panic!("unexpected outcome {other:?}"),
-        };
+        let revision = put(&client, &keys.iter().map(String::as_str).collect::<Vec<_>>()).await;
         backlog.extend(keys.into_iter().map(|key| (revision, key)));
     }
     let now = client.status(&primary).await.expect("status").revision;

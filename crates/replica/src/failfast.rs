@@ -1,9 +1,9 @@
 //! Fast failover when the primary's process is gone.
 //!
-//! openraft 0.9 lets a follower campaign only after the leader lease *and* its election timeout
-//! have passed since it last heard from the primary (the lease is `election_timeout_max`, so with
-//! the default timers that is 1.2–1.6 s), and a voter refuses every vote request until its own
-//! lease has expired. When the primary's host is up but its process died (a crash, `kill -9`),
+//! A follower campaigns on its own ([`crate::election`], as openraft 0.9's timer would) only after
+//! the leader lease *and* an election timeout have passed since it last heard from the primary
+//! (the lease is `election_timeout_max`, so with the default timers that is 1.2–1.6 s), and
+//! openraft makes a voter refuse every vote request until its own lease has expired. When the primary's host is up but its process died (a crash, `kill -9`),
 //! the wait is pointless: its port refuses connections. So a follower that has not heard from the
 //! primary for two heartbeats connects to the primary's address once:
 //!

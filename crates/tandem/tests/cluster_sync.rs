@@ -123,7 +123,7 @@ async fn strict_sync_losing_site_1_keeps_every_acknowledged_write() {
     history.note(format!("SIGCONT replica {SITE_2}"));
     cluster.must_resume(SITE_2);
     // Its election timer ran out while it was stopped, but the others still hear the primary:
-    // its pre-vote is refused and it campaigns not (the primary keeps its role and its term).
+    // its pre-vote is refused, so it does not campaign (the primary keeps its role and its term).
     // New writes until one is acknowledged (the blocked one ended unknown).
     let attempts = AtomicU64::new(0);
     let client = cluster.client();

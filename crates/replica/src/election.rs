@@ -213,8 +213,8 @@ pub async fn run(core: Arc<Core>, engine: Arc<Engine>) {
                 continue;
             }
         };
-        let (granted, refusals) = pre_vote(&core, &m, &voters, &request, lease).await;
         let needed = voters.len() / 2 + 1;
+        let (granted, refusals) = pre_vote(&core, &m, &voters, needed, &request, lease).await;
         if granted >= needed {
             tracing::info!(
                 silent_ms = silent.as_millis() as u64,
@@ -255,16 +255,16 @@ async fn campaign(raft: &Raft<TypeConfig>, why: &str) {
 }
 
 /// Asks every other voter; answers the yeses (this replica's own included) and the refusals,
-/// as soon as a majority said yes or every voter answered.
+/// as soon as `needed` said yes or every voter answered.
 async fn pre_vote(
     core: &Core,
     m: &crate::progress::Metrics,
     voters: &[ReplicaId],
+    needed: usize,
     request: &PreVoteRequest,
     timeout: Duration,
 ) -> (usize, Vec<String>) {
     let membership = m.membership_config.membership();
-    let needed = voters.len() / 2 + 1;
     let mut asks: FuturesUnordered<_> = voters
         .iter()
         .filter(|id| **id != core.config.id)

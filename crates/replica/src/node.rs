@@ -78,8 +78,9 @@ pub struct Heard {
     pub in_sync_set: bool,
     pub strict: bool,
     /// When a primary's message last reached this replica and was not refused for its term
-    /// (AppendEntries answered with success or a conflict, a snapshot accepted): what tells a
-    /// live primary from a gone one for elections (see [`crate::election`]).
+    /// (AppendEntries answered with success or a conflict, a snapshot accepted), or this replica
+    /// granted a vote (the candidate is about to be primary): what tells a live primary from a
+    /// gone one for elections (see [`crate::election`]).
     pub contact: Option<Instant>,
     /// When this replica last held everything the primary had told it of.
     pub caught_up_at: Option<Instant>,
@@ -251,7 +252,8 @@ impl Core {
         }
     }
 
-    /// Records that a primary's message reached this replica and was not refused for its term.
+    /// Records that a primary's message reached this replica and was not refused for its term, or
+    /// that this replica granted a vote.
     pub fn contact_from_primary(&self) {
         self.heard.lock().unwrap_or_else(|p| p.into_inner()).contact = Some(Instant::now());
     }

@@ -160,7 +160,13 @@ impl Raft for RaftService {
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let message = self.admit(request.into_inner())?;
         let rpc: VoteRequest<ReplicaId> = payload(&message)?;
-        reply(&self.raft()?.vote(rpc).await)
+        let result = self.raft()?.vote(rpc).await;
+        // A vote granted starts openraft's lease too (it refuses other candidates for as long): a
+        // primary is about to be, and this replica must not grant pre-votes meanwhile either.
+        if result.as_ref().is_ok_and(|r| r.vote_granted) {
+            self.core.contact_from_primary();
+        }
+        reply(&result)
     }
 
     async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {

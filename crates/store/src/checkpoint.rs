@@ -223,6 +223,7 @@ impl Drop for Checkpointer {
 /// The thread: waits for a write, checkpoints, rests for the interval, and again, until told to
 /// stop.
 fn run(conn: Connection, writer: &Mutex<Connection>, shared: &Shared, policy: CheckpointPolicy, file: &str) {
+    crate::db::lower_thread_priority("checkpoint");
     loop {
         {
             let signal = lock(&shared.signal);
@@ -489,5 +490,22 @@ mod tests {
         write(&writer, &checkpointer, 1);
         let counts = checkpointer.wait_idle();
         assert_eq!((counts.passive, counts.failed), (1, 0), "{counts:?}");
+    }
+
+    #[test]
+    fn the_thread_runs_below_the_priority_of_its_owner() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.db");
+        let (writer, _) = open(&path);
+        let checkpointer =
+            Checkpointer::start(&path, "prio", CheckpointPolicy::DEFAULT, writer.clone()).expect("start");
+        // A round done: the thread has lowered its priority (its first step).
+        write(&writer, &checkpointer, 1);
+        checkpointer.wait_idle();
+        let owner = crate::db::tests::own_nice();
+        assert_eq!(
+            crate::db::tests::nice_of_threads("checkpoint-prio"),
+            vec![(owner + crate::db::BACKGROUND_NICE).min(19)]
+        );
     }
 }

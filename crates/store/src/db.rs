@@ -78,6 +78,50 @@ where
     }
 }
 
+/// How far below the request paths background work runs: a nice increment. Checkpoints and
+/// snapshot builds come in bursts (every checkpoint round copies and syncs what the last 25 ms
+/// wrote, on every replica at about the same moment); at the default priority such a burst took
+/// the CPU from the put under way, so that about one put in 30 waited for it.
+pub(crate) const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`BACKGROUND_NICE`], for good: a thread without
+/// privileges can lower its own priority but never raise it again, so only threads that do
+/// nothing but background work call this. Failing to lower it is logged and otherwise ignored.
+pub(crate) fn lower_thread_priority(what: &str) {
+    use rustix::process::{getpriority_process, setpriority_process};
+    // Linux keeps a nice value per thread: naming this thread's id changes only this thread.
+    let this = Some(rustix::thread::gettid());
+    let lowered = getpriority_process(this)
+        .and_then(|nice| setpriority_process(this, nice.saturating_add(BACKGROUND_NICE).min(19)));
+    if let Err(e) = lowered {
+        tracing::warn!(thread = what, error = %e, "cannot lower the priority of a background thread");
+    }
+}
+
+/// Runs background `work` (a snapshot build) on a thread of its own at a lower CPU priority
+/// (see [`lower_thread_priority`]); tokio's blocking pool is no place for it, since its threads
+/// also write the log and could not be given their priority back.
+pub(crate) async fn background<T, F>(name: &str, work: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    let label = name.to_owned();
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        lower_thread_priority(&label);
+        // The receiver is gone only if the caller stopped waiting: nothing to tell.
+        let _ = done.send(work());
+    })?;
+    match result.await {
+        Ok(result) => result,
+        // The thread ended without an answer: `work` panicked (the panic hook reported it).
+        Err(_) => Err(StoreError::Panicked(format!(
+            "the {name} thread ended without an answer"
+        ))),
+    }
+}
+
 /// Locks a mutex, reporting poisoning as an error instead of panicking.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
     mutex.lock().map_err(|_| StoreError::Poisoned)
@@ -458,5 +502,56 @@ pub(crate) fn meta_get_blob<T: DeserializeOwned>(conn: &Connection, key: &str) -
     match meta_get::<Vec<u8>>(conn, key)? {
         Some(bytes) => Ok(Some(bincode::deserialize(&bytes)?)),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The nice value of the calling thread.
+    pub(crate) fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("own priority")
+    }
+
+    /// The nice values of this process's threads named `name` (from `/proc/self/task`).
+    pub(crate) fn nice_of_threads(name: &str) -> Vec<i32> {
+        let mut found = Vec::new();
+        for task in fs::read_dir("/proc/self/task").expect("tasks").flatten() {
+            let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended meanwhile
+            };
+            // "tid (comm) state ppid …": the comm may hold spaces, the fields after it do not;
+            // nice is the 19th field, the 17th after the comm.
+            let Some((head, fields)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            if head.split_once('(').map(|(_, comm)| comm) != Some(name) {
+                continue;
+            }
+            let nice = fields.split_whitespace().nth(16).expect("nice field");
+            found.push(nice.parse().expect("nice value"));
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn background_work_runs_on_a_thread_of_its_own_at_a_lower_priority() {
+        let caller = own_nice();
+        let (nice, name) = background("bg-test", || {
+            Ok((own_nice(), std::thread::current().name().map(str::to_owned)))
+        })
+        .await
+        .expect("background work");
+        assert_eq!(nice, (caller + BACKGROUND_NICE).min(19));
+        assert_eq!(name.as_deref(), Some("bg-test"));
+        // The caller's own priority is untouched.
+        assert_eq!(own_nice(), caller);
+    }
+
+    #[tokio::test]
+    async fn background_work_that_panics_is_an_error() {
+        let result: Result<(), _> = background("bg-panic-test", || panic!("on purpose")).await;
+        assert!(matches!(result, Err(StoreError::Panicked(_))), "{result:?}");
     }
 }

@@ -390,7 +390,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<ReplicaId>> {
         let shared = self.shared.clone();
-        db::blocking(move || shared.build_snapshot())
+        db::background("snapshot-build", move || shared.build_snapshot())
             .await
             .map_err(|e| e.into_write_snapshot(None))
     }

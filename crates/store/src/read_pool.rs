@@ -9,7 +9,8 @@
 //!
 //! Invariants:
 //! - exactly one thread per connection, and no other thread ever touches a connection;
-//! - reads are taken in the order they were queued;
+//! - reads are taken in the order they were queued, and a read whose caller stopped waiting
+//!   before it was taken is dropped unrun;
 //! - dropping the pool ends its threads and closes the connections before it returns (a
 //!   connection must not outlive the files it was opened on, see [`crate::checkpoint`]).
 
@@ -61,7 +62,12 @@ impl ReadPool {
     {
         let (answer, answered) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            // The caller may have stopped waiting.
+            // A caller that stopped waiting (its request was cancelled or timed out) is not
+            // answered, and under a backlog its read is not worth a connection's time.
+            if answer.is_closed() {
+                return;
+            }
+            // The caller may still stop waiting meanwhile.
             let _ = answer.send(read(conn));
         });
         let jobs = self.jobs.as_ref().ok_or(StoreError::Closed)?;
@@ -151,5 +157,55 @@ mod tests {
             0,
             "a connection was still open after the pool was dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_caller_stopped_waiting_is_not_run() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let pool = Arc::new(pool(1));
+        // Holds the one connection until told to let go.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = oneshot::channel::<()>();
+        let first = {
+            let pool = pool.clone();
+            async move {
+                pool.run(move |_: &mut Connection| {
+                    let _ = holding.send(());
+                    let _ = released.recv();
+                    Ok(())
+                })
+                .await
+            }
+        };
+        let ran = Arc::new(AtomicBool::new(false));
+        let second = {
+            let ran = ran.clone();
+            pool.run(move |_: &mut Connection| {
+                ran.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let first = tokio::spawn(first);
+        held.await.unwrap();
+        // Polled once, so queued behind the first read; then abandoned.
+        let mut second = Box::pin(second);
+        assert!(poll_once(second.as_mut()).await.is_none());
+        drop(second);
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        // Reads are taken in order: once this one is answered, the abandoned one was taken.
+        assert_eq!(pool.run(answer).await.unwrap(), 42);
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned read ran");
+    }
+
+    /// Polls `future` once: its output if it is ready, `None` if not.
+    async fn poll_once<F: std::future::Future + Unpin>(mut future: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(output) => Some(output),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

@@ -160,4 +160,15 @@ mod tests {
     fn command_line_definition_is_valid() {
         super::Cli::command().debug_assert();
     }
+
+    #[test]
+    fn worker_threads_are_taken_before_or_after_the_command_and_zero_is_refused() {
+        use clap::Parser;
+        let parse = |args: &[&str]| super::Cli::try_parse_from(args).map(|cli| cli.worker_threads);
+        assert_eq!(parse(&["tandem", "demo"]).ok(), Some(None));
+        assert_eq!(parse(&["tandem", "--worker-threads", "3", "demo"]).ok(), Some(Some(3)));
+        assert_eq!(parse(&["tandem", "demo", "--worker-threads", "2"]).ok(), Some(Some(2)));
+        assert!(parse(&["tandem", "--worker-threads", "0", "demo"]).is_err());
+        assert!(super::default_worker_threads() >= 1);
+    }
 }

@@ -29,7 +29,7 @@ use futures::StreamExt;
 use tandem_config::document::{DocObject, DocRef, DocValue, Document, DOCUMENT_FORMAT};
 use tandem_config::model::ENVIRONMENT_TENANT_NAME;
 use tandem_config::{ConfigObject, ObjectType, State, Value, ENVIRONMENT_TENANT};
-use tandem_confserv::client::{ClientConfig, ConfClient};
+use tandem_confserv::client::{ClientConfig, ConfClient, ConfError};
 
 use crate::figures::{command_output, date, machine, mib};
 use crate::proc::{self, Memory, Proc, Spec};
@@ -38,6 +38,9 @@ use crate::tandem::TandemCluster;
 use crate::target::Cluster;
 use crate::workload::{closed_loop, mix};
 use crate::{show, start_tandem, Common};
+
+/// Every master's `Status` answer, by address.
+type StatusAnswers = Vec<(String, Result<tandem_proto::confserv::StatusResponse, ConfError>)>;
 
 /// How long a master may take to bind its port.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -262,9 +265,9 @@ impl Pair {
         self.masters.iter().map(|m| m.addr.clone()).collect()
     }
 
-    /// Checks once that one master is primary and every other is a backup at the same number;
-    /// returns `(primary index, its last number)`, or why not.
-    async fn settled(&self) -> anyhow::Result<(usize, u64)> {
+    /// Checks once that exactly one master answers as primary, with the bootstrap's records;
+    /// returns `(primary index, its last number)` and every master's answer, or why not.
+    async fn primary(&self) -> anyhow::Result<((usize, u64), StatusAnswers)> {
         let answers = self.admin.status_all().await;
         let mut primary = None;
         for (index, (addr, answer)) in answers.iter().enumerate() {
@@ -280,7 +283,13 @@ impl Pair {
                 primary = Some((index, status.last_seq));
             }
         }
-        let (index, seq) = primary.context("no primary")?;
+        Ok((primary.context("no primary")?, answers))
+    }
+
+    /// Checks once that one master is primary and every other is a backup at the same number;
+    /// returns `(primary index, its last number)`, or why not.
+    async fn settled(&self) -> anyhow::Result<(usize, u64)> {
+        let ((index, seq), answers) = self.primary().await?;
         for (addr, answer) in &answers {
             if let Ok(status) = answer {
                 if status.role != "primary" && (status.role != "backup" || status.last_seq != seq) {
@@ -503,7 +512,8 @@ async fn takeover(pair: &mut Pair, setup: &MasterSetup, switch: u64, tries: usiz
             }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (primary, _) = pair.settled().await.context("before the kill")?;
+        // Writes are under way: the backup may be a change or two behind the primary here.
+        let ((primary, _), _) = pair.primary().await.context("before the kill")?;
         let killed_at = Instant::now();
         pair.masters[primary].kill().await?;
         let recovery = loop {

@@ -49,7 +49,7 @@ struct Cli {
 /// tokio's own default is one per core. A replica's requests hop between a handful of tasks
 /// (RPC, proposer, Raft core, replication, gate) and its storage threads; with an idle worker
 /// for every core, each hop tends to wake another worker that finds nothing to do. Measured on a
-/// two-core machine with a three-replica set (see the README's benchmark notes): one worker
+/// two-core machine with a three-replica set (see `bench/HISTORY.md`): one worker
 /// instead of two gave +12–24 % puts at concurrency 1 and 15 % less CPU per put on every replica.
 /// The other half of the cores is left to the storage threads, which do the heavy work.
 fn default_worker_threads() -> usize {

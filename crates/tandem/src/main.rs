@@ -81,11 +81,16 @@ enum Command {
     Drill(drill::DrillArgs),
 }
 
+/// Logs go to stderr, coloured only when it is a terminal (and `NO_COLOR` is not set): a log
+/// file, a pipe or the journal gets plain text.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 

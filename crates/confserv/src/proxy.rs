@@ -7,7 +7,9 @@
 //!   primary, logs in there as a Super Administrator and opens `Replicate`: a snapshot (objects
 //!   with their password hashes, the mode, the session key, the recent history) or, when the
 //!   master's history covers the gap, only the records after the proxy's last number; then live
-//!   records and a heartbeat every interval. The snapshot is parsed while the old copy keeps
+//!   records and a heartbeat every interval. A snapshot comes in parts of a few megabytes
+//!   (`ReplicateMessage.more`), so no message nears the link's limit whatever the
+//!   configuration's size; the parts are joined, and the whole parsed while the old copy keeps
 //!   serving, then swapped in at once.
 //! - **Modes.** Attached, the proxy is in *normal* mode. When nothing arrived from the master
 //!   for the heartbeat timeout — never by waiting on TCP — it enters *limited* mode: reads,
@@ -426,12 +428,33 @@ impl Proxy {
             Ok(Err(status)) => return Err(format!("link to master {master}: {}", ConfError::from_status(&status))),
             Err(_) => return Err(format!("master {master} sent nothing on the link")),
         };
+        let (mut first, mut parts) = (first, 1);
+        while first.kind == "snapshot" && first.more {
+            let part = match tokio::time::timeout(timeout, stream.message()).await {
+                Ok(Ok(Some(part))) => part,
+                Ok(Ok(None)) => {
+                    return Err(format!(
+                        "master {master} ended the link after {parts} part(s) of its snapshot"
+                    ))
+                }
+                Ok(Err(status)) => return Err(format!("link to master {master}: {}", ConfError::from_status(&status))),
+                Err(_) => {
+                    return Err(format!(
+                        "master {master} sent no further part of its snapshot for {} ms (after {parts})",
+                        timeout.as_millis()
+                    ))
+                }
+            };
+            join_snapshot_part(&mut first, part).map_err(|e| format!("master {master}: {e}"))?;
+            parts += 1;
+        }
         let kind = first.kind.clone();
         self.apply(first)
             .map_err(|e| format!("cannot apply what master {master} sent: {e}"))?;
         info!(
             master,
             kind,
+            parts,
             seq = self.shared.read().seq,
             "attached to the primary master"
         );
@@ -481,6 +504,10 @@ impl Proxy {
 
     /// A whole new state from a snapshot, built aside while the old one keeps serving.
     fn snapshot_state(&self, message: pb::ReplicateMessage) -> Result<State, String> {
+        if message.more {
+            // Parts are joined as the link opens (`attach`); a snapshot comes only there.
+            return Err("a part of a snapshot came after the link was open".into());
+        }
         let mut scope = (!self.config.tenants.is_empty()).then(|| Scope::new(self.config.tenants.iter().cloned()));
         let mut objects = Vec::with_capacity(message.objects_json.len());
         for json in &message.objects_json {
@@ -598,6 +625,26 @@ impl Proxy {
 fn without_primary_hint(mut status: Status) -> Status {
     status.metadata_mut().remove(pb::PRIMARY_ADDR_KEY);
     status
+}
+
+/// Adds the next `part` of the snapshot `whole` (see `ReplicateMessage.more`): its objects, and
+/// whether more parts follow. A message that is not a part of the same snapshot is refused.
+pub(crate) fn join_snapshot_part(whole: &mut pb::ReplicateMessage, part: pb::ReplicateMessage) -> Result<(), String> {
+    if part.kind != "snapshot" {
+        return Err(format!(
+            "a {:?} message came before the last part of the snapshot",
+            part.kind
+        ));
+    }
+    if (part.seq, part.epoch) != (whole.seq, whole.epoch) {
+        return Err(format!(
+            "a part of another snapshot (number {} of epoch {}) came with the one at number {} of epoch {}",
+            part.seq, part.epoch, whole.seq, whole.epoch
+        ));
+    }
+    whole.objects_json.extend(part.objects_json);
+    whole.more = part.more;
+    Ok(())
 }
 
 fn parse_records(list: &[String]) -> Result<Vec<LogRecord>, String> {

@@ -48,6 +48,10 @@ const AUDIT_BLOCKS_MAX: u64 = 10;
 const HEARTBEAT_MS_MIN: u64 = 50;
 /// See [`HEARTBEAT_MS_MIN`].
 const HEARTBEAT_MS_MAX: u64 = 60_000;
+/// Objects per part of a snapshot sent to a proxy, in bytes of JSON (see
+/// `ReplicateMessage.more`): far below the link's message limit, and small enough that a part
+/// crosses a slow WAN link well within a heartbeat timeout.
+const SNAPSHOT_PART_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a server is: what its writes and status come from.
 #[derive(Clone)]
@@ -1344,13 +1348,18 @@ impl ConfServ for Service {
                 .after_seq
                 .and_then(|after| history_in(&state, self.history_max_age_ms, after, asked_epoch).ok());
             match resumed {
-                Some((records, reached)) => (records_message(&records, reached, state.epoch), reached, state.epoch),
-                None => (snapshot_message(&state), state.seq, state.epoch),
+                Some((records, reached)) => (
+                    vec![records_message(&records, reached, state.epoch)],
+                    reached,
+                    state.epoch,
+                ),
+                None => (snapshot_messages(&state, SNAPSHOT_PART_BYTES), state.seq, state.epoch),
             }
         };
         info!(
             user = caller.user,
-            kind = first.kind,
+            kind = first[0].kind,
+            parts = first.len(),
             seq = last,
             epoch,
             asked_epoch = request.epoch,
@@ -1428,17 +1437,40 @@ fn records_message(records: &[Arc<LogRecord>], seq: u64, epoch: u64) -> pb::Repl
     }
 }
 
-/// The `snapshot` message of replication: everything a proxy needs to serve, secrets included.
-fn snapshot_message(state: &State) -> pb::ReplicateMessage {
-    pb::ReplicateMessage {
+/// The `snapshot` of replication, in parts of about `part_bytes` of objects each (see
+/// `ReplicateMessage.more`): everything a proxy needs to serve, secrets included. The first part
+/// carries the header, the recent history and the first objects; an object larger than
+/// `part_bytes` goes alone in its part.
+fn snapshot_messages(state: &State, part_bytes: usize) -> Vec<pb::ReplicateMessage> {
+    let part = |objects_json| pb::ReplicateMessage {
         kind: "snapshot".into(),
         seq: state.seq,
+        epoch: state.epoch,
+        objects_json,
+        more: true,
+        ..Default::default()
+    };
+    let mut parts = vec![pb::ReplicateMessage {
         records_json: state.ring.iter().map(|r| to_json(&**r)).collect(),
-        objects_json: state.set.iter().map(to_json).collect(),
         mode: state.mode.name().into(),
         session_key: state.session_key.clone().unwrap_or_default(),
-        epoch: state.epoch,
+        ..part(Vec::new())
+    }];
+    let mut bytes: usize = parts[0].records_json.iter().map(String::len).sum();
+    for json in state.set.iter().map(to_json) {
+        if bytes > 0 && bytes + json.len() > part_bytes {
+            parts.push(part(Vec::new()));
+            bytes = 0;
+        }
+        bytes += json.len();
+        if let Some(current) = parts.last_mut() {
+            current.objects_json.push(json);
+        }
     }
+    if let Some(last) = parts.last_mut() {
+        last.more = false;
+    }
+    parts
 }
 
 /// One proxy's replication feed on the primary master: the first message, then every record
@@ -1473,16 +1505,19 @@ impl Replication {
         }
     }
 
+    /// Sends `first` (a snapshot's parts, or the records of a resume), then the live feed.
     async fn run(
         mut self,
-        first: pb::ReplicateMessage,
+        first: Vec<pb::ReplicateMessage>,
         mut live: broadcast::Receiver<Arc<LogRecord>>,
         interval: Duration,
         mut epochs: watch::Receiver<u64>,
         mut stop: watch::Receiver<bool>,
     ) {
-        if self.tx.send(Ok(first)).await.is_err() {
-            return;
+        for message in first {
+            if self.tx.send(Ok(message)).await.is_err() {
+                return;
+            }
         }
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1590,6 +1625,109 @@ mod tests {
     }
 
     const AGE_MS: u64 = 3_600_000;
+
+    /// A state of `tenants` tenant objects, with `history`'s recent records.
+    fn with_tenants(tenants: u64) -> State {
+        let objects = (1..=tenants).map(|dbid| {
+            let mut tenant = ConfigObject::new(ObjectType::Tenant, dbid, format!("tenant-{dbid:04}"), 0);
+            tenant.version = 1;
+            tenant
+        });
+        State {
+            set: tandem_config::ConfigSet::from_objects(objects).expect("tenants"),
+            mode: Mode::ReadOnly,
+            session_key: Some(vec![7; 32]),
+            ..history(3)
+        }
+    }
+
+    fn objects_of(parts: &[pb::ReplicateMessage]) -> Vec<String> {
+        parts.iter().flat_map(|p| p.objects_json.iter().cloned()).collect()
+    }
+
+    #[test]
+    fn a_large_snapshot_goes_in_parts_that_join_back_into_the_whole() {
+        let state = with_tenants(40);
+        let every: Vec<String> = state.set.iter().map(to_json).collect();
+        let one = every[0].len();
+        let part_bytes = 5 * one;
+        let parts = snapshot_messages(&state, part_bytes);
+        assert!(
+            parts.len() >= 8,
+            "40 objects of {one} bytes in parts of {part_bytes}: {} parts",
+            parts.len()
+        );
+        assert_eq!(objects_of(&parts), every, "every object once, in order");
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(
+                (part.kind.as_str(), part.seq, part.epoch),
+                ("snapshot", 5, 3),
+                "part {i}"
+            );
+            assert_eq!(part.more, i + 1 < parts.len(), "only the last part says no more follow");
+            let bytes: usize = part.objects_json.iter().map(String::len).sum::<usize>()
+                + part.records_json.iter().map(String::len).sum::<usize>();
+            assert!(
+                bytes <= part_bytes || part.objects_json.len() <= 1,
+                "part {i} holds {bytes} bytes"
+            );
+            if i > 0 {
+                assert!(part.records_json.is_empty() && part.session_key.is_empty() && part.mode.is_empty());
+            }
+        }
+        assert_eq!(
+            parts[0].records_json.len(),
+            5,
+            "the recent history comes with the first part"
+        );
+        assert_eq!((parts[0].mode.as_str(), parts[0].session_key.len()), ("read_only", 32));
+
+        let mut rest = parts.into_iter();
+        let mut whole = rest.next().expect("a first part");
+        for part in rest {
+            assert!(whole.more, "a part after the last");
+            crate::proxy::join_snapshot_part(&mut whole, part).expect("a part of the same snapshot");
+        }
+        assert!(!whole.more);
+        assert_eq!(whole.objects_json, every);
+        assert_eq!((whole.records_json.len(), whole.mode.as_str()), (5, "read_only"));
+    }
+
+    #[test]
+    fn a_snapshot_that_fits_goes_in_one_message_and_an_object_larger_than_a_part_alone() {
+        let state = with_tenants(40);
+        let parts = snapshot_messages(&state, SNAPSHOT_PART_BYTES);
+        assert_eq!(parts.len(), 1);
+        assert!(!parts[0].more);
+        assert_eq!(parts[0].objects_json.len(), 40);
+
+        let parts = snapshot_messages(&state, 1);
+        assert_eq!(parts.len(), 41, "the history alone, then one object per part");
+        assert!(parts[0].objects_json.is_empty());
+        assert!(parts[1..].iter().all(|p| p.objects_json.len() == 1));
+    }
+
+    #[test]
+    fn a_part_of_another_snapshot_or_another_message_is_refused() {
+        let parts = snapshot_messages(&with_tenants(10), 1);
+        let mut whole = parts[0].clone();
+        let other_seq = pb::ReplicateMessage {
+            seq: 6,
+            ..parts[1].clone()
+        };
+        assert!(crate::proxy::join_snapshot_part(&mut whole, other_seq).is_err());
+        let other_epoch = pb::ReplicateMessage {
+            epoch: 4,
+            ..parts[1].clone()
+        };
+        assert!(crate::proxy::join_snapshot_part(&mut whole, other_epoch).is_err());
+        let beat = pb::ReplicateMessage {
+            kind: "heartbeat".into(),
+            ..parts[1].clone()
+        };
+        assert!(crate::proxy::join_snapshot_part(&mut whole, beat).is_err());
+        assert!(whole.objects_json.is_empty() && whole.more, "nothing refused was taken");
+    }
 
     #[test]
     fn a_resume_in_another_epoch_is_told_to_reload() {

@@ -2,13 +2,18 @@
 //! history keeps: on waking up it reloads from a snapshot while serving its old data, then swaps
 //! the new copy in at once (a reader sees the old or the new configuration, never a mix); its
 //! own subscriber is told `reload-required` (or gets every change — never a silent gap), and
-//! the other proxy's subscriber gets every change, in order.
+//! the other proxy's subscriber gets every change, in order. And a configuration larger than
+//! one part of a snapshot reaches a proxy whole, in parts.
 
 mod confserv_common;
 mod proxy_common;
 
 use confserv_common::*;
+use futures::StreamExt;
 use proxy_common::*;
+use tandem_config::document::{DocObject, Document, DOCUMENT_FORMAT};
+use tandem_config::model::{Sections, ENVIRONMENT_TENANT_NAME};
+use tandem_config::{ObjectType, State};
 use tandem_proto::confserv::error_kind;
 use tandem_testkit::{init_tracing, must_eventually, History, Kind};
 use tracing::info;
@@ -133,4 +138,81 @@ async fn t10_a_gap_beyond_the_history_reloads_while_serving_and_never_hides_a_ch
     let written = create_skill(&history, &on_p1, "last", "last").await.expect("create");
     must_see(&seen3, written.last_seq, "the resumed subscriber").await;
     assert_dense(&seen3.changes(), final_seq, written.last_seq);
+}
+
+/// Skills `t11` imports, each with an option of [`OPTION_BYTES`]: a snapshot of them is larger
+/// than one part (4 MiB of JSON).
+const LARGE: usize = 6_000;
+const OPTION_BYTES: usize = 1_000;
+/// Skills per imported document (one write may make at most 400 changes).
+const IMPORT_BATCH: usize = 400;
+
+/// A document of skills `skill-{first}` … below `end`, in the environment tenant.
+fn skills_document(first: usize, end: usize) -> String {
+    let padding = "x".repeat(OPTION_BYTES);
+    let options: Sections = [("bulk".to_owned(), [("padding".to_owned(), padding)].into())].into();
+    let objects = (first..end)
+        .map(|i| DocObject {
+            object_type: ObjectType::Skill,
+            name: format!("skill-{i:06}"),
+            tenant: Some(ENVIRONMENT_TENANT_NAME.to_owned()),
+            folder: None,
+            state: State::Enabled,
+            fields: Default::default(),
+            options: options.clone(),
+            annex: Default::default(),
+        })
+        .collect();
+    Document {
+        format: DOCUMENT_FORMAT,
+        objects,
+    }
+    .to_json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t11_a_configuration_larger_than_one_part_of_a_snapshot_reaches_a_proxy_whole() {
+    init_tracing();
+    let _serial = serial().await;
+    let pair = Pair::start(&[Kind::Sync, Kind::Sync, Kind::Sync], 2, &[]).await;
+    let on_masters = pair.admin().await;
+    info!("--- import {LARGE} skills through the masters");
+    let imports = (0..LARGE).step_by(IMPORT_BATCH).map(|first| {
+        let on_masters = on_masters.clone();
+        async move {
+            let document = skills_document(first, (first + IMPORT_BATCH).min(LARGE));
+            on_masters.import(&document, false).await.expect("import");
+        }
+    });
+    futures::stream::iter(imports)
+        .buffer_unordered(4)
+        .collect::<Vec<()>>()
+        .await;
+    let primary = pair.addrs()[pair.must_wait_primary().await].clone();
+    let on_primary = on_masters.status(&primary).await.expect("status of the primary");
+
+    info!("--- a proxy attaches: the snapshot comes in parts and is swapped in whole");
+    let p1 = ConfservProcess::start_proxy("p1", &pair.addrs(), &[]);
+    let status = must_wait_proxy_mode(p1.addr(), "normal").await;
+    assert_eq!(
+        (status.objects, status.last_seq),
+        (on_primary.objects, on_primary.last_seq),
+        "the proxy holds what the primary held"
+    );
+    let log = p1.log();
+    let attached = log
+        .lines()
+        .find(|l| l.contains("attached to the primary master"))
+        .expect("the proxy logs its attachment");
+    let parts: usize = attached
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("parts="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no part count in {attached:?}"));
+    assert!(parts >= 2, "{LARGE} skills came in {parts} part(s): {attached}");
+    let on_p1 = client_of(vec![p1.addr().to_owned()]);
+    on_p1.set_token(&on_masters.token().expect("token"));
+    let held = skills_held(&on_p1).await;
+    assert_eq!(held.len(), LARGE, "every skill readable through the proxy");
+    assert!(held.contains("skill-000000") && held.contains(&format!("skill-{:06}", LARGE - 1)));
 }

@@ -13,7 +13,10 @@
 //!   every subscriber (goal p99 ≤ 50 ms, none missing);
 //! - recovery: both masters killed with SIGKILL, the proxies wait in limited mode, one master is
 //!   started again on its address: its process start (and its first `Status` as primary) → each
-//!   proxy reports normal mode again (median of the tries).
+//!   proxy reports normal mode again (median of the tries);
+//! - attach: the configuration grown to 100,000 objects (`--full`: 1,000,000), a third proxy is
+//!   started: its process start → normal mode, the parts its snapshot came in, its peak RSS, and
+//!   the writes made through the master meanwhile (one client, one after another).
 //!
 //! Every process is spawned through [`crate::proc`], so it is killed when the run ends, fails or
 //! is interrupted, and `run.sh` kills what is left from the pid file.
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use tandem_config::{Delta, ObjectType, ENVIRONMENT_TENANT};
+use tandem_config::{ConfigObject, Delta, ObjectType, ENVIRONMENT_TENANT};
 use tandem_confserv::client::{ClientConfig, ConfClient, SubscribeFilter};
 use tandem_proto::confserv::{self as pb, notification_kind};
 use tokio::sync::mpsc;
@@ -59,6 +62,12 @@ const IDLE_WINDOW: Duration = Duration::from_secs(3);
 const READ_CONCURRENCY: usize = 256;
 /// File descriptors the benchmark needs besides one per subscribers' connection.
 const FD_MARGIN: u64 = 256;
+/// How long a proxy may take to attach to a master holding the attach phase's objects.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Objects of the attach phase: the default run's, and `--full`'s (the Configuration Server's
+/// goal).
+const ATTACH_OBJECTS: u64 = 100_000;
+const ATTACH_OBJECTS_FULL: u64 = 1_000_000;
 /// The goals of the proxy issue.
 const GOAL_PROXY_OVER_ETCD: f64 = 2.0;
 const GOAL_FANOUT_P99_MS: f64 = 50.0;
@@ -91,9 +100,12 @@ pub(crate) struct ProxyArgs {
     /// Times both masters are killed and one started again.
     #[arg(long, default_value_t = 3)]
     recovery_tries: usize,
-    /// Phases to run (comma-separated): reads, fanout, recovery.
-    #[arg(long, value_delimiter = ',', default_value = "reads,fanout,recovery")]
+    /// Phases to run (comma-separated): reads, fanout, recovery, attach.
+    #[arg(long, value_delimiter = ',', default_value = "reads,fanout,recovery,attach")]
     phases: Vec<ProxyPhase>,
+    /// The long run: the attach phase with 1,000,000 objects (else 100,000).
+    #[arg(long)]
+    full: bool,
     /// The command line to print in the report (run.sh passes its own).
     #[arg(long, default_value = "")]
     command: String,
@@ -107,6 +119,7 @@ pub(crate) enum ProxyPhase {
     Reads,
     Fanout,
     Recovery,
+    Attach,
 }
 
 /// One proxy process (never restarted).
@@ -324,6 +337,17 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 rows.extend(r.rows());
             }
             Err(e) => failed(&mut rows, "master back → proxies in normal mode", "—", &e),
+        }
+    }
+    if has(ProxyPhase::Attach) {
+        let objects = args.attach_objects();
+        eprintln!("--- attach: {objects} objects, then a third proxy");
+        match attach(&setup, &proxy_dir, objects).await {
+            Ok(a) => {
+                notes.extend(a.notes());
+                rows.extend(a.rows());
+            }
+            Err(e) => failed(&mut rows, "a proxy attaching to a large configuration", "—", &e),
         }
     }
     setup.stop().await;
@@ -1003,6 +1027,200 @@ impl Recovery {
     }
 }
 
+impl ProxyArgs {
+    fn attach_objects(&self) -> u64 {
+        if self.full {
+            ATTACH_OBJECTS_FULL
+        } else {
+            ATTACH_OBJECTS
+        }
+    }
+}
+
+/// A fresh proxy attaching to a primary master that holds many objects.
+struct Attach {
+    /// Objects the primary held when the proxy started.
+    objects: u64,
+    /// Process start → normal mode.
+    to_normal: Duration,
+    /// The parts the snapshot came in (from the proxy's log).
+    parts: Option<usize>,
+    /// The proxy's peak RSS once attached.
+    peak_rss_mib: f64,
+    /// Writes through the master in the second before the proxy started.
+    writes_before: Samples,
+    /// Writes through the master under way at some time while the proxy attached.
+    writes_during: Samples,
+}
+
+/// One write of the attach phase's write loop: when it was sent, how long it took, whether it
+/// succeeded.
+type Timed = (Instant, Duration, bool);
+
+/// Grows the configuration to `objects` DNs, then starts proxy `p3` with writes going on through
+/// the master, and measures its attachment (see [`Attach`]).
+async fn attach(setup: &Setup, dir: &Path, objects: u64) -> anyhow::Result<Attach> {
+    let primary = |status: &pb::StatusResponse| status.role == "primary";
+    let find_primary = || async {
+        let waits = setup.pair.addrs().into_iter().map(|addr| async move {
+            poll_status(&setup.status, &addr, "primary", MODE_TIMEOUT, primary)
+                .await
+                .map(|_| addr)
+        });
+        futures::future::select_ok(waits.map(Box::pin))
+            .await
+            .map(|(addr, _)| addr)
+    };
+    let master = find_primary().await?;
+    let held = setup.status.status(&master).await?.objects;
+    if held < objects {
+        eprintln!("    importing {} DNs (the master holds {held} objects)", objects - held);
+        load_dns(&setup.pair.admin, "a-", objects - held, 4).await?;
+    }
+    let master = find_primary().await?;
+    let objects = setup.status.status(&master).await?.objects;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = setup.pair.admin.clone();
+    let writer: JoinHandle<Vec<Timed>> = tokio::spawn(async move {
+        let mut timed = Vec::new();
+        for i in 0u64.. {
+            if *stop_rx.borrow() {
+                break;
+            }
+            let skill = ConfigObject::new(ObjectType::Skill, 0, format!("attach-{i:06}"), ENVIRONMENT_TENANT);
+            let sent = Instant::now();
+            let ok = admin.create(&skill, None).await.is_ok();
+            timed.push((sent, sent.elapsed(), ok));
+        }
+        timed
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let attached = async {
+        let mut proxy = start_proxy(&setup.launch, dir, &setup.pair.addrs(), "p3").await?;
+        let normal = poll_status(&setup.status, &proxy.addr, "in normal mode", ATTACH_TIMEOUT, |s| {
+            s.proxy_mode == "normal"
+        })
+        .await;
+        let measured = normal.and_then(|normal| {
+            let peak_rss_mib = proxy.proc.memory()?.peak_kib as f64 / 1024.0;
+            let log = std::fs::read_to_string(dir.join("p3.log")).unwrap_or_default();
+            Ok((normal, peak_rss_mib, parts_of(&log)))
+        });
+        if let Err(e) = proxy.proc.kill9().await {
+            eprintln!("warning: proxy p3: {e:#}");
+        }
+        measured
+    }
+    .await;
+    let _ = stop_tx.send(true);
+    let timed = writer.await.context("the write loop panicked")?;
+    let (normal, peak_rss_mib, parts) = attached?;
+    let one_second_before = started - Duration::from_secs(1);
+    let mut writes_before = Samples::default();
+    let mut writes_during = Samples::default();
+    for &(sent, took, ok) in &timed {
+        let ended = sent + took;
+        let samples = if sent >= one_second_before && ended <= started {
+            &mut writes_before
+        } else if ended > started && sent < normal {
+            &mut writes_during
+        } else {
+            continue;
+        };
+        if ok {
+            samples.record(took);
+        } else {
+            samples.errors += 1;
+        }
+    }
+    let result = Attach {
+        objects,
+        to_normal: normal.duration_since(started),
+        parts,
+        peak_rss_mib,
+        writes_before,
+        writes_during,
+    };
+    eprintln!(
+        "    {objects} objects: start → normal {} ms in {} part(s), peak RSS {:.0} MiB; writes meanwhile: {}",
+        result.to_normal.as_millis(),
+        result.parts.map_or("?".into(), |n| n.to_string()),
+        result.peak_rss_mib,
+        describe(&result.writes_during)
+    );
+    Ok(result)
+}
+
+/// The part count of the first attachment a proxy logged (`parts=N`).
+fn parts_of(log: &str) -> Option<usize> {
+    log.lines()
+        .find(|line| line.contains("attached to the primary master"))?
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("parts="))?
+        .parse()
+        .ok()
+}
+
+/// `n writes, p50 x ms, max y ms` (and the failures).
+fn describe(samples: &Samples) -> String {
+    let ms = |q| samples.quantile_ms(q).map_or("n/a".into(), |v| format!("{v:.1}"));
+    let failed = if samples.errors > 0 {
+        format!(", {} failed", samples.errors)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} writes, p50 {} ms, max {} ms{failed}",
+        samples.len(),
+        ms(0.5),
+        ms(1.0)
+    )
+}
+
+impl Attach {
+    fn rows(&self) -> Vec<Row> {
+        let n = self.objects;
+        vec![
+            row(
+                format!("a third proxy, primary master holding {n} objects: process start → normal mode, s"),
+                format!("{:.2}", self.to_normal.as_secs_f64()),
+                "—",
+                "—",
+            ),
+            row(
+                "its snapshot: parts (about 4 MiB of objects each)",
+                self.parts.map_or("n/a".into(), |p| p.to_string()),
+                "—",
+                "—",
+            ),
+            row(
+                format!("its peak RSS (VmHWM), {n} objects: MiB"),
+                format!("{:.0}", self.peak_rss_mib),
+                "—",
+                "—",
+            ),
+            row(
+                "writes through the master meanwhile (one client)",
+                describe(&self.writes_during),
+                "—",
+                "—",
+            ),
+            row(
+                "writes through the master in the second before",
+                describe(&self.writes_before),
+                "—",
+                "—",
+            ),
+        ]
+    }
+
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// How each phase that ran was measured.
 fn method_notes(args: &ProxyArgs) -> Vec<String> {
     let has = |phase: ProxyPhase| args.phases.contains(&phase);
@@ -1050,6 +1268,12 @@ fn method_notes(args: &ProxyArgs) -> Vec<String> {
              just before its process is spawned (and from when its `Status` first says primary) to each proxy's \
              `Status` saying normal; the figure is the later of the two proxies, median of the tries.",
             args.recovery_tries
+        ));
+    }
+    if has(ProxyPhase::Attach) {
+        notes.push(format!(
+            "- Attach (last): DNs imported through the master pair (400 per document, 4 in flight) until the              primary held {} objects; one client creating skills through the master pair, one after another,              from a second before a third proxy p3 (default settings, the whole configuration) is started;              figures from just before its process is spawned to its `Status` saying normal mode (polled every              10 ms); parts from its log; peak RSS = VmHWM once normal; the writes counted are those under way              at some moment of that span.",
+            args.attach_objects()
         ));
     }
     notes

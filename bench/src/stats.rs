@@ -18,6 +18,11 @@ impl Samples {
         self.micros.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
     }
 
+    /// Latencies recorded (failures not counted).
+    pub fn len(&self) -> usize {
+        self.micros.len()
+    }
+
     pub fn merge(&mut self, other: Samples) {
         self.micros.extend(other.micros);
         self.errors += other.errors;

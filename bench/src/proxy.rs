@@ -1272,7 +1272,12 @@ fn method_notes(args: &ProxyArgs) -> Vec<String> {
     }
     if has(ProxyPhase::Attach) {
         notes.push(format!(
-            "- Attach (last): DNs imported through the master pair (400 per document, 4 in flight) until the              primary held {} objects; one client creating skills through the master pair, one after another,              from a second before a third proxy p3 (default settings, the whole configuration) is started;              figures from just before its process is spawned to its `Status` saying normal mode (polled every              10 ms); parts from its log; peak RSS = VmHWM once normal; the writes counted are those under way              at some moment of that span.",
+            "- Attach (last): DNs imported through the master pair (400 per document, 4 in flight) until the \
+             primary held {} objects; one client creating skills through the master pair, one after another, \
+             from a second before a third proxy p3 (default settings, the whole configuration) is started; \
+             figures from just before its process is spawned to its `Status` saying normal mode (polled every \
+             10 ms); parts from its log; peak RSS = VmHWM once normal; the writes counted are those under way \
+             at some moment of that span.",
             args.attach_objects()
         ));
     }

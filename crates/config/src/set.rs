@@ -22,6 +22,7 @@
 //! deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,8 +90,10 @@ type UniqueKey = (ObjectType, u64, &'static str, String);
 /// The whole configuration in memory, with indexes. See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigSet {
-    /// Every live object by key.
-    objects: BTreeMap<ObjectKey, ConfigObject>,
+    /// Every live object by key. Shared, so that a copy of the whole set for a reader that works
+    /// outside the owner's lock (e.g. a snapshot being serialised) costs a pointer per object
+    /// ([`ConfigSet::shared_objects`]); a change replaces an object, never alters it in place.
+    objects: BTreeMap<ObjectKey, Arc<ConfigObject>>,
     /// `(type, tenant) → name → dbid`: names are unique per type within a tenant.
     names: NameIndex,
     /// `(type, tenant, field, value) → dbid` for fields the schema marks unique.
@@ -281,7 +284,7 @@ impl ConfigSet {
         let (names, unique_values) = (names?, unique_values?);
 
         Ok(ConfigSet {
-            objects: objects.into_iter().collect(),
+            objects: objects.into_iter().map(|(key, obj)| (key, Arc::new(obj))).collect(),
             names,
             unique_values,
             referrers,
@@ -300,14 +303,20 @@ impl ConfigSet {
 
     /// Every object, by type then DBID.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &ConfigObject> {
-        self.objects.values()
+        self.objects.values().map(|o| &**o)
+    }
+
+    /// Every object, by type then DBID, as shared handles: a copy of the set as it is now that
+    /// stays valid after the set changes, at the cost of a pointer per object.
+    pub fn shared_objects(&self) -> Vec<Arc<ConfigObject>> {
+        self.objects.values().cloned().collect()
     }
 
     /// The objects of one type, by DBID.
     pub fn objects_of(&self, object_type: ObjectType) -> impl Iterator<Item = &ConfigObject> {
         self.objects
             .range((object_type, 0)..=(object_type, u64::MAX))
-            .map(|(_, o)| o)
+            .map(|(_, o)| &**o)
     }
 
     /// The objects of one type with a DBID above `after`, by DBID.
@@ -315,13 +324,13 @@ impl ConfigSet {
         let start = after.saturating_add(1);
         self.objects
             .range((object_type, start)..=(object_type, u64::MAX))
-            .map(|(_, o)| o)
+            .map(|(_, o)| &**o)
             .filter(move |o| o.dbid > after)
     }
 
     /// The object with this key.
     pub fn get(&self, object_type: ObjectType, dbid: u64) -> Option<&ConfigObject> {
-        self.objects.get(&(object_type, dbid))
+        self.objects.get(&(object_type, dbid)).map(|o| &**o)
     }
 
     /// The object of this type and tenant (0 for tenants) with this name.
@@ -480,7 +489,7 @@ impl ConfigSet {
                 }
                 let Some(obj) = self.objects.get(&src) else { continue };
                 let new = cleared.entry(src).or_insert_with(|| {
-                    let mut copy = obj.clone();
+                    let mut copy = ConfigObject::clone(obj);
                     copy.version += 1;
                     copy
                 });
@@ -611,7 +620,7 @@ impl ConfigSet {
     pub(crate) fn object_ref(&self, key: ObjectKey) -> ObjectRef {
         self.objects
             .get(&key)
-            .map(ObjectRef::of)
+            .map(|o| ObjectRef::of(o))
             .unwrap_or_else(|| ObjectRef::key(key.0, key.1))
     }
 
@@ -710,7 +719,7 @@ impl ConfigSet {
         for (target, link) in links_of(&obj) {
             self.referrers.entry(target).or_default().insert((obj.key(), link));
         }
-        self.objects.insert(obj.key(), obj);
+        self.objects.insert(obj.key(), Arc::new(obj));
         previous
     }
 
@@ -738,7 +747,8 @@ impl ConfigSet {
                 }
             }
         }
-        Some(obj)
+        // A copy only while a shared handle (a snapshot under way) still holds it.
+        Some(Arc::unwrap_or_clone(obj))
     }
 
     /// Verifies every index against the objects: each entry points to a live object that has the
@@ -819,7 +829,7 @@ impl ConfigSet {
         if parts == 1 || self.objects.len() < CHECK_IN_PARTS_FROM {
             return self.objects.values().try_for_each(|obj| self.check_object(obj));
         }
-        let objects: Vec<&ConfigObject> = self.objects.values().collect();
+        let objects: Vec<&ConfigObject> = self.iter().collect();
         let part = objects.len().div_ceil(parts);
         std::thread::scope(|scope| {
             let checks: Vec<_> = objects

@@ -1349,17 +1349,25 @@ impl ConfServ for Service {
                 .and_then(|after| history_in(&state, self.history_max_age_ms, after, asked_epoch).ok());
             match resumed {
                 Some((records, reached)) => (
-                    vec![records_message(&records, reached, state.epoch)],
+                    FirstOfFeed::Records(records_message(&records, reached, state.epoch)),
                     reached,
                     state.epoch,
                 ),
-                None => (snapshot_messages(&state, SNAPSHOT_PART_BYTES), state.seq, state.epoch),
+                None => (
+                    FirstOfFeed::Snapshot(SnapshotSource::of(&state)),
+                    state.seq,
+                    state.epoch,
+                ),
             }
+        };
+        let (kind, objects) = match &first {
+            FirstOfFeed::Records(_) => ("records", 0),
+            FirstOfFeed::Snapshot(source) => ("snapshot", source.objects.len()),
         };
         info!(
             user = caller.user,
-            kind = first[0].kind,
-            parts = first.len(),
+            kind,
+            objects,
             seq = last,
             epoch,
             asked_epoch = request.epoch,
@@ -1437,40 +1445,86 @@ fn records_message(records: &[Arc<LogRecord>], seq: u64, epoch: u64) -> pb::Repl
     }
 }
 
-/// The `snapshot` of replication, in parts of about `part_bytes` of objects each (see
-/// `ReplicateMessage.more`): everything a proxy needs to serve, secrets included. The first part
-/// carries the header, the recent history and the first objects; an object larger than
-/// `part_bytes` goes alone in its part.
-fn snapshot_messages(state: &State, part_bytes: usize) -> Vec<pb::ReplicateMessage> {
-    let part = |objects_json| pb::ReplicateMessage {
-        kind: "snapshot".into(),
-        seq: state.seq,
-        epoch: state.epoch,
-        objects_json,
-        more: true,
-        ..Default::default()
-    };
-    let mut parts = vec![pb::ReplicateMessage {
-        records_json: state.ring.iter().map(|r| to_json(&**r)).collect(),
-        mode: state.mode.name().into(),
-        session_key: state.session_key.clone().unwrap_or_default(),
-        ..part(Vec::new())
-    }];
-    let mut bytes: usize = parts[0].records_json.iter().map(String::len).sum();
-    for json in state.set.iter().map(to_json) {
-        if bytes > 0 && bytes + json.len() > part_bytes {
-            parts.push(part(Vec::new()));
-            bytes = 0;
-        }
-        bytes += json.len();
-        if let Some(current) = parts.last_mut() {
-            current.objects_json.push(json);
+/// The `snapshot` of replication, taken under the state's lock at the cost of a pointer per
+/// object and record, and turned into messages part by part outside it (see
+/// `ReplicateMessage.more`): everything a proxy needs to serve, secrets included. Serialising
+/// a million objects under the lock held the master's writes up for about 1.6 s.
+struct SnapshotSource {
+    seq: u64,
+    epoch: u64,
+    mode: String,
+    session_key: Vec<u8>,
+    /// The recent history; taken by the first part.
+    records: Option<Vec<Arc<LogRecord>>>,
+    objects: Vec<Arc<ConfigObject>>,
+    /// The first object not in a part yet.
+    next: usize,
+    /// Its JSON, when made for the last part but left for this one.
+    carried: Option<String>,
+    /// Whether the last part has been made.
+    done: bool,
+}
+
+impl SnapshotSource {
+    fn of(state: &State) -> SnapshotSource {
+        SnapshotSource {
+            seq: state.seq,
+            epoch: state.epoch,
+            mode: state.mode.name().into(),
+            session_key: state.session_key.clone().unwrap_or_default(),
+            records: Some(state.ring.iter().cloned().collect()),
+            objects: state.set.shared_objects(),
+            next: 0,
+            carried: None,
+            done: false,
         }
     }
-    if let Some(last) = parts.last_mut() {
-        last.more = false;
+
+    /// The next part, of about `part_bytes` of JSON, or `None` after the last. The first part
+    /// carries the header, the recent history and the first objects; an object larger than
+    /// `part_bytes` goes alone in its part.
+    fn next_part(&mut self, part_bytes: usize) -> Option<pb::ReplicateMessage> {
+        if self.done {
+            return None;
+        }
+        let mut part = pb::ReplicateMessage {
+            kind: "snapshot".into(),
+            seq: self.seq,
+            epoch: self.epoch,
+            ..Default::default()
+        };
+        if let Some(records) = self.records.take() {
+            part.records_json = records.iter().map(|r| to_json(&**r)).collect();
+            part.mode = self.mode.clone();
+            part.session_key = std::mem::take(&mut self.session_key);
+        }
+        let mut bytes: usize = part.records_json.iter().map(String::len).sum();
+        while let Some(obj) = self.objects.get(self.next) {
+            let json = self.carried.take().unwrap_or_else(|| to_json(&**obj));
+            if bytes > 0 && bytes + json.len() > part_bytes {
+                self.carried = Some(json);
+                break;
+            }
+            bytes += json.len();
+            part.objects_json.push(json);
+            self.next += 1;
+        }
+        part.more = self.next < self.objects.len();
+        self.done = !part.more;
+        if self.done {
+            // The handles go at once: an object replaced meanwhile is freed now.
+            self.objects = Vec::new();
+        }
+        Some(part)
     }
-    parts
+}
+
+/// What a replication feed sends first.
+enum FirstOfFeed {
+    /// The records after the proxy's number.
+    Records(pb::ReplicateMessage),
+    /// A snapshot, made into parts as they are sent.
+    Snapshot(SnapshotSource),
 }
 
 /// One proxy's replication feed on the primary master: the first message, then every record
@@ -1505,18 +1559,49 @@ impl Replication {
         }
     }
 
-    /// Sends `first` (a snapshot's parts, or the records of a resume), then the live feed.
+    /// Sends `first` (the records of a resume, or a snapshot's parts), then the live feed.
     async fn run(
         mut self,
-        first: Vec<pb::ReplicateMessage>,
+        first: FirstOfFeed,
         mut live: broadcast::Receiver<Arc<LogRecord>>,
         interval: Duration,
         mut epochs: watch::Receiver<u64>,
         mut stop: watch::Receiver<bool>,
     ) {
-        for message in first {
-            if self.tx.send(Ok(message)).await.is_err() {
-                return;
+        match first {
+            FirstOfFeed::Records(message) => {
+                if self.tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            FirstOfFeed::Snapshot(mut source) => {
+                // Each part is made on the blocking pool: a part is tens of milliseconds of
+                // serialising, which the async workers must not sit in.
+                let mut parts = 0;
+                loop {
+                    let made = tokio::task::spawn_blocking(move || {
+                        let part = source.next_part(SNAPSHOT_PART_BYTES);
+                        (source, part)
+                    })
+                    .await;
+                    let part = match made {
+                        Ok((rest, Some(part))) => {
+                            source = rest;
+                            part
+                        }
+                        Ok((_, None)) => break,
+                        Err(e) => {
+                            warn!(error = %e, "making a part of a snapshot failed");
+                            let _ = self.tx.send(Err(Status::internal("making the snapshot failed"))).await;
+                            return;
+                        }
+                    };
+                    parts += 1;
+                    if self.tx.send(Ok(part)).await.is_err() {
+                        return;
+                    }
+                }
+                info!(parts, seq = self.last, "sent a proxy its snapshot");
             }
         }
         let mut heartbeat = tokio::time::interval(interval);
@@ -1641,6 +1726,12 @@ mod tests {
         }
     }
 
+    /// Every part of a snapshot of `state`.
+    fn snapshot_parts(state: &State, part_bytes: usize) -> Vec<pb::ReplicateMessage> {
+        let mut source = SnapshotSource::of(state);
+        std::iter::from_fn(|| source.next_part(part_bytes)).collect()
+    }
+
     fn objects_of(parts: &[pb::ReplicateMessage]) -> Vec<String> {
         parts.iter().flat_map(|p| p.objects_json.iter().cloned()).collect()
     }
@@ -1651,7 +1742,7 @@ mod tests {
         let every: Vec<String> = state.set.iter().map(to_json).collect();
         let one = every[0].len();
         let part_bytes = 5 * one;
-        let parts = snapshot_messages(&state, part_bytes);
+        let parts = snapshot_parts(&state, part_bytes);
         assert!(
             parts.len() >= 8,
             "40 objects of {one} bytes in parts of {part_bytes}: {} parts",
@@ -1696,20 +1787,53 @@ mod tests {
     #[test]
     fn a_snapshot_that_fits_goes_in_one_message_and_an_object_larger_than_a_part_alone() {
         let state = with_tenants(40);
-        let parts = snapshot_messages(&state, SNAPSHOT_PART_BYTES);
+        let parts = snapshot_parts(&state, SNAPSHOT_PART_BYTES);
         assert_eq!(parts.len(), 1);
         assert!(!parts[0].more);
         assert_eq!(parts[0].objects_json.len(), 40);
 
-        let parts = snapshot_messages(&state, 1);
+        let parts = snapshot_parts(&state, 1);
         assert_eq!(parts.len(), 41, "the history alone, then one object per part");
         assert!(parts[0].objects_json.is_empty());
         assert!(parts[1..].iter().all(|p| p.objects_json.len() == 1));
     }
 
     #[test]
+    fn a_snapshot_is_the_set_as_it_was_when_taken_whatever_changes_while_it_is_sent() {
+        use tandem_config::Change;
+        let mut state = with_tenants(10);
+        let before: Vec<String> = state.set.iter().map(to_json).collect();
+        let mut source = SnapshotSource::of(&state);
+        let first = source.next_part(2 * before[0].len()).expect("a first part");
+        let mut renamed = state.set.get(ObjectType::Tenant, 9).expect("tenant 9").clone();
+        renamed.name = "renamed".into();
+        renamed.version += 1;
+        state
+            .set
+            .apply([
+                Change::Delete {
+                    object_type: ObjectType::Tenant,
+                    dbid: 3,
+                    version: 1,
+                },
+                Change::Update(renamed),
+                Change::Create(ConfigObject::new(ObjectType::Tenant, 11, "new", 0)),
+            ])
+            .expect("changes");
+        let mut parts = vec![first];
+        parts.extend(std::iter::from_fn(|| source.next_part(2 * before[0].len())));
+        assert!(parts.len() > 2);
+        assert_eq!(objects_of(&parts), before, "the set as it was, not as it is");
+        assert_eq!(state.set.len(), 10);
+        assert_eq!(
+            state.set.get(ObjectType::Tenant, 9).map(|t| t.name.as_str()),
+            Some("renamed")
+        );
+    }
+
+    #[test]
     fn a_part_of_another_snapshot_or_another_message_is_refused() {
-        let parts = snapshot_messages(&with_tenants(10), 1);
+        let parts = snapshot_parts(&with_tenants(10), 1);
         let mut whole = parts[0].clone();
         let other_seq = pb::ReplicateMessage {
             seq: 6,

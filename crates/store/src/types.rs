@@ -142,8 +142,16 @@ pub struct Compare {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        /// Encoded as one byte string rather than a sequence of bytes: the same bincode (and
+        /// JSON) as before, written and read with one copy instead of a call per byte.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 impl Op {
@@ -233,6 +241,7 @@ pub struct KeyValue {
     /// The key.
     pub key: String,
     /// The current value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// 1 when created, +1 on every put; a delete and re-create starts again at 1.
     pub version: u64,
@@ -285,6 +294,7 @@ pub struct Change {
     pub key: String,
     pub kind: ChangeKind,
     /// The new value (empty for a delete).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The key's version after the change (0 for a delete).
     pub version: u64,
@@ -328,5 +338,40 @@ impl fmt::Display for Fence {
             write!(f, " (primary at {})", self.primary_addr)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Op` as it was encoded before its value became a byte string (`serde_bytes`): logs and
+    /// peer messages written then must read the same now, and the other way round.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum OpAsBefore {
+        Put { key: String, value: Vec<u8> },
+        Delete { key: String },
+    }
+
+    #[test]
+    fn a_value_encodes_as_before_it_became_a_byte_string() {
+        let value: Vec<u8> = (0..=255).chain(0..44).collect();
+        let now = Op::Put {
+            key: "k".into(),
+            value: value.clone(),
+        };
+        let before = OpAsBefore::Put { key: "k".into(), value };
+        let bytes = bincode::serialize(&now).expect("encode");
+        assert_eq!(bytes, bincode::serialize(&before).expect("encode"));
+        assert_eq!(bincode::deserialize::<OpAsBefore>(&bytes).expect("decode"), before);
+        assert_eq!(bincode::deserialize::<Op>(&bytes).expect("decode"), now);
+        let json = serde_json::to_string(&now).expect("json");
+        assert_eq!(json, serde_json::to_string(&before).expect("json"));
+        assert_eq!(serde_json::from_str::<Op>(&json).expect("json"), now);
+        let delete = Op::Delete { key: "k".into() };
+        assert_eq!(
+            bincode::serialize(&delete).expect("encode"),
+            bincode::serialize(&OpAsBefore::Delete { key: "k".into() }).expect("encode")
+        );
     }
 }

@@ -9,8 +9,8 @@
 //!   master's history covers the gap, only the records after the proxy's last number; then live
 //!   records and a heartbeat every interval. A snapshot comes in parts of a few megabytes
 //!   (`ReplicateMessage.more`), so no message nears the link's limit whatever the
-//!   configuration's size; the parts are joined, and the whole parsed while the old copy keeps
-//!   serving, then swapped in at once.
+//!   configuration's size; each part is parsed as it comes and the whole built at the end, on
+//!   the blocking pool, while the old copy keeps serving, then swapped in at once.
 //! - **Modes.** Attached, the proxy is in *normal* mode. When nothing arrived from the master
 //!   for the heartbeat timeout — never by waiting on TCP — it enters *limited* mode: reads,
 //!   subscriptions and logins are served from memory, writes are refused at once
@@ -428,8 +428,25 @@ impl Proxy {
             Ok(Err(status)) => return Err(format!("link to master {master}: {}", ConfError::from_status(&status))),
             Err(_) => return Err(format!("master {master} sent nothing on the link")),
         };
-        let (mut first, mut parts) = (first, 1);
-        while first.kind == "snapshot" && first.more {
+        if first.kind != "snapshot" {
+            let kind = first.kind.clone();
+            self.apply(first)
+                .map_err(|e| format!("cannot apply what master {master} sent: {e}"))?;
+            info!(
+                master,
+                kind,
+                seq = self.shared.read().seq,
+                "attached to the primary master"
+            );
+            return Ok(Attached { master, stream });
+        }
+        // A snapshot: each part's objects are parsed as it comes (its JSON then dropped), and
+        // the whole built at the end, all on the blocking pool, so that this proxy's async
+        // workers keep serving from the old copy meanwhile.
+        let mut more = first.more;
+        let (mut header, mut objects) = parse_part(first).await.map_err(|e| format!("master {master}: {e}"))?;
+        let mut parts = 1;
+        while more {
             let part = match tokio::time::timeout(timeout, stream.message()).await {
                 Ok(Ok(Some(part))) => part,
                 Ok(Ok(None)) => {
@@ -445,15 +462,22 @@ impl Proxy {
                     ))
                 }
             };
-            join_snapshot_part(&mut first, part).map_err(|e| format!("master {master}: {e}"))?;
+            check_snapshot_part(&header, &part).map_err(|e| format!("master {master}: {e}"))?;
+            more = part.more;
+            let (_, more_objects) = parse_part(part).await.map_err(|e| format!("master {master}: {e}"))?;
+            objects.extend(more_objects);
             parts += 1;
         }
-        let kind = first.kind.clone();
-        self.apply(first)
+        header.more = false;
+        let tenants = self.config.tenants.clone();
+        let state = tokio::task::spawn_blocking(move || snapshot_state(&tenants, header, objects))
+            .await
+            .map_err(|e| format!("building the snapshot's state failed: {e}"))?
             .map_err(|e| format!("cannot apply what master {master} sent: {e}"))?;
+        self.install(state);
         info!(
             master,
-            kind,
+            kind = "snapshot",
             parts,
             seq = self.shared.read().seq,
             "attached to the primary master"
@@ -461,26 +485,28 @@ impl Proxy {
         Ok(Attached { master, stream })
     }
 
+    /// Swaps `state` (a snapshot's) in for the copy this proxy serves.
+    fn install(&self, state: State) {
+        let (seq, objects, epoch) = (state.seq, state.set.len(), state.epoch);
+        let previous_epoch = self.shared.read().epoch;
+        if previous_epoch != 0 && previous_epoch != epoch {
+            warn!(
+                previous_epoch,
+                epoch, seq, "the master's history changed epoch: replaced this proxy's copy with its snapshot"
+            );
+        }
+        self.shared.replace(state);
+        info!(
+            seq,
+            objects, epoch, "loaded the configuration from a snapshot (swapped in at once)"
+        );
+    }
+
     /// Applies one message of the link.
     fn apply(&self, message: pb::ReplicateMessage) -> Result<(), String> {
         match message.kind.as_str() {
-            "snapshot" => {
-                let state = self.snapshot_state(message)?;
-                let (seq, objects, epoch) = (state.seq, state.set.len(), state.epoch);
-                let previous_epoch = self.shared.read().epoch;
-                if previous_epoch != 0 && previous_epoch != epoch {
-                    warn!(
-                        previous_epoch,
-                        epoch, seq, "the master's history changed epoch: replaced this proxy's copy with its snapshot"
-                    );
-                }
-                self.shared.replace(state);
-                info!(
-                    seq,
-                    objects, epoch, "loaded the configuration from a snapshot (swapped in at once)"
-                );
-                Ok(())
-            }
+            // A snapshot opens a link (`attach`) and comes nowhere else.
+            "snapshot" => Err("a snapshot came after the link was open".into()),
             "records" => {
                 // The master sends records of a new epoch only when its history continues the
                 // one this copy holds (otherwise it ends the link and sends a snapshot).
@@ -500,48 +526,6 @@ impl Proxy {
             "heartbeat" => Ok(()),
             other => Err(format!("unknown message kind {other:?}")),
         }
-    }
-
-    /// A whole new state from a snapshot, built aside while the old one keeps serving.
-    fn snapshot_state(&self, message: pb::ReplicateMessage) -> Result<State, String> {
-        if message.more {
-            // Parts are joined as the link opens (`attach`); a snapshot comes only there.
-            return Err("a part of a snapshot came after the link was open".into());
-        }
-        let mut scope = (!self.config.tenants.is_empty()).then(|| Scope::new(self.config.tenants.iter().cloned()));
-        let mut objects = Vec::with_capacity(message.objects_json.len());
-        for json in &message.objects_json {
-            let obj: ConfigObject = serde_json::from_str(json).map_err(|e| format!("bad object in a snapshot: {e}"))?;
-            objects.push(obj);
-        }
-        // Tenants first, so that the scope knows their DBIDs before it sees their objects.
-        objects.sort_by_key(|o| o.object_type != tandem_config::ObjectType::Tenant);
-        let mut state = State::default();
-        let mut held = Vec::with_capacity(objects.len());
-        for obj in objects {
-            let last = state.last_dbid.entry(obj.object_type).or_insert(0);
-            *last = (*last).max(obj.dbid);
-            if scope.as_mut().is_none_or(|s| s.holds(&obj)) {
-                held.push(obj);
-            }
-        }
-        state.set = ConfigSet::from_objects(held).map_err(|e| format!("snapshot refused: {e}"))?;
-        state.seq = message.seq;
-        state.epoch = message.epoch;
-        state.mode = message.mode.parse::<Mode>()?;
-        state.session_key = (!message.session_key.is_empty()).then_some(message.session_key);
-        let mut ring = parse_records(&message.records_json)?;
-        ring.retain(|r| r.seq <= message.seq);
-        // Where the master's history begins, before the records of other tenants are left out.
-        state.scope_floor = ring.first().map_or(message.seq, |r| r.seq - 1);
-        if let Some(scope) = scope.as_mut() {
-            ring.retain(|r| r.object().is_none_or(|o| scope.holds(o)));
-        }
-        state.ring = ring.into_iter().map(Arc::new).collect();
-        state.log_first = 1;
-        state.scope = scope;
-        state.loaded = true;
-        Ok(state)
     }
 
     // ----- writes -----
@@ -627,23 +611,75 @@ fn without_primary_hint(mut status: Status) -> Status {
     status
 }
 
-/// Adds the next `part` of the snapshot `whole` (see `ReplicateMessage.more`): its objects, and
-/// whether more parts follow. A message that is not a part of the same snapshot is refused.
-pub(crate) fn join_snapshot_part(whole: &mut pb::ReplicateMessage, part: pb::ReplicateMessage) -> Result<(), String> {
+/// A whole new state from a snapshot (its first part's `header`, every part's `objects`), built
+/// aside while the old one keeps serving; only the objects of `tenants` are kept when some are
+/// named. Blocking: a million objects take seconds.
+fn snapshot_state(
+    tenants: &[String],
+    header: pb::ReplicateMessage,
+    objects: Vec<ConfigObject>,
+) -> Result<State, String> {
+    let mut scope = (!tenants.is_empty()).then(|| Scope::new(tenants.iter().cloned()));
+    let mut objects = objects;
+    // Tenants first, so that the scope knows their DBIDs before it sees their objects.
+    objects.sort_by_key(|o| o.object_type != tandem_config::ObjectType::Tenant);
+    let mut state = State::default();
+    let mut held = Vec::with_capacity(objects.len());
+    for obj in objects {
+        let last = state.last_dbid.entry(obj.object_type).or_insert(0);
+        *last = (*last).max(obj.dbid);
+        if scope.as_mut().is_none_or(|s| s.holds(&obj)) {
+            held.push(obj);
+        }
+    }
+    state.set = ConfigSet::from_objects(held).map_err(|e| format!("snapshot refused: {e}"))?;
+    state.seq = header.seq;
+    state.epoch = header.epoch;
+    state.mode = header.mode.parse::<Mode>()?;
+    state.session_key = (!header.session_key.is_empty()).then_some(header.session_key);
+    let mut ring = parse_records(&header.records_json)?;
+    ring.retain(|r| r.seq <= header.seq);
+    // Where the master's history begins, before the records of other tenants are left out.
+    state.scope_floor = ring.first().map_or(header.seq, |r| r.seq - 1);
+    if let Some(scope) = scope.as_mut() {
+        ring.retain(|r| r.object().is_none_or(|o| scope.holds(o)));
+    }
+    state.ring = ring.into_iter().map(Arc::new).collect();
+    state.log_first = 1;
+    state.scope = scope;
+    state.loaded = true;
+    Ok(state)
+}
+
+/// Parses the objects of one part of a snapshot on the blocking pool; returns the part without
+/// them (the first part's header) and the objects.
+async fn parse_part(mut part: pb::ReplicateMessage) -> Result<(pb::ReplicateMessage, Vec<ConfigObject>), String> {
+    let json = std::mem::take(&mut part.objects_json);
+    let objects = tokio::task::spawn_blocking(move || {
+        json.iter()
+            .map(|json| serde_json::from_str(json).map_err(|e| format!("bad object in a snapshot: {e}")))
+            .collect::<Result<Vec<ConfigObject>, String>>()
+    })
+    .await
+    .map_err(|e| format!("parsing a part of the snapshot failed: {e}"))??;
+    Ok((part, objects))
+}
+
+/// Checks that `part` is a further part of the snapshot whose first part is `first` (see
+/// `ReplicateMessage.more`).
+pub(crate) fn check_snapshot_part(first: &pb::ReplicateMessage, part: &pb::ReplicateMessage) -> Result<(), String> {
     if part.kind != "snapshot" {
         return Err(format!(
             "a {:?} message came before the last part of the snapshot",
             part.kind
         ));
     }
-    if (part.seq, part.epoch) != (whole.seq, whole.epoch) {
+    if (part.seq, part.epoch) != (first.seq, first.epoch) {
         return Err(format!(
             "a part of another snapshot (number {} of epoch {}) came with the one at number {} of epoch {}",
-            part.seq, part.epoch, whole.seq, whole.epoch
+            part.seq, part.epoch, first.seq, first.epoch
         ));
     }
-    whole.objects_json.extend(part.objects_json);
-    whole.more = part.more;
     Ok(())
 }
 

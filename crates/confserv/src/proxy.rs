@@ -407,6 +407,7 @@ impl Proxy {
             epoch,
             after_write_id,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            snapshot_in_parts: true,
         });
         let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| format!("bad token: {e}"))?;
         request.metadata_mut().insert(pb::AUTHORIZATION_KEY, bearer);

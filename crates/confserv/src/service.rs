@@ -1354,7 +1354,7 @@ impl ConfServ for Service {
                     state.epoch,
                 ),
                 None => (
-                    FirstOfFeed::Snapshot(SnapshotSource::of(&state)),
+                    FirstOfFeed::Snapshot(SnapshotSource::of(&state), snapshot_part_bytes(&request)),
                     state.seq,
                     state.epoch,
                 ),
@@ -1362,7 +1362,7 @@ impl ConfServ for Service {
         };
         let (kind, objects) = match &first {
             FirstOfFeed::Records(_) => ("records", 0),
-            FirstOfFeed::Snapshot(source) => ("snapshot", source.objects.len()),
+            FirstOfFeed::Snapshot(source, _) => ("snapshot", source.objects.len()),
         };
         info!(
             user = caller.user,
@@ -1501,7 +1501,7 @@ impl SnapshotSource {
         let mut bytes: usize = part.records_json.iter().map(String::len).sum();
         while let Some(obj) = self.objects.get(self.next) {
             let json = self.carried.take().unwrap_or_else(|| to_json(&**obj));
-            if bytes > 0 && bytes + json.len() > part_bytes {
+            if bytes > 0 && bytes.saturating_add(json.len()) > part_bytes {
                 self.carried = Some(json);
                 break;
             }
@@ -1519,12 +1519,22 @@ impl SnapshotSource {
     }
 }
 
+/// The size of the parts of a snapshot for the proxy that sent `request`: one part (the whole
+/// snapshot in one message) for a proxy that does not take parts.
+fn snapshot_part_bytes(request: &pb::ReplicateRequest) -> usize {
+    if request.snapshot_in_parts {
+        SNAPSHOT_PART_BYTES
+    } else {
+        usize::MAX
+    }
+}
+
 /// What a replication feed sends first.
 enum FirstOfFeed {
     /// The records after the proxy's number.
     Records(pb::ReplicateMessage),
-    /// A snapshot, made into parts as they are sent.
-    Snapshot(SnapshotSource),
+    /// A snapshot, made into parts of about this many bytes as they are sent.
+    Snapshot(SnapshotSource, usize),
 }
 
 /// One proxy's replication feed on the primary master: the first message, then every record
@@ -1574,13 +1584,13 @@ impl Replication {
                     return;
                 }
             }
-            FirstOfFeed::Snapshot(mut source) => {
+            FirstOfFeed::Snapshot(mut source, part_bytes) => {
                 // Each part is made on the blocking pool: a part is tens of milliseconds of
                 // serialising, which the async workers must not sit in.
                 let mut parts = 0;
                 loop {
                     let made = tokio::task::spawn_blocking(move || {
-                        let part = source.next_part(SNAPSHOT_PART_BYTES);
+                        let part = source.next_part(part_bytes);
                         (source, part)
                     })
                     .await;
@@ -1786,6 +1796,10 @@ mod tests {
         assert!(!parts[0].more);
         assert_eq!(parts[0].objects_json.len(), 40);
 
+        let older_proxy = pb::ReplicateRequest::default();
+        let parts = snapshot_parts(&state, snapshot_part_bytes(&older_proxy));
+        assert_eq!(parts.len(), 1, "a proxy from before parts gets one message");
+        assert_eq!(parts[0].objects_json.len(), 40);
         let parts = snapshot_parts(&state, 1);
         assert_eq!(parts.len(), 41, "the history alone, then one object per part");
         assert!(parts[0].objects_json.is_empty());

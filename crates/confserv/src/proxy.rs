@@ -448,7 +448,8 @@ impl Proxy {
         let (mut header, mut objects) = parse_part(first).await.map_err(|e| format!("master {master}: {e}"))?;
         let mut parts = 1;
         while more {
-            let part = match tokio::time::timeout(timeout, stream.message()).await {
+            // Each part is given the time the first was (a part is up to a few megabytes).
+            let part = match tokio::time::timeout(timeout * 2, stream.message()).await {
                 Ok(Ok(Some(part))) => part,
                 Ok(Ok(None)) => {
                     return Err(format!(
@@ -459,7 +460,7 @@ impl Proxy {
                 Err(_) => {
                     return Err(format!(
                         "master {master} sent no further part of its snapshot for {} ms (after {parts})",
-                        timeout.as_millis()
+                        (timeout * 2).as_millis()
                     ))
                 }
             };

@@ -445,7 +445,7 @@ impl Proxy {
         // the whole built at the end, all on the blocking pool, so that this proxy's async
         // workers keep serving from the old copy meanwhile.
         let mut more = first.more;
-        let (mut header, mut objects) = parse_part(first).await.map_err(|e| format!("master {master}: {e}"))?;
+        let (header, mut objects) = parse_part(first).await.map_err(|e| format!("master {master}: {e}"))?;
         let mut parts = 1;
         while more {
             // Each part is given the time the first was (a part is up to a few megabytes).
@@ -470,7 +470,6 @@ impl Proxy {
             objects.extend(more_objects);
             parts += 1;
         }
-        header.more = false;
         let tenants = self.config.tenants.clone();
         let state = tokio::task::spawn_blocking(move || snapshot_state(&tenants, header, objects))
             .await
@@ -619,10 +618,9 @@ fn without_primary_hint(mut status: Status) -> Status {
 fn snapshot_state(
     tenants: &[String],
     header: pb::ReplicateMessage,
-    objects: Vec<ConfigObject>,
+    mut objects: Vec<ConfigObject>,
 ) -> Result<State, String> {
     let mut scope = (!tenants.is_empty()).then(|| Scope::new(tenants.iter().cloned()));
-    let mut objects = objects;
     // Tenants first, so that the scope knows their DBIDs before it sees their objects.
     objects.sort_by_key(|o| o.object_type != tandem_config::ObjectType::Tenant);
     let mut state = State::default();

@@ -172,6 +172,24 @@ pub fn holds(
     state.in_flight.is_some_and(|f| f.index >= last.index).then_some(false)
 }
 
+/// The commit index a follower knows once it has accepted `request`, whose entries it then holds
+/// up to `held`: the request's `leader_commit`, but no further than `held`. A follower commits
+/// only entries it knows match the primary's (openraft's `commit_entries` takes the smaller of
+/// the two), so a heartbeat whose previous entry lags the commit index it carries tells the
+/// follower less than that index.
+pub fn told_commit(
+    request: &AppendEntriesRequest<TypeConfig>,
+    held: Option<LogId<ReplicaId>>,
+) -> Option<LogId<ReplicaId>> {
+    request.leader_commit.min(held)
+}
+
+/// The last entry a follower holds once it has accepted all of `request`: its last entry, or for
+/// a heartbeat the entry before it.
+pub fn last_held(request: &AppendEntriesRequest<TypeConfig>) -> Option<LogId<ReplicaId>> {
+    request.entries.last().map(|e| e.log_id).or(request.prev_log_id)
+}
+
 /// How long a heartbeat that carries a new commit index waits for an early message to carry it
 /// instead (see [`covers_heartbeat`]): a little more than one put after another takes here, so
 /// that at concurrency 1 the next put's early message does; a follower otherwise learns the
@@ -366,8 +384,7 @@ impl Sender {
                 progress.early_accepted(target, vote.leader_id().term, held.index);
             }
             accepted = held;
-            // The follower's commit index is the one told, up to what it holds.
-            let told = message.leader_commit.min(held);
+            let told = told_commit(&message, held);
             link.early_state().send_modify(|state| {
                 if state.vote == Some(vote) {
                     state.accepted = state.accepted.max(held);
@@ -617,6 +634,24 @@ mod tests {
             !covers_heartbeat(&state(6, 9), &request(2, Some(4), 5, 9), 5),
             "a message with entries is no heartbeat"
         );
+    }
+
+    #[test]
+    fn a_follower_is_told_a_commit_index_only_up_to_the_entries_it_holds() {
+        // A heartbeat after 5 carrying commit index 9 (reached with another follower): a
+        // follower holding nothing past 5 commits only up to 5.
+        let mut heartbeat = request(2, Some(5), 6, 5);
+        heartbeat.leader_commit = Some(log_id(2, 9));
+        assert_eq!(last_held(&heartbeat), Some(log_id(2, 5)));
+        assert_eq!(told_commit(&heartbeat, last_held(&heartbeat)), Some(log_id(2, 5)));
+        // Entries up to 12 with commit index 9: all of 9 is told.
+        let mut entries = request(2, Some(5), 6, 12);
+        entries.leader_commit = Some(log_id(2, 9));
+        assert_eq!(last_held(&entries), Some(log_id(2, 12)));
+        assert_eq!(told_commit(&entries, last_held(&entries)), Some(log_id(2, 9)));
+        // Accepted only up to 7 (a partial success): up to 7.
+        assert_eq!(told_commit(&entries, Some(log_id(2, 7))), Some(log_id(2, 7)));
+        assert_eq!(told_commit(&entries, None), None, "refused: nothing told");
     }
 
     #[test]

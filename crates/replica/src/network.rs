@@ -186,7 +186,8 @@ pub struct PeerLink {
     /// Whether openraft replicates entries through this link (its leadership checks use links
     /// of their own, which carry only heartbeats).
     replicates: bool,
-    /// The newest commit index a message sent through this link told the peer.
+    /// The newest commit index a message sent through this link told the peer (each one's
+    /// `leader_commit` up to the entries the peer then held: [`early_replication::told_commit`]).
     told_commit: Option<LogId<ReplicaId>>,
     target: ReplicaId,
     addr: String,
@@ -591,7 +592,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         }
         let answer = self.call(PeerCall::AppendEntries, &rpc, &option).await;
         if let Ok(AppendEntriesResponse::Success) = answer {
-            self.told_commit = self.told_commit.max(rpc.leader_commit);
+            let told = early_replication::told_commit(&rpc, early_replication::last_held(&rpc));
+            self.told_commit = self.told_commit.max(told);
         }
         answer
     }

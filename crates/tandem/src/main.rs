@@ -149,10 +149,29 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once. Many errors, Tandem's and its
+/// libraries', already end their own message with their cause's; printing the chain as it is
+/// (`{:#}`) would repeat each such cause after it. A cause whose text the line already holds is
+/// left out.
+fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 #[cfg(test)]
@@ -164,6 +183,29 @@ mod tests {
     #[test]
     fn command_line_definition_is_valid() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_report_names_each_cause_once() {
+        use std::io;
+        // A library error whose message already ends with its cause's, under a context.
+        let read = tandem_topology::TopologyError::Read {
+            path: "/etc/site.toml".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "No such file or directory"),
+        };
+        let error = anyhow::Error::new(read).context("cannot start the topology");
+        assert_eq!(
+            super::report(&error),
+            "cannot start the topology: cannot read /etc/site.toml: No such file or directory"
+        );
+        // Causes that do not repeat each other are all kept, outermost first.
+        let error = anyhow::Error::new(io::Error::new(io::ErrorKind::PermissionDenied, "permission denied"))
+            .context("cannot open the log")
+            .context("replica 1");
+        assert_eq!(
+            super::report(&error),
+            "replica 1: cannot open the log: permission denied"
+        );
     }
 
     #[test]

@@ -338,4 +338,31 @@ async fn a_bad_topology_file_is_reported_at_its_line_and_nothing_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("no topology runs from"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+
+    let missing = temp.path().join("missing.toml");
+    let output = Command::new(TANDEM)
+        .arg("up")
+        .arg(&missing)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .output()
+        .await
+        .expect("run tandem up");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("cannot read {}", missing.display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+    assert!(!run_dir.exists(), "nothing was created");
 }

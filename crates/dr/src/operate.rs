@@ -94,7 +94,7 @@ impl<'a> Operator<'a> {
         let masters: Vec<Component> = plan.with_role(Role::Master, Some(site)).cloned().collect();
         if masters.is_empty() {
             return Err(DrError::Refused(format!(
-                "site `{site}` has no master pair to activate"
+                "site `{site}` has no master pair (no host with the `master` role)"
             )));
         }
         Ok(masters)

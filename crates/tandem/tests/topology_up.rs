@@ -206,6 +206,27 @@ async fn the_two_site_example_starts_and_site2_is_activated() {
         ]
     );
 
+    // Sites that cannot be activated or deactivated are refused, and say why.
+    for (args, says) in [
+        (["activate", "site3"], "site `site3` has no master pair"),
+        (["deactivate", "site3"], "site `site3` has no master pair"),
+        (
+            ["activate", "site9"],
+            "no site `site9` in topology two-site (sites: site1, site2, site3)",
+        ),
+    ] {
+        let output = Command::new(TANDEM)
+            .args(["dr", "--run-dir"])
+            .arg(&run_dir)
+            .args(args)
+            .output()
+            .await
+            .expect("run tandem dr");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was refused");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+
     // Activate site 2: the primary and the masters move; the proxies follow by themselves.
     let report = dr_json(&run_dir, &["activate", "site2"]).await;
     assert_eq!(report["ok"], true, "{report:#}");

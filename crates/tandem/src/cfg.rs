@@ -48,7 +48,8 @@ pub enum CfgCommand {
 /// How to reach and log in to the servers.
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// Both master servers' HOST:PORT, comma-separated.
+    /// The servers to talk to, HOST:PORT, comma-separated: both masters of the pair, or a
+    /// site's two proxies.
     #[arg(long, env = "TANDEM_CFG_SERVERS", value_delimiter = ',', required = true)]
     servers: Vec<String>,
     /// Log in as this user for this command (password from --password-file or
@@ -150,6 +151,7 @@ pub struct GetArgs {
     /// Tenant DBID for --name (default: the environment, 1).
     #[arg(long, default_value_t = 1)]
     tenant: u64,
+    /// Print the object as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -158,6 +160,8 @@ pub struct GetArgs {
 
 #[derive(Args)]
 pub struct QueryArgs {
+    /// Object type (tenant, folder, host, application, person, access_group, switch, dn, place,
+    /// agent_group, skill, alarm_condition).
     object_type: ObjectType,
     /// Exact name.
     #[arg(long)]
@@ -165,6 +169,7 @@ pub struct QueryArgs {
     /// Name prefix.
     #[arg(long, conflicts_with = "name")]
     prefix: Option<String>,
+    /// Only this tenant's objects (DBID).
     #[arg(long)]
     tenant: Option<u64>,
     /// Direct contents of this folder (0 = a tenant's root).
@@ -173,6 +178,7 @@ pub struct QueryArgs {
     /// Field equality, NAME=VALUE (repeat); `switch=4` finds the DNs of switch 4.
     #[arg(long = "field", value_name = "NAME=VALUE")]
     fields: Vec<String>,
+    /// Only objects in this state: enabled or disabled.
     #[arg(long)]
     state: Option<String>,
     /// Page size (at most 1000).
@@ -187,6 +193,7 @@ pub struct QueryArgs {
     /// DBID and name only.
     #[arg(long)]
     brief: bool,
+    /// Print the objects as one JSON array.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -212,12 +219,16 @@ pub struct ObjectParts {
 
 #[derive(Args)]
 pub struct CreateArgs {
+    /// Object type (tenant, folder, host, application, person, access_group, switch, dn, place,
+    /// agent_group, skill, alarm_condition).
     object_type: ObjectType,
+    /// The new object's name (unique per type within its tenant).
     #[arg(long)]
     name: String,
     /// Tenant DBID (default: the environment, 1; tenants themselves have none).
     #[arg(long)]
     tenant: Option<u64>,
+    /// The folder to create it in (0 = the tenant's root).
     #[arg(long, default_value_t = 0)]
     folder: u64,
     /// enabled or disabled.
@@ -225,6 +236,8 @@ pub struct CreateArgs {
     state: Option<String>,
     #[command(flatten)]
     parts: ObjectParts,
+    /// Print the result as one JSON object: first_seq, last_seq, object, created, changed,
+    /// deleted.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -233,11 +246,15 @@ pub struct CreateArgs {
 
 #[derive(Args)]
 pub struct UpdateArgs {
+    /// Object type (tenant, folder, host, application, person, access_group, switch, dn, place,
+    /// agent_group, skill, alarm_condition).
     object_type: ObjectType,
+    /// The object's DBID.
     dbid: u64,
     /// Rename.
     #[arg(long)]
     name: Option<String>,
+    /// enabled or disabled.
     #[arg(long)]
     state: Option<String>,
     /// Move to this folder (0 = root).
@@ -260,6 +277,8 @@ pub struct UpdateArgs {
     /// Refuse unless the object is at this version.
     #[arg(long, default_value_t = 0)]
     expected_version: u64,
+    /// Print the result as one JSON object: first_seq, last_seq, object, created, changed,
+    /// deleted.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -268,11 +287,16 @@ pub struct UpdateArgs {
 
 #[derive(Args)]
 pub struct DeleteArgs {
+    /// Object type (tenant, folder, host, application, person, access_group, switch, dn, place,
+    /// agent_group, skill, alarm_condition).
     object_type: ObjectType,
+    /// The object's DBID.
     dbid: u64,
     /// Also delete what cannot live without it, and clear optional references to it.
     #[arg(long)]
     cascade: bool,
+    /// Print the result as one JSON object: first_seq, last_seq, object, created, changed,
+    /// deleted.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -284,6 +308,7 @@ pub struct WatchArgs {
     /// Only these types (repeat).
     #[arg(long = "type")]
     types: Vec<ObjectType>,
+    /// Only this tenant's objects (DBID).
     #[arg(long)]
     tenant: Option<u64>,
     /// Replay the history after this notification number first.
@@ -324,6 +349,8 @@ pub struct ImportArgs {
     /// Report only; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Print the report as one JSON object: dry_run, created, changed, skipped, first_seq,
+    /// last_seq.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -338,8 +365,10 @@ pub struct AuditArgs {
     /// At most this many records.
     #[arg(long, default_value_t = 100)]
     limit: u32,
+    /// Only changes to objects of this type.
     #[arg(long = "type")]
     object_type: Option<ObjectType>,
+    /// Only changes to the object with this DBID.
     #[arg(long)]
     dbid: Option<u64>,
     /// Only changes by this person (DBID).
@@ -359,6 +388,7 @@ pub struct AuditArgs {
 pub struct ModeArgs {
     /// The new mode; none = show the current one.
     mode: Option<Mode>,
+    /// Print JSON: the mode (or, when switching, the write's result).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -367,6 +397,7 @@ pub struct ModeArgs {
 
 #[derive(Args)]
 pub struct StatusArgs {
+    /// Print each server's status as a JSON array.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

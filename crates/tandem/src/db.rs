@@ -54,6 +54,8 @@ pub struct RecoverArgs {
     /// Confirm: acknowledged writes the survivor lacks are lost, and a new epoch starts.
     #[arg(long)]
     force: bool,
+    /// Print the report as JSON: the new and previous epoch, what was applied before, the
+    /// log tail applied, and the bound on acknowledged changes possibly lost.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -71,6 +73,8 @@ pub struct RejoinArgs {
     /// Rejoin as this kind (default: its kind before it was fenced).
     #[arg(long)]
     kind: Option<ReplicaKind>,
+    /// Print the report as JSON: the epoch joined, its primary, the divergent entries dropped
+    /// and where their copies are kept.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -125,12 +129,18 @@ pub struct ServeArgs {
     /// strict: writes wait for every sync replica; available: demote one silent for --sync-timeout-ms.
     #[arg(long, default_value = "available")]
     sync_mode: SyncMode,
+    /// With --sync-mode available: how long a sync replica that is behind may confirm nothing
+    /// before it is demoted to async (writes stop waiting for it until it has caught up).
     #[arg(long, default_value_t = 5_000)]
     sync_timeout_ms: u64,
+    /// How often the primary sends a heartbeat to each replica when it has nothing else to send.
     #[arg(long, default_value_t = Timers::default().heartbeat_ms)]
     heartbeat_ms: u64,
+    /// A replica that hears nothing from the primary for a random time between
+    /// --election-min-ms and --election-max-ms asks the voters whether it may campaign.
     #[arg(long, default_value_t = Timers::default().election_min_ms)]
     election_min_ms: u64,
+    /// See --election-min-ms.
     #[arg(long, default_value_t = Timers::default().election_max_ms)]
     election_max_ms: u64,
     /// Revisions of the change feed kept for reconnecting watchers (up to 64 more, or a
@@ -180,7 +190,9 @@ pub struct StatusArgs {
 
 #[derive(Args)]
 pub struct PutArgs {
+    /// The key.
     key: String,
+    /// The value (stored as its UTF-8 bytes).
     value: String,
     #[command(flatten)]
     endpoints: Endpoints,
@@ -188,6 +200,7 @@ pub struct PutArgs {
 
 #[derive(Args)]
 pub struct KeyArgs {
+    /// The key.
     key: String,
     #[command(flatten)]
     endpoints: Endpoints,
@@ -195,28 +208,33 @@ pub struct KeyArgs {
 
 #[derive(Args)]
 pub struct GetArgs {
+    /// The key.
     key: String,
     /// Read from this replica's applied state instead (may be stale; a secondary can answer).
     #[arg(long, value_name = "HOST:PORT")]
     stale: Option<String>,
     #[command(flatten)]
     endpoints: Endpoints,
+    /// Print the key, its value, revisions and version as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub struct RangeArgs {
+    /// The key prefix (default: every key).
     #[arg(default_value = "")]
     prefix: String,
     #[command(flatten)]
     endpoints: Endpoints,
+    /// Print the keys as one JSON array.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 pub struct WatchArgs {
+    /// The key prefix to watch (default: every key).
     #[arg(default_value = "")]
     prefix: String,
     /// Start after this revision (0: from the oldest change kept).
@@ -228,10 +246,13 @@ pub struct WatchArgs {
 
 #[derive(Args)]
 pub struct MemberArgs {
+    /// The new replica's id (never one used before in this set).
     #[arg(long)]
     id: u64,
-    #[arg(long)]
+    /// The HOST:PORT it serves on.
+    #[arg(long, value_name = "HOST:PORT")]
     addr: String,
+    /// Its kind: sync, async or witness.
     #[arg(long)]
     kind: ReplicaKind,
     #[command(flatten)]
@@ -240,6 +261,7 @@ pub struct MemberArgs {
 
 #[derive(Args)]
 pub struct IdArgs {
+    /// The replica's id.
     #[arg(long)]
     id: u64,
     #[command(flatten)]
@@ -248,8 +270,10 @@ pub struct IdArgs {
 
 #[derive(Args)]
 pub struct MemberKindArgs {
+    /// The replica's id.
     #[arg(long)]
     id: u64,
+    /// Its new kind: sync, async or witness.
     #[arg(long)]
     kind: ReplicaKind,
     #[command(flatten)]

@@ -23,6 +23,7 @@ enum DrCommand {
     /// Which site is active, the database primary and epoch, the lease-holding master, each
     /// proxy's mode, each replica's lag.
     Status {
+        /// Print the status as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -30,24 +31,33 @@ enum DrCommand {
     /// --force, forced recovery when the quorum is lost), its master pair starts, the masters
     /// of other sites that answer stop.
     Activate {
+        /// The site, as named in the topology file.
         site: String,
         /// Allow a forced recovery when the database has lost its quorum: a new epoch starts,
         /// and acknowledged changes the recovered replica lacks are lost (the bound is printed).
         #[arg(long)]
         force: bool,
+        /// Print one JSON object at the end (ok, error, and the report: its steps and
+        /// figures) instead of each step as it happens.
         #[arg(long)]
         json: bool,
     },
     /// Stop the master pair of SITE (dormant again).
     Deactivate {
+        /// The site, as named in the topology file.
         site: String,
+        /// Print one JSON object at the end (ok, error, and the report: its steps and
+        /// figures) instead of each step as it happens.
         #[arg(long)]
         json: bool,
     },
     /// Once SITE is back: start its replicas and proxies, rejoin replicas of a superseded
     /// epoch, wait until they catch up, then activate SITE.
     Failback {
+        /// The site, as named in the topology file.
         site: String,
+        /// Print one JSON object at the end (ok, error, and the report: its steps and
+        /// figures) instead of each step as it happens.
         #[arg(long)]
         json: bool,
     },

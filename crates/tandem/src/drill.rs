@@ -35,6 +35,7 @@ pub struct DrillArgs {
     /// end unless --keep.
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Keep the run directory (the components' logs and data) after the drill.
     #[arg(long)]
     keep: bool,
 }

@@ -185,6 +185,26 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
+    /// `--help` explains every argument of every command.
+    #[test]
+    fn every_argument_has_a_help_text() {
+        fn undocumented(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    found.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                undocumented(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut command = super::Cli::command();
+        command.build();
+        let mut found = Vec::new();
+        undocumented(&command, "tandem", &mut found);
+        assert!(found.is_empty(), "arguments without a help text: {found:#?}");
+    }
+
     #[test]
     fn an_error_report_names_each_cause_once() {
         use std::io;

@@ -161,7 +161,7 @@ impl Document {
     /// A document from JSON.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(json).map_err(|e| ConfigError::InvalidDocument {
-            object: ObjectRef::key(ObjectType::Tenant, 0),
+            object: None,
             reason: format!("not a document: {e}"),
         })
     }
@@ -193,10 +193,7 @@ impl Document {
                     ),
                     None => format!("not a YAML document: {e}"),
                 };
-                ConfigError::InvalidDocument {
-                    object: ObjectRef::key(ObjectType::Tenant, 0),
-                    reason,
-                }
+                ConfigError::InvalidDocument { object: None, reason }
             },
         )
     }
@@ -624,16 +621,16 @@ pub fn import(
     mut allocate: impl FnMut(ObjectType) -> u64,
 ) -> Result<ImportPlan, ConfigError> {
     let invalid = |doc: &DocObject, dbid: u64, reason: String| ConfigError::InvalidDocument {
-        object: ObjectRef {
+        object: Some(ObjectRef {
             object_type: doc.object_type,
             dbid,
             name: doc.name.clone(),
-        },
+        }),
         reason,
     };
     if document.format != DOCUMENT_FORMAT {
         return Err(ConfigError::InvalidDocument {
-            object: ObjectRef::key(ObjectType::Tenant, 0),
+            object: None,
             reason: format!("format {} is not {DOCUMENT_FORMAT}", document.format),
         });
     }

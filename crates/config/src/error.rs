@@ -43,6 +43,9 @@ impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.name.is_empty() {
             write!(f, "{} dbid {}", self.object_type, self.dbid)
+        } else if self.dbid == 0 {
+            // Not allocated yet (an object of an import document).
+            write!(f, "{} {:?}", self.object_type, self.name)
         } else {
             write!(f, "{} {:?} (dbid {})", self.object_type, self.name, self.dbid)
         }
@@ -230,10 +233,11 @@ pub enum ConfigError {
         reason: String,
     },
     /// An import document is malformed or names something that cannot be resolved.
-    #[error("import: {object}: {reason}")]
+    #[error("import: {}{reason}", object.as_ref().map(|o| format!("{o}: ")).unwrap_or_default())]
     InvalidDocument {
-        /// The document object concerned (dbid 0 if not yet allocated).
-        object: ObjectRef,
+        /// The document object concerned (dbid 0 if not yet allocated); none when the document
+        /// as a whole is at fault.
+        object: Option<ObjectRef>,
         /// What is wrong.
         reason: String,
     },
@@ -313,3 +317,24 @@ impl ConfigError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("configuration index inconsistent: {0}")]
 pub struct IndexInconsistency(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_is_named_by_what_it_has() {
+        let named = |dbid: u64, name: &str| ObjectRef {
+            object_type: ObjectType::Skill,
+            dbid,
+            name: name.into(),
+        };
+        assert_eq!(named(7, "english").to_string(), "skill \"english\" (dbid 7)");
+        assert_eq!(named(7, "").to_string(), "skill dbid 7");
+        assert_eq!(
+            named(0, "english").to_string(),
+            "skill \"english\"",
+            "an object of an import document has no DBID yet"
+        );
+    }
+}

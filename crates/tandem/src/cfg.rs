@@ -429,7 +429,11 @@ fn parse_field(object_type: ObjectType, spec: &str) -> anyhow::Result<(String, V
         .ok_or_else(|| anyhow!("field {spec:?}: expected NAME=VALUE"))?;
     let field = schema::spec(object_type).field(name).ok_or_else(|| {
         let known: Vec<&str> = schema::spec(object_type).fields.iter().map(|f| f.name).collect();
-        anyhow!("a {object_type} has no field `{name}` (fields: {})", known.join(", "))
+        if known.is_empty() {
+            anyhow!("a {object_type} has no fields (its settings are options: --option SECTION/KEY=VALUE)")
+        } else {
+            anyhow!("a {object_type} has no field `{name}` (fields: {})", known.join(", "))
+        }
     })?;
     let invalid = |what: &str| anyhow!("field `{name}` of a {object_type} must be {what}, not {raw:?}");
     let value = match field.kind {

@@ -2,7 +2,7 @@
 //! planning without change, refusals and stale plans.
 
 use tandem_config::access::{bootstrap_with_hash, set_from_bootstrap};
-use tandem_config::document::{export, import, DocRef, DocValue, Document};
+use tandem_config::document::{export, import, DocRef, DocValue, Document, DOCUMENT_FORMAT};
 use tandem_config::{ConfigError, ConfigObject, ConfigSet, Delta, Grant, ObjectType, Right, State, Value};
 
 use crate::common::*;
@@ -192,7 +192,11 @@ fn unresolvable_or_invalid_documents_are_refused_without_change() {
 
     let mut future = export(&rich(), None).unwrap();
     future.format = 99;
-    assert!(import(&fresh(), &future, allocator()).is_err());
+    let err = import(&fresh(), &future, allocator()).unwrap_err();
+    // The document as a whole is at fault: no object is named.
+    assert_eq!(err.to_string(), format!("import: format 99 is not {DOCUMENT_FORMAT}"));
+    let err = Document::from_json("{\"objects\": ").unwrap_err();
+    assert!(err.to_string().starts_with("import: not a document: "), "{err}");
 }
 
 #[test]

@@ -211,16 +211,24 @@ impl Proxy {
         let pause_max = Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS);
         let mut last_heard = Instant::now();
         let mut snapshot_needed = true;
+        // Why no master is attached: said when limited mode begins.
+        let mut unattached = "no master reached yet".to_owned();
         loop {
             let mut pause = Duration::from_millis(50);
             let mut attached = loop {
                 if *stop.borrow() {
                     return;
                 }
-                // Limited mode begins when the heartbeat timeout ends, not when a round does.
+                // Limited mode begins when the heartbeat timeout ends, not when a round does: a
+                // round runs within what is left of it, and one that begins after it (a pause
+                // between rounds ended there) begins in limited mode, since it may wait for an
+                // unreachable master for a whole probe.
                 let silence_left = (last_heard + self.config.heartbeat_timeout)
                     .checked_duration_since(Instant::now())
                     .filter(|left| !left.is_zero());
+                if silence_left.is_none() {
+                    self.limited_after_silence(last_heard, &unattached);
+                }
                 let round = async {
                     match silence_left {
                         Some(left) => tokio::time::timeout(left, self.attach(snapshot_needed))
@@ -229,11 +237,11 @@ impl Proxy {
                         None => self.attach(snapshot_needed).await,
                     }
                 };
-                let reason = match round.await {
+                match round.await {
                     Ok(attached) => break attached,
-                    Err(reason) => reason,
+                    Err(reason) => unattached = reason,
                 };
-                self.limited_after_silence(last_heard, &reason);
+                self.limited_after_silence(last_heard, &unattached);
                 let silence_left = (last_heard + self.config.heartbeat_timeout).checked_duration_since(Instant::now());
                 let nap = match silence_left {
                     Some(left) if !left.is_zero() => pause.min(left),
@@ -300,9 +308,10 @@ impl Proxy {
             let link = self.shared.link_now();
             self.shared.set_link(Link {
                 master: None,
-                reason: lost,
+                reason: lost.clone(),
                 ..link
             });
+            unattached = lost;
         }
     }
 

@@ -3,8 +3,9 @@
 //! API as a master, so that the site's applications keep working while no master can be
 //! reached.
 //!
-//! - **Link.** [`Proxy::follow`] asks every master it was given, in parallel, which one is the
-//!   primary, logs in there as a Super Administrator and opens `Replicate`: a snapshot (objects
+//! - **Link.** [`Proxy::follow`] asks every master it was given which one is the primary (each
+//!   again and again, on its own, so that an unreachable one holds up no other), logs in at
+//!   the first that says so as a Super Administrator and opens `Replicate`: a snapshot (objects
 //!   with their password hashes, the mode, the session key, the recent history) or, when the
 //!   master's history covers the gap, only the records after the proxy's last number; then live
 //!   records and a heartbeat every interval. A snapshot comes in parts of a few megabytes
@@ -12,7 +13,8 @@
 //!   configuration's size; each part is parsed as it comes and the whole built at the end, on
 //!   the blocking pool, while the old copy keeps serving, then swapped in at once.
 //! - **Modes.** Attached, the proxy is in *normal* mode. When nothing arrived from the master
-//!   for the heartbeat timeout — never by waiting on TCP — it enters *limited* mode: reads,
+//!   for the heartbeat timeout — never by waiting on TCP, and whatever the search for a master
+//!   is doing then (it is never cut short) — it enters *limited* mode: reads,
 //!   subscriptions and logins are served from memory, writes are refused at once
 //!   ([`CfgError::LimitedMode`]). Every subscriber hears of each change of mode, after the
 //!   records it missed.
@@ -24,8 +26,9 @@
 //! Notification numbers are the master's, so a subscription moves freely between proxies and
 //! masters.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tandem_config::{ConfigObject, ConfigSet};
@@ -49,8 +52,9 @@ pub mod defaults {
     pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
     /// Silence on the link after which the master is lost.
     pub const HEARTBEAT_TIMEOUT_MS: u64 = 2_500;
-    /// Longest pause between two rounds of looking for the primary master: a round is a few
-    /// cheap questions, and a master that is back should be found at once.
+    /// Longest pause between two questions to one master while looking for the primary (a
+    /// question is cheap, and a master that becomes primary should be found at once), and
+    /// between two attempts to attach to one that said it was.
     pub const RECONNECT_PAUSE_MAX_MS: u64 = 250;
     /// How long a forwarded write may take, waiting for a master included.
     pub const FORWARD_DEADLINE_MS: u64 = 10_000;
@@ -208,50 +212,31 @@ impl Proxy {
 
     /// Finds the primary master, loads from it and follows it, again and again, until `stop`.
     pub async fn follow(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let pause_max = Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS);
         let mut last_heard = Instant::now();
         let mut snapshot_needed = true;
         // Why no master is attached: said when limited mode begins.
-        let mut unattached = "no master reached yet".to_owned();
+        let unattached = Mutex::new("no master reached yet".to_owned());
         loop {
-            let mut pause = Duration::from_millis(50);
+            // Limited mode begins when the heartbeat timeout ends, whatever the search for the
+            // primary is doing then; the search itself is never cut short (a snapshot of a large
+            // configuration may take longer than the timeout to arrive).
+            let silence_over = tokio::time::sleep_until((last_heard + self.config.heartbeat_timeout).into());
+            let attaching = self.attach_with_retries(snapshot_needed, &unattached);
+            tokio::pin!(silence_over, attaching);
+            let mut silent = false;
             let mut attached = loop {
-                if *stop.borrow() {
-                    return;
-                }
-                // Limited mode begins when the heartbeat timeout ends, not when a round does: a
-                // round runs within what is left of it, and one that begins after it (a pause
-                // between rounds ended there) begins in limited mode, since it may wait for an
-                // unreachable master for a whole probe.
-                let silence_left = (last_heard + self.config.heartbeat_timeout)
-                    .checked_duration_since(Instant::now())
-                    .filter(|left| !left.is_zero());
-                if silence_left.is_none() {
-                    self.limited_after_silence(last_heard, &unattached);
-                }
-                let round = async {
-                    match silence_left {
-                        Some(left) => tokio::time::timeout(left, self.attach(snapshot_needed))
-                            .await
-                            .unwrap_or_else(|_| Err("no master answered as primary yet".to_owned())),
-                        None => self.attach(snapshot_needed).await,
-                    }
-                };
-                match round.await {
-                    Ok(attached) => break attached,
-                    Err(reason) => unattached = reason,
-                };
-                self.limited_after_silence(last_heard, &unattached);
-                let silence_left = (last_heard + self.config.heartbeat_timeout).checked_duration_since(Instant::now());
-                let nap = match silence_left {
-                    Some(left) if !left.is_zero() => pause.min(left),
-                    _ => pause,
-                };
                 tokio::select! {
-                    _ = tokio::time::sleep(nap) => {}
+                    attached = &mut attaching => break attached,
+                    _ = &mut silence_over, if !silent => {
+                        silent = true;
+                        let reason = unattached.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                        self.enter_limited(&format!(
+                            "no master reachable for {} ms: {reason}",
+                            last_heard.elapsed().as_millis()
+                        ));
+                    }
                     _ = stop.changed() => return,
                 }
-                pause = (pause * 2).min(pause_max);
             };
             snapshot_needed = false;
             last_heard = Instant::now();
@@ -311,17 +296,75 @@ impl Proxy {
                 reason: lost.clone(),
                 ..link
             });
-            unattached = lost;
+            *unattached.lock().unwrap_or_else(PoisonError::into_inner) = lost;
         }
     }
 
-    /// Enters limited mode when nothing was heard from a master for the heartbeat timeout.
-    fn limited_after_silence(&self, last_heard: Instant, reason: &str) {
-        if last_heard.elapsed() >= self.config.heartbeat_timeout {
-            self.enter_limited(&format!(
-                "no master reachable for {} ms: {reason}",
-                last_heard.elapsed().as_millis()
-            ));
+    /// Finds the primary master and attaches to it, trying again after a pause for as long as
+    /// it takes; `unattached` says why it has not yet.
+    async fn attach_with_retries(&self, snapshot_needed: bool, unattached: &Mutex<String>) -> Attached {
+        let pause_max = Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let master = self.find_primary(unattached).await;
+            match self.attach(master, snapshot_needed).await {
+                Ok(attached) => return attached,
+                Err(reason) => *unattached.lock().unwrap_or_else(PoisonError::into_inner) = reason,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(pause_max);
+        }
+    }
+
+    /// The address of the first master that says it is primary. Every master is asked again
+    /// and again, each on its own (after a pause that grows to
+    /// [`defaults::RECONNECT_PAUSE_MAX_MS`]), so that one that cannot be reached (a destroyed
+    /// site), whose question takes a whole [`PROBE_TIMEOUT`], holds up no other: a master that
+    /// becomes primary is found within a pause. `unattached` is kept saying what each master
+    /// last answered.
+    async fn find_primary(&self, unattached: &Mutex<String>) -> String {
+        if self.config.masters.is_empty() {
+            *unattached.lock().unwrap_or_else(PoisonError::into_inner) = "no master address is configured".into();
+            return std::future::pending().await;
+        }
+        let pause_max = Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS);
+        let answers: Mutex<BTreeMap<&str, String>> = Mutex::new(BTreeMap::new());
+        let asks = self.config.masters.iter().map(|addr| {
+            let answers = &answers;
+            Box::pin(async move {
+                let mut pause = Duration::from_millis(50);
+                loop {
+                    let answer = match self.probe(addr).await {
+                        Ok(role) if role == "primary" => return addr.clone(),
+                        Ok(role) => role,
+                        Err(e) => e,
+                    };
+                    let seen = {
+                        let mut answers = answers.lock().unwrap_or_else(PoisonError::into_inner);
+                        answers.insert(addr, answer);
+                        let seen: Vec<String> = answers.iter().map(|(addr, a)| format!("{addr}: {a}")).collect();
+                        seen.join("; ")
+                    };
+                    *unattached.lock().unwrap_or_else(PoisonError::into_inner) =
+                        format!("no master is primary ({seen})");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(pause_max);
+                }
+            })
+        });
+        let (primary, _, _) = futures::future::select_all(asks).await;
+        primary
+    }
+
+    /// What the master at `addr` says its role is, within [`PROBE_TIMEOUT`].
+    async fn probe(&self, addr: &str) -> Result<String, String> {
+        let mut stub = self.stub(addr)?;
+        let mut request = Request::new(pb::StatusRequest {});
+        request.set_timeout(PROBE_TIMEOUT);
+        match tokio::time::timeout(PROBE_TIMEOUT, stub.status(request)).await {
+            Ok(Ok(status)) => Ok(status.into_inner().role),
+            Ok(Err(status)) => Err(ConfError::from_status(&status).to_string()),
+            Err(_) => Err("no answer".to_owned()),
         }
     }
 
@@ -346,46 +389,9 @@ impl Proxy {
         });
     }
 
-    /// One round: asks every master at once which is the primary, logs in there, opens the
-    /// replication and applies its first message.
-    async fn attach(&self, snapshot_needed: bool) -> Result<Attached, String> {
-        let asks = self.config.masters.iter().map(|addr| async move {
-            let answer = match self.stub(addr) {
-                Ok(mut stub) => {
-                    let mut request = Request::new(pb::StatusRequest {});
-                    request.set_timeout(PROBE_TIMEOUT);
-                    match tokio::time::timeout(PROBE_TIMEOUT, stub.status(request)).await {
-                        Ok(Ok(status)) => Ok(status.into_inner()),
-                        Ok(Err(status)) => Err(ConfError::from_status(&status).to_string()),
-                        Err(_) => Err("no answer".to_owned()),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            (addr.clone(), answer)
-        });
-        // The first master that says it is primary is taken at once: one that cannot be reached
-        // (a destroyed site) must not hold up the round for its whole timeout.
-        let mut pending: futures::stream::FuturesUnordered<_> = asks.collect();
-        let mut answers = Vec::new();
-        let mut primary = None;
-        while let Some((addr, answer)) = futures::StreamExt::next(&mut pending).await {
-            if answer.as_ref().is_ok_and(|s| s.role == "primary") {
-                primary = Some(addr);
-                break;
-            }
-            answers.push((addr, answer));
-        }
-        let Some(master) = primary else {
-            let seen: Vec<String> = answers
-                .iter()
-                .map(|(addr, a)| match a {
-                    Ok(s) => format!("{addr}: {}", s.role),
-                    Err(e) => format!("{addr}: {e}"),
-                })
-                .collect();
-            return Err(format!("no master is primary ({})", seen.join("; ")));
-        };
+    /// Attaches to `master` (which said it was primary): logs in there, opens the replication
+    /// and applies its first message (all of a snapshot's parts).
+    async fn attach(&self, master: String, snapshot_needed: bool) -> Result<Attached, String> {
         let mut stub = self.stub(&master)?;
         let mut login = Request::new(pb::LoginRequest {
             user: self.config.user.clone(),

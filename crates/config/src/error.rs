@@ -269,6 +269,34 @@ fn first_of(referrers: &[ObjectRef]) -> String {
 }
 
 impl ConfigError {
+    /// The object the refusal names, if it names one.
+    pub fn object_mut(&mut self) -> Option<&mut ObjectRef> {
+        use ConfigError::*;
+        match self {
+            DuplicateDbid { object }
+            | InvalidName { object, .. }
+            | DuplicateName { object, .. }
+            | InvalidTenant { object, .. }
+            | InvalidFolder { object, .. }
+            | UnknownField { object, .. }
+            | MissingField { object, .. }
+            | WrongKind { object, .. }
+            | InvalidValue { object, .. }
+            | DuplicateValue { object, .. }
+            | DanglingReference { object, .. }
+            | ForbiddenReference { object, .. }
+            | TargetMismatch { object, .. }
+            | FolderCycle { object, .. }
+            | Referenced { object, .. }
+            | Protected { object, .. }
+            | InvalidDelta { object, .. }
+            | StalePlan { object, .. }
+            | AccessDenied { object, .. } => Some(object),
+            InvalidDocument { object, .. } => object.as_mut(),
+            UnknownObjectType { .. } | NotFound { .. } | Password(_) => None,
+        }
+    }
+
     /// A stable code for the variant, for the wire and for scripts.
     pub fn code(&self) -> &'static str {
         match self {

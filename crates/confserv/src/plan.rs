@@ -96,9 +96,18 @@ pub fn create(
 ) -> Result<Vec<What>, CfgError> {
     check_mode(state, caller)?;
     let last = dbids.entry(object.object_type).or_insert(0);
-    object.dbid = *last + 1;
-    let object = state.set.plan_create(object)?;
-    access::check_changes(&state.set, caller, &[Change::Create(object.clone())])?;
+    let tentative = (object.object_type, *last + 1);
+    object.dbid = tentative.1;
+    // A refusal names the object without the DBID it would have had: nothing was created, and
+    // the next object of its type gets that DBID.
+    let unnumbered = |mut e: ConfigError| {
+        if let Some(named) = e.object_mut().filter(|o| (o.object_type, o.dbid) == tentative) {
+            named.dbid = 0;
+        }
+        e
+    };
+    let object = state.set.plan_create(object).map_err(unnumbered)?;
+    access::check_changes(&state.set, caller, &[Change::Create(object.clone())]).map_err(unnumbered)?;
     *last = object.dbid;
     Ok(vec![What::Created { object }])
 }

@@ -177,12 +177,20 @@ async fn t10_crud_validation_and_referential_integrity() {
         error_kind::VALIDATION,
         Some("wrong_kind"),
     );
-    assert_refused(
+    let e = assert_refused(
         admin
             .create(&obj(ObjectType::Host, "h1").with_field("ip_address", "10.0.0.2"), None)
             .await,
         error_kind::VALIDATION,
         Some("duplicate_name"),
+    );
+    // Nothing was created: the refusal gives the new object no DBID, only the existing one's.
+    assert!(
+        e.message.contains(&format!(
+            "host \"h1\": name already used in tenant 1 by host \"h1\" (dbid {})",
+            host.dbid
+        )),
+        "{e}"
     );
     let e = assert_refused(
         admin.create(&dn("3001", 999), None).await,

@@ -217,6 +217,9 @@ impl Proxy {
         // Why no master is attached: said when limited mode begins.
         let unattached = Mutex::new("no master reached yet".to_owned());
         loop {
+            if *stop.borrow() {
+                return;
+            }
             // Limited mode begins when the heartbeat timeout ends, whatever the search for the
             // primary is doing then; the search itself is never cut short (a snapshot of a large
             // configuration may take longer than the timeout to arrive).
@@ -460,9 +463,7 @@ impl Proxy {
         // the whole built at the end, all on the blocking pool, so that this proxy's async
         // workers keep serving from the old copy meanwhile.
         let mut more = first.more;
-        let (header, objects) = parse_part(first).await.map_err(|e| format!("master {master}: {e}"))?;
-        // Kept part by part: one vector of them all is made once, at its final size.
-        let mut objects = vec![objects];
+        let (header, mut objects) = parse_part(first).await.map_err(|e| format!("master {master}: {e}"))?;
         let mut parts = 1;
         while more {
             // Each part is given the time the first was (a part is up to a few megabytes).
@@ -484,7 +485,10 @@ impl Proxy {
             check_snapshot_part(&header, &part).map_err(|e| format!("master {master}: {e}"))?;
             more = part.more;
             let (_, more_objects) = parse_part(part).await.map_err(|e| format!("master {master}: {e}"))?;
-            objects.push(more_objects);
+            // One vector grown part by part: a vector this large lives in a block of its own,
+            // which the allocator gives back as soon as it is freed (parts kept apart and joined
+            // at the end held on to their memory: 70 MB more at the peak at 1,000,000 objects).
+            objects.extend(more_objects);
             parts += 1;
         }
         let tenants = self.config.tenants.clone();
@@ -629,39 +633,33 @@ fn without_primary_hint(mut status: Status) -> Status {
     status
 }
 
-/// A whole new state from a snapshot (its first part's `header`, the objects of each part), built
+/// A whole new state from a snapshot (its first part's `header`, every part's `objects`), built
 /// aside while the old one keeps serving; only the objects of `tenants` are kept when some are
 /// named. Blocking: a million objects take seconds.
 fn snapshot_state(
     tenants: &[String],
     header: pb::ReplicateMessage,
-    parts: Vec<Vec<ConfigObject>>,
+    mut objects: Vec<ConfigObject>,
 ) -> Result<State, String> {
     let mut scope = (!tenants.is_empty()).then(|| Scope::new(tenants.iter().cloned()));
     if let Some(scope) = scope.as_mut() {
         // Tenants first, so that the scope knows their DBIDs before it sees their objects.
-        for tenant in parts
+        for tenant in objects
             .iter()
-            .flatten()
             .filter(|o| o.object_type == tandem_config::ObjectType::Tenant)
         {
             scope.holds(tenant);
         }
     }
     let mut state = State::default();
-    // The objects held, moved part by part into one vector of the final size (each part freed
-    // once moved): at 1,000,000 objects each copy of them all is over 150 MB.
-    let mut held = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        for obj in part {
-            let last = state.last_dbid.entry(obj.object_type).or_insert(0);
-            *last = (*last).max(obj.dbid);
-            if scope.as_mut().is_none_or(|s| s.holds(&obj)) {
-                held.push(obj);
-            }
-        }
-    }
-    state.set = ConfigSet::from_objects(held).map_err(|e| format!("snapshot refused: {e}"))?;
+    // The objects held are kept where they are: at 1,000,000 objects a copy of them all is
+    // over 150 MB.
+    objects.retain(|obj| {
+        let last = state.last_dbid.entry(obj.object_type).or_insert(0);
+        *last = (*last).max(obj.dbid);
+        scope.as_mut().is_none_or(|s| s.holds(obj))
+    });
+    state.set = ConfigSet::from_objects(objects).map_err(|e| format!("snapshot refused: {e}"))?;
     state.seq = header.seq;
     state.epoch = header.epoch;
     state.mode = header.mode.parse::<Mode>()?;

@@ -3,6 +3,7 @@
 //! `dr activate site2` moves the database primary and the masters, the proxies of both sites
 //! follow by themselves, and stopping `tandem up` removes everything it started.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -215,15 +216,14 @@ async fn the_two_site_example_starts_and_site2_is_activated() {
             "no site `site9` in topology two-site (sites: site1, site2, site3)",
         ),
     ] {
-        let output = Command::new(TANDEM)
-            .args(["dr", "--run-dir"])
-            .arg(&run_dir)
-            .args(args)
-            .output()
-            .await
-            .expect("run tandem dr");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} was refused");
+        let stderr = tandem_refuses([
+            OsStr::new("dr"),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+            args[0].as_ref(),
+            args[1].as_ref(),
+        ])
+        .await;
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 
@@ -334,30 +334,26 @@ async fn a_bad_topology_file_is_reported_at_its_line_and_nothing_starts() {
     std::fs::write(&file, &text).expect("write the bad file");
     let line = text[..text.find("proxi\"").expect("edited")].matches('\n').count() + 1;
     let run_dir = temp.path().join("run");
-    let output = Command::new(TANDEM)
-        .arg("up")
-        .arg(&file)
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .output()
-        .await
-        .expect("run tandem up");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = tandem_refuses([
+        OsStr::new("up"),
+        file.as_os_str(),
+        "--run-dir".as_ref(),
+        run_dir.as_os_str(),
+    ])
+    .await;
     assert!(
         stderr.contains(&format!("bad.toml:{line}:")) && stderr.contains("unknown role `proxi`"),
         "{stderr}"
     );
     assert!(!run_dir.exists(), "nothing was created");
 
-    let output = Command::new(TANDEM)
-        .args(["dr", "status", "--run-dir"])
-        .arg(&run_dir)
-        .output()
-        .await
-        .expect("run tandem dr");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = tandem_refuses([
+        OsStr::new("dr"),
+        "status".as_ref(),
+        "--run-dir".as_ref(),
+        run_dir.as_os_str(),
+    ])
+    .await;
     assert!(stderr.contains("no topology runs from"), "{stderr}");
     assert_eq!(
         stderr.matches("No such file or directory").count(),
@@ -366,16 +362,13 @@ async fn a_bad_topology_file_is_reported_at_its_line_and_nothing_starts() {
     );
 
     let missing = temp.path().join("missing.toml");
-    let output = Command::new(TANDEM)
-        .arg("up")
-        .arg(&missing)
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .output()
-        .await
-        .expect("run tandem up");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = tandem_refuses([
+        OsStr::new("up"),
+        missing.as_os_str(),
+        "--run-dir".as_ref(),
+        run_dir.as_os_str(),
+    ])
+    .await;
     assert!(
         stderr.contains(&format!("cannot read {}", missing.display())),
         "{stderr}"
@@ -386,4 +379,12 @@ async fn a_bad_topology_file_is_reported_at_its_line_and_nothing_starts() {
         "the cause is said once: {stderr}"
     );
     assert!(!run_dir.exists(), "nothing was created");
+}
+
+/// Runs `tandem ARGS`, which must fail; its standard error.
+async fn tandem_refuses<const N: usize>(args: [&OsStr; N]) -> String {
+    let output = Command::new(TANDEM).args(args).output().await.expect("run tandem");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "tandem {args:?} was refused: {stderr}");
+    stderr
 }

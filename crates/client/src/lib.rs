@@ -224,6 +224,24 @@ fn primary_hint(status: &Status) -> Option<String> {
 }
 
 /// Whether the call failed because the TCP connection was refused (so nothing was sent).
+/// What a call to the one replica at `addr` failed with. A status the replica sent is its
+/// refusal. One the transport made (it carries the transport's error as its source) means the
+/// replica was not reached, or not to the end: for a call that changes nothing, or one whose
+/// connection was refused (so nothing was sent), that is [`ClientError::Unavailable`]; for one
+/// that may have changed something, [`ClientError::OutcomeUnknown`].
+fn failed_at(addr: &str, status: Status, changes_state: bool) -> ClientError {
+    let from_transport = status.code() == Code::Unavailable && std::error::Error::source(&status).is_some();
+    if !from_transport {
+        return ClientError::Refused(status);
+    }
+    let reason = format!("{addr}: {}", status.message());
+    if changes_state && !is_connection_refused(&status) {
+        ClientError::OutcomeUnknown { reason }
+    } else {
+        ClientError::Unavailable { reason }
+    }
+}
+
 pub fn is_connection_refused(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
@@ -618,7 +636,7 @@ impl Client {
                 Ok(kv
                     .range(self.request(request))
                     .await
-                    .map_err(ClientError::Refused)?
+                    .map_err(|status| failed_at(&addr, status, false))?
                     .into_inner())
             }
             None => {
@@ -779,7 +797,7 @@ impl Client {
             .initialize(request)
             .await
             .map(|r| r.into_inner().members)
-            .map_err(ClientError::Refused)
+            .map_err(|status| failed_at(via, status, true))
     }
 
     pub async fn add_replica(&self, member: Member) -> Result<Vec<Member>, ClientError> {
@@ -842,7 +860,7 @@ impl Client {
             .snapshot(request)
             .await
             .map(|r| r.into_inner().index)
-            .map_err(ClientError::Refused)
+            .map_err(|status| failed_at(addr, status, false))
     }
 
     /// Forced recovery on the replica at `addr` (see `tandem db recover`).
@@ -854,7 +872,7 @@ impl Client {
             .recover(request)
             .await
             .map(|r| r.into_inner())
-            .map_err(ClientError::Refused)?;
+            .map_err(|status| failed_at(addr, status, true))?;
         self.forget_primary(Some(addr.to_owned()));
         Ok(response)
     }
@@ -877,6 +895,6 @@ impl Client {
             .rejoin(request)
             .await
             .map(|r| r.into_inner())
-            .map_err(ClientError::Refused)
+            .map_err(|status| failed_at(addr, status, true))
     }
 }

@@ -352,16 +352,20 @@ pub async fn recover(core: &Arc<Core>, force: bool) -> Result<pb::RecoverRespons
 pub async fn rejoin(core: &Arc<Core>, request: pb::RejoinRequest) -> Result<pb::RejoinResponse, Status> {
     let _swap = core.swap.lock().await;
     let fence = core.identity.fence();
-    let mut primary = if request.primary.is_empty() {
-        fence
-            .as_ref()
-            .map(|f| f.primary_addr.clone())
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                Status::invalid_argument("the new primary is not known here: name it with --primary HOST:PORT")
-            })?
-    } else {
-        request.primary.clone()
+    let mut primary = match (request.primary.is_empty(), &fence) {
+        (false, _) => request.primary.clone(),
+        (true, None) => {
+            return Err(Status::failed_precondition(format!(
+                "this replica is not fenced (it is in epoch {}, and no newer epoch has reached it): nothing to rejoin",
+                core.identity.epoch()
+            )))
+        }
+        (true, Some(fence)) if fence.primary_addr.is_empty() => {
+            return Err(Status::invalid_argument(
+                "the new primary is not known here: name it with --primary HOST:PORT",
+            ))
+        }
+        (true, Some(fence)) => fence.primary_addr.clone(),
     };
     let mut status = probe(core, &primary).await?;
     if status.role != "primary" && !status.primary_addr.is_empty() {

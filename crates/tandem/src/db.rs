@@ -454,10 +454,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                 ..ClientOptions::default()
             };
             let client = Client::new(vec![args.on.clone()], options)?;
-            let report = client
-                .recover(&args.on, true)
-                .await
-                .context("forced recovery refused")?;
+            let report = client.recover(&args.on, true).await.context("forced recovery failed")?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -1,5 +1,7 @@
 //! The operator's command line against a live replica set: `put`, `get` (linearizable and
-//! `--stale`), `range`, `delete`, `status`, all through `--endpoints`; and a `serve` flag refused.
+//! `--stale`), `range`, `delete`, `status`, all through `--endpoints`; what commands aimed at
+//! one replica say when it cannot do what is asked, or cannot be reached; and a `serve` flag
+//! refused.
 
 mod common;
 
@@ -57,6 +59,29 @@ async fn key_value_commands_round_trip() {
         assert!(table.contains(&addr), "status lacks {addr}:\n{table}");
     }
     assert!(table.contains("primary"), "status shows no primary:\n{table}");
+
+    info!("--- commands aimed at one replica say plainly what went wrong");
+    let not_fenced = cluster
+        .cli_raw(&["rejoin".into(), "--on".into(), cluster.addr(1)])
+        .await;
+    let message = not_fenced
+        .expect_err("rejoin of a replica that is not fenced")
+        .to_string();
+    assert!(message.contains("this replica is not fenced"), "{message}");
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    };
+    for args in [
+        vec!["snapshot", "--on", &closed],
+        vec!["get", "cli/b", "--stale", &closed],
+    ] {
+        let message = cluster.cli(&args).await.expect_err("nothing listens there").to_string();
+        assert!(
+            message.contains(&format!("unavailable: {closed}")) && !message.contains("refused:"),
+            "{args:?}: {message}"
+        );
+    }
 }
 
 /// A snapshot interval of zero entries is refused at the command line, before anything starts.

@@ -223,7 +223,6 @@ fn primary_hint(status: &Status) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Whether the call failed because the TCP connection was refused (so nothing was sent).
 /// What a call to the one replica at `addr` failed with. A status the replica sent is its
 /// refusal. One the transport made (it carries the transport's error as its source) means the
 /// replica was not reached, or not to the end: for a call that changes nothing, or one whose
@@ -242,6 +241,7 @@ fn failed_at(addr: &str, status: Status, changes_state: bool) -> ClientError {
     }
 }
 
+/// Whether the call failed because the TCP connection was refused (so nothing was sent).
 pub fn is_connection_refused(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {

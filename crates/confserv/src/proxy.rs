@@ -167,6 +167,39 @@ struct Attached {
     stream: Streaming<pb::ReplicateMessage>,
 }
 
+/// Why a proxy is not attached to a master, kept up to date by the search for one and read when
+/// limited mode begins.
+struct Unattached(Mutex<String>);
+
+impl Unattached {
+    fn new(reason: &str) -> Self {
+        Unattached(Mutex::new(reason.to_owned()))
+    }
+
+    fn set(&self, reason: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = reason.into();
+    }
+
+    fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The pause between two tries while looking for the primary master: 50 ms, doubling up to
+/// [`defaults::RECONNECT_PAUSE_MAX_MS`].
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(50))
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS));
+    }
+}
+
 /// One proxy.
 pub struct Proxy {
     /// How it runs.
@@ -215,7 +248,7 @@ impl Proxy {
         let mut last_heard = Instant::now();
         let mut snapshot_needed = true;
         // Why no master is attached: said when limited mode begins.
-        let unattached = Mutex::new("no master reached yet".to_owned());
+        let unattached = Unattached::new("no master reached yet");
         loop {
             if *stop.borrow() {
                 return;
@@ -232,7 +265,7 @@ impl Proxy {
                     attached = &mut attaching => break attached,
                     _ = &mut silence_over, if !silent => {
                         silent = true;
-                        let reason = unattached.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                        let reason = unattached.get();
                         self.enter_limited(&format!(
                             "no master reachable for {} ms: {reason}",
                             last_heard.elapsed().as_millis()
@@ -299,23 +332,21 @@ impl Proxy {
                 reason: lost.clone(),
                 ..link
             });
-            *unattached.lock().unwrap_or_else(PoisonError::into_inner) = lost;
+            unattached.set(lost);
         }
     }
 
     /// Finds the primary master and attaches to it, trying again after a pause for as long as
     /// it takes; `unattached` says why it has not yet.
-    async fn attach_with_retries(&self, snapshot_needed: bool, unattached: &Mutex<String>) -> Attached {
-        let pause_max = Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS);
-        let mut pause = Duration::from_millis(50);
+    async fn attach_with_retries(&self, snapshot_needed: bool, unattached: &Unattached) -> Attached {
+        let mut pause = Backoff::new();
         loop {
             let master = self.find_primary(unattached).await;
             match self.attach(master, snapshot_needed).await {
                 Ok(attached) => return attached,
-                Err(reason) => *unattached.lock().unwrap_or_else(PoisonError::into_inner) = reason,
+                Err(reason) => unattached.set(reason),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(pause_max);
+            pause.wait().await;
         }
     }
 
@@ -325,17 +356,16 @@ impl Proxy {
     /// site), whose question takes a whole [`PROBE_TIMEOUT`], holds up no other: a master that
     /// becomes primary is found within a pause. `unattached` is kept saying what each master
     /// last answered.
-    async fn find_primary(&self, unattached: &Mutex<String>) -> String {
+    async fn find_primary(&self, unattached: &Unattached) -> String {
         if self.config.masters.is_empty() {
-            *unattached.lock().unwrap_or_else(PoisonError::into_inner) = "no master address is configured".into();
+            unattached.set("no master address is configured");
             return std::future::pending().await;
         }
-        let pause_max = Duration::from_millis(defaults::RECONNECT_PAUSE_MAX_MS);
         let answers: Mutex<BTreeMap<&str, String>> = Mutex::new(BTreeMap::new());
         let asks = self.config.masters.iter().map(|addr| {
             let answers = &answers;
             Box::pin(async move {
-                let mut pause = Duration::from_millis(50);
+                let mut pause = Backoff::new();
                 loop {
                     let answer = match self.probe(addr).await {
                         Ok(role) if role == "primary" => return addr.clone(),
@@ -348,10 +378,8 @@ impl Proxy {
                         let seen: Vec<String> = answers.iter().map(|(addr, a)| format!("{addr}: {a}")).collect();
                         seen.join("; ")
                     };
-                    *unattached.lock().unwrap_or_else(PoisonError::into_inner) =
-                        format!("no master is primary ({seen})");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(pause_max);
+                    unattached.set(format!("no master is primary ({seen})"));
+                    pause.wait().await;
                 }
             })
         });
